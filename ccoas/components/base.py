@@ -1,0 +1,214 @@
+"""What every component module is made of: :class:`Component`, :class:`Recipe` and :class:`Context`.
+
+A component module defines ``COMPONENT``, a :class:`Component` that says what the
+component is (image, user, ports, networks, what it needs) and two functions:
+``secrets(ctx)``, the credentials it owns, and ``service(ctx)``, its part of the plan.
+Shared hardening (read-only root fs, dropped capabilities, no-new-privileges, limits,
+restart policy, labels) is applied here, once, by :meth:`Context.service`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+from ccoas.plan import (
+    LABEL_PREFIX,
+    Artifact,
+    ConfigMount,
+    Dependency,
+    HealthCheck,
+    Image,
+    Limits,
+    LocalRecipe,
+    Port,
+    Secret,
+    SecretMount,
+    Service,
+    TmpfsMount,
+    Volume,
+    dependencies,
+    recipe_digest,
+    size_bytes,
+)
+from ccoas.stack import COMPONENTS, Stack
+
+SECRETS_DIR = "/run/secrets"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How ccoas builds a component's image locally (no registry): a Containerfile and its inputs."""
+
+    containerfile: str
+    files: tuple[str, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    summary: str
+    uid: int
+    gid: int
+    ports: tuple[int, ...]
+    networks: tuple[str, ...]
+    registry_image: str
+    """The official image, pinned by digest: the default for hosts that reach a registry."""
+    recipe: Recipe | None
+    default_limits: dict[str, Any]
+    declare_secrets: Callable[["Context"], list[Secret]]
+    declare_service: Callable[["Context"], Service]
+    requires: tuple[str, ...] = ()
+    """Components that must be enabled; this one starts after they are healthy."""
+    after: tuple[str, ...] = ()
+    """Components this one starts after, when they are enabled."""
+
+    def declare(self, ctx: "Context") -> "Declaration":
+        service = self.declare_service(ctx)
+        volumes = tuple(
+            Volume(
+                name=m.volume,
+                engine_name=f"{ctx.name}-{m.volume}",
+                service=self.name,
+                labels={**ctx.labels(self.name), f"{LABEL_PREFIX}.volume": m.volume},
+            )
+            for m in service.volumes
+        )
+        return Declaration(service=service, volumes=volumes, secrets=tuple(ctx.owned_secrets(self.name)))
+
+
+@dataclass(frozen=True)
+class Declaration:
+    service: Service
+    volumes: tuple[Volume, ...]
+    secrets: tuple[Secret, ...]
+
+
+@dataclass
+class Context:
+    """What a component may look at while declaring itself: the stack and its resolved name."""
+
+    stack: Stack
+    name: str
+    _owned: dict[str, list[Secret]] = field(default_factory=dict)
+
+    @cached_property
+    def enabled(self) -> frozenset[str]:
+        return frozenset(self.stack.enabled())
+
+    @cached_property
+    def all_secrets(self) -> tuple[Secret, ...]:
+        secrets: list[Secret] = []
+        for name in COMPONENTS:
+            if name in self.enabled:
+                owned = catalog()[name].declare_secrets(self)
+                self._owned[name] = owned
+                secrets.extend(owned)
+        return tuple(secrets)
+
+    def owned_secrets(self, component: str) -> list[Secret]:
+        self.all_secrets  # noqa: B018 - populate
+        return self._owned.get(component, [])
+
+    def labels(self, component: str) -> dict[str, str]:
+        return {f"{LABEL_PREFIX}.stack": self.name, f"{LABEL_PREFIX}.service": component}
+
+    def secret(self, owner: str, what: str, generator: str, readers: tuple[str, ...], description: str, length: int = 32) -> Secret:
+        return Secret(
+            name=f"{owner}_{what}",
+            vault_path=f"{owner}/{what}",
+            generator=generator,
+            length=length,
+            readers=tuple(sorted(set(readers))),
+            description=description,
+        )
+
+    def secret_file(self, name: str) -> str:
+        return f"{SECRETS_DIR}/{name}"
+
+    def image(self, component: Component) -> Image:
+        choice = self.stack.component(component.name).image
+        if self.stack.image_source(component.name) == "local" and component.recipe is not None:
+            recipe = component.recipe
+            digest = recipe_digest(recipe.containerfile, recipe.files, recipe.artifacts)
+            return Image(
+                ref=f"localhost/ccoas/{component.name}:{digest[:12]}",
+                source="local",
+                pull="never",
+                recipe=LocalRecipe(
+                    component=component.name,
+                    containerfile=recipe.containerfile,
+                    files=recipe.files,
+                    artifacts=recipe.artifacts,
+                    digest=digest,
+                ),
+            )
+        return Image(ref=choice.ref or component.registry_image, source="registry", pull="missing")
+
+    def service(
+        self,
+        component: Component,
+        *,
+        healthcheck: HealthCheck,
+        liveness: HealthCheck,
+        environment: dict[str, str] | None = None,
+        config_templates: tuple[str, ...] = (),
+        tmpfs: tuple[TmpfsMount, ...] = (),
+        **fields: Any,
+    ) -> Service:
+        """A hardened service for ``component``; the component supplies only what is its own."""
+        name = component.name
+        config = self.stack.component(name)
+        limits = {**component.default_limits, **config.limits.model_dump(exclude_none=True)}
+        secret_mounts = tuple(
+            SecretMount(secret=s.name, target=self.secret_file(s.name), uid=component.uid, gid=component.gid)
+            for s in sorted(self.all_secrets, key=lambda s: s.name)
+            if name in s.readers
+        )
+        ports = tuple(
+            Port(
+                container_port=p.container_port,
+                host_port=p.host_port,
+                host_ip=p.host_ip or self.stack.bind_address,
+                protocol=p.protocol,
+            )
+            for p in config.publish
+        )
+        return Service(
+            name=name,
+            container_name=f"{self.name}-{name}",
+            summary=component.summary,
+            image=self.image(component),
+            user=f"{component.uid}:{component.gid}",
+            environment=dict(sorted((environment or {}).items())),
+            networks={n: (name,) for n in component.networks},
+            expose=component.ports,
+            ports=ports,
+            config=ConfigMount(source=name, target=f"/etc/ccoas/{name}") if config_templates else None,
+            config_templates=config_templates,
+            tmpfs=(TmpfsMount(target="/tmp"), *tmpfs),
+            secrets=secret_mounts,
+            limits=Limits(
+                memory_bytes=size_bytes(limits.get("memory")),
+                nano_cpus=int(round(limits["cpus"] * 1e9)) if limits.get("cpus") else None,
+                pids=limits.get("pids"),
+            ),
+            healthcheck=healthcheck,
+            liveness=liveness,
+            depends_on=tuple(Dependency(service=d) for d in dependencies(self.stack, name, self.enabled)),
+            labels=self.labels(name),
+            **fields,
+        )
+
+
+def catalog() -> dict[str, Component]:
+    from ccoas.components import CATALOG
+
+    return CATALOG
+
+
+def check(test: str, *args: str, interval: int = 10, timeout: int = 5, retries: int = 5, start: int = 10) -> HealthCheck:
+    """A health check. ``check("CMD", "pg_isready")`` or ``check("CMD-SHELL", "…")``."""
+    return HealthCheck(test=(test, *args), interval_s=interval, timeout_s=timeout, retries=retries, start_period_s=start)

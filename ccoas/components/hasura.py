@@ -1,0 +1,67 @@
+"""Hasura GraphQL engine over Postgres. On edge, auth and db. Registry image only.
+
+No package ships Hasura, so there is no local recipe: on hosts without a registry
+ccoas renders and validates its configuration (metadata from the stack's tables, with
+permissions that mirror the row-level security) but cannot run it. Hasura reads
+secrets only from the environment, so a rendered entrypoint exports them from the
+secret files just before ``exec``: nothing secret is in the container's config.
+"""
+
+from __future__ import annotations
+
+from ccoas.components.base import Component, Context, check
+from ccoas.plan import Secret, Service
+
+PORT = 8080
+
+
+def secrets(ctx: Context) -> list[Secret]:
+    return [
+        ctx.secret("postgres", "hasura_password", "password", ("hasura", "postgres"), "password of the postgres role hasura"),
+        ctx.secret("hasura", "admin_secret", "token", ("hasura",), "Hasura admin secret", length=48),
+        ctx.secret("hasura", "jwt_key", "token", ("hasura",), "HS256 key of the Hasura JWT secret", length=64),
+    ]
+
+
+def service(ctx: Context) -> Service:
+    return ctx.service(
+        COMPONENT,
+        entrypoint=("sh", "/etc/ccoas/hasura/entrypoint.sh"),
+        command=("graphql-engine", "serve"),
+        environment={
+            "HASURA_GRAPHQL_SERVER_PORT": str(PORT),
+            "HASURA_GRAPHQL_ENABLE_CONSOLE": "false",
+            "HASURA_GRAPHQL_ENABLE_TELEMETRY": "false",
+            "HASURA_GRAPHQL_DEV_MODE": "false",
+            "HASURA_GRAPHQL_ENABLED_APIS": "graphql,metadata",
+            "HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous",
+            "HASURA_GRAPHQL_METADATA_DIR": "/etc/ccoas/hasura/metadata",
+            "HASURA_GRAPHQL_ENABLE_ALLOWLIST": "false",
+            "HASURA_GRAPHQL_LOG_LEVEL": "warn",
+        },
+        config_templates=(
+            "hasura/entrypoint.sh.j2",
+            "hasura/hasura.env.j2",
+            "hasura/metadata/version.yaml.j2",
+            "hasura/metadata/databases/databases.yaml.j2",
+            "hasura/metadata/databases/default/tables/tables.yaml.j2",
+        ),
+        healthcheck=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/healthz", interval=5, start=30),
+        liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/healthz?strict=false", interval=10, start=30),
+    )
+
+
+COMPONENT = Component(
+    name="hasura",
+    summary="Hasura GraphQL engine v2 with metadata mirroring the row-level security",
+    uid=1001,
+    gid=1001,
+    ports=(PORT,),
+    networks=("edge", "auth", "db"),
+    registry_image="docker.io/hasura/graphql-engine:v2.44.0.cli-migrations-v3",
+    recipe=None,
+    default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
+    declare_secrets=secrets,
+    declare_service=service,
+    requires=("postgres", "vault"),
+)

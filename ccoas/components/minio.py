@@ -1,0 +1,60 @@
+"""MinIO: S3-compatible object storage. On db, and on edge so nginx can route ``/storage/``.
+
+It is never published; the console is off. Root credentials are secret files
+(``MINIO_ROOT_USER_FILE``/``MINIO_ROOT_PASSWORD_FILE``); update checks and call-home
+are off. Locally its image is built from the Go module.
+"""
+
+from __future__ import annotations
+
+from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.plan import Artifact, Secret, Service, VolumeMount
+
+PORT = 9000
+CONSOLE_PORT = 9001
+RELEASE = "v0.0.0-20250907161633-a6e0b5e0e8b2"
+
+
+def secrets(ctx: Context) -> list[Secret]:
+    return [
+        ctx.secret("minio", "root_user", "username", ("minio",), "MinIO root user name", length=16),
+        ctx.secret("minio", "root_password", "password", ("minio",), "MinIO root password", length=40),
+    ]
+
+
+def service(ctx: Context) -> Service:
+    return ctx.service(
+        COMPONENT,
+        command=("minio", "server", "/data", "--address", f":{PORT}", "--console-address", f":{CONSOLE_PORT}"),
+        environment={
+            "MINIO_ROOT_USER_FILE": ctx.secret_file("minio_root_user"),
+            "MINIO_ROOT_PASSWORD_FILE": ctx.secret_file("minio_root_password"),
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+            "MINIO_CALLHOME_ENABLE": "off",
+            "MINIO_BROWSER_REDIRECT": "off",
+        },
+        volumes=(VolumeMount(volume="minio-data", target="/data"),),
+        config_templates=("minio/buckets.json.j2",),
+        healthcheck=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/minio/health/ready", interval=5),
+        liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/minio/health/live", interval=5),
+    )
+
+
+COMPONENT = Component(
+    name="minio",
+    summary="MinIO: S3-compatible object storage, console off",
+    uid=1000,
+    gid=1000,
+    ports=(PORT, CONSOLE_PORT),
+    networks=("edge", "db"),
+    registry_image="docker.io/minio/minio:RELEASE.2025-09-07T16-13-09Z",
+    recipe=Recipe(
+        containerfile="minio/Containerfile.j2",
+        artifacts=(Artifact(kind="go", spec=f"github.com/minio/minio@{RELEASE}", binary="minio"),),
+    ),
+    default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
+    declare_secrets=secrets,
+    declare_service=service,
+    requires=("vault",),
+)

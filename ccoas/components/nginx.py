@@ -1,0 +1,56 @@
+"""Nginx: the only published service. On the edge network only; terminates TLS.
+
+It routes ``/`` and ``/directus/`` to Directus, ``/v1/graphql`` to Hasura and
+``/storage/`` to MinIO's S3 API, each only when that component is enabled. The
+certificate is the user's (``tls.mode: supplied``) or, for dev and ci stacks, one ccoas
+generates; either way it is stored in Vault and reaches nginx as files.
+"""
+
+from __future__ import annotations
+
+from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.plan import Artifact, Secret, Service, TmpfsMount
+
+HTTP_PORT = 8080
+HTTPS_PORT = 8443
+HEALTH_PORT = 8081
+UPSTREAMS = {"directus": 8055, "hasura": 8080, "minio": 9000}
+
+
+def upstreams(ctx: Context) -> dict[str, int]:
+    return {name: port for name, port in UPSTREAMS.items() if name in ctx.enabled}
+
+
+def secrets(ctx: Context) -> list[Secret]:
+    return [
+        ctx.secret("nginx", "tls_cert", "tls-cert", ("nginx",), f"TLS certificate chain for {ctx.stack.domain}"),
+        ctx.secret("nginx", "tls_key", "tls-key", ("nginx",), f"TLS private key for {ctx.stack.domain}"),
+    ]
+
+
+def service(ctx: Context) -> Service:
+    return ctx.service(
+        COMPONENT,
+        command=("nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-g", "daemon off;"),
+        tmpfs=(TmpfsMount(target="/var/cache/nginx"), TmpfsMount(target="/var/lib/nginx"), TmpfsMount(target="/run/nginx", size="1m")),
+        config_templates=("nginx/nginx.conf.j2",),
+        healthcheck=check("CMD", "curl", "-fsSk", "-o", "/dev/null", f"https://127.0.0.1:{HTTPS_PORT}/healthz", interval=5),
+        liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/healthz", interval=5),
+    )
+
+
+COMPONENT = Component(
+    name="nginx",
+    summary="Nginx: TLS termination, rate limits, security headers, routes to the apps",
+    uid=101,
+    gid=101,
+    ports=(HTTP_PORT, HTTPS_PORT),
+    networks=("edge",),
+    registry_image="docker.io/nginxinc/nginx-unprivileged:1.27",
+    recipe=Recipe(containerfile="nginx/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="nginx"),)),
+    default_limits={"memory": "128Mi", "cpus": 0.5, "pids": 128},
+    declare_secrets=secrets,
+    declare_service=service,
+    requires=("vault",),
+    after=tuple(UPSTREAMS),
+)

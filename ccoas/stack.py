@@ -1,0 +1,306 @@
+"""The stack file: its schema, and the loader that validates it at the boundary.
+
+A stack file is YAML. :func:`load_stack` returns a :class:`Stack` or raises
+:class:`~ccoas.errors.StackError` with one problem per defect, each naming the
+file, the field path and what was expected. Nothing downstream re-validates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ccoas.errors import Problem, StackError
+
+COMPONENTS = ("nginx", "directus", "hasura", "postgres", "redis", "minio", "ollama", "vault")
+ComponentName = Literal["nginx", "directus", "hasura", "postgres", "redis", "minio", "ollama", "vault"]
+
+NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
+IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
+DIGEST_REF_RE = r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$"
+COLUMN_TYPE_RE = re.compile(
+    r"^(text|integer|bigint|boolean|uuid|timestamptz|date|jsonb|numeric|double precision|vector\((\d{1,5})\))$"
+)
+_SIZE_RE = re.compile(r"^(\d+)(Ki|Mi|Gi|K|M|G)?$")
+_SIZE_UNITS = {None: 1, "K": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def parse_size(value: str | int) -> int:
+    """``"512Mi"`` → bytes. Integers are bytes already."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise ValueError(f"expected a size like 512Mi, 1Gi or a number of bytes, got {value!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ImageChoice(_Strict):
+    """Where a component's image comes from."""
+
+    source: Literal["registry", "local"] | None = None
+    """``registry``: the official image pinned by digest; ``local``: built by ccoas (pull policy never)."""
+    ref: Annotated[str, Field(pattern=DIGEST_REF_RE)] | None = None
+    """Override of the official image, which must be pinned by digest (``name:tag@sha256:…``)."""
+
+
+class Limits(_Strict):
+    memory: str | None = None
+    cpus: Annotated[float, Field(gt=0, le=64)] | None = None
+    pids: Annotated[int, Field(ge=16, le=65536)] | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and parse_size(value) < 16 * 1024**2:
+            raise ValueError("must be at least 16Mi")
+        return value
+
+
+class PublishedPort(_Strict):
+    container_port: Annotated[int, Field(ge=1, le=65535)]
+    host_port: Annotated[int, Field(ge=0, le=65535)]
+    """0 lets the engine choose a free port (ephemeral stacks side by side)."""
+    host_ip: str | None = None
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class ComponentConfig(_Strict):
+    enabled: bool = True
+    image: ImageChoice = ImageChoice()
+    limits: Limits = Limits()
+    publish: tuple[PublishedPort, ...] = ()
+    depends_on: tuple[ComponentName, ...] = ()
+    """Extra start-order dependencies beyond the ones the component declares itself."""
+
+
+class Column(_Strict):
+    name: Annotated[str, Field(pattern=IDENT_RE)]
+    type: str
+    nullable: bool = True
+    primary_key: bool = False
+    default: Literal["gen_random_uuid()", "now()", "true", "false", "0"] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if not COLUMN_TYPE_RE.match(value):
+            raise ValueError(
+                "expected one of text, integer, bigint, boolean, uuid, timestamptz, date, jsonb, "
+                f"numeric, double precision, vector(N); got {value!r}"
+            )
+        return value
+
+
+PolicyPreset = Literal["owner-only", "tenant", "public-read"]
+
+
+class Table(_Strict):
+    name: Annotated[str, Field(pattern=IDENT_RE)]
+    policy: PolicyPreset
+    """The access policy preset the RLS bootstrap turns into policies."""
+    owner_column: Annotated[str, Field(pattern=IDENT_RE)] = "owner_id"
+    tenant_column: Annotated[str, Field(pattern=IDENT_RE)] = "tenant_id"
+    columns: Annotated[tuple[Column, ...], Field(min_length=1)]
+
+
+class Schema(_Strict):
+    name: Annotated[str, Field(pattern=IDENT_RE)] = "app"
+    tables: tuple[Table, ...] = ()
+
+
+class Tls(_Strict):
+    mode: Literal["generate", "supplied"]
+    cert: str | None = None
+    key: str | None = None
+
+
+class Components(_Strict):
+    nginx: ComponentConfig = ComponentConfig()
+    directus: ComponentConfig = ComponentConfig()
+    hasura: ComponentConfig = ComponentConfig()
+    postgres: ComponentConfig = ComponentConfig()
+    redis: ComponentConfig = ComponentConfig()
+    minio: ComponentConfig = ComponentConfig()
+    ollama: ComponentConfig = ComponentConfig()
+    vault: ComponentConfig = ComponentConfig()
+
+
+class Stack(_Strict):
+    """A validated stack file."""
+
+    version: Literal[1]
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    environment: Literal["dev", "ci", "prod"]
+    domain: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")] = "localhost"
+    bind_address: str = "127.0.0.1"
+    """Default host address for published ports."""
+    images: ImageChoice = ImageChoice(source="registry")
+    tls: Tls
+    components: Components = Components()
+    schema_: Schema = Field(default=Schema(), alias="schema")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    def component(self, name: str) -> ComponentConfig:
+        return getattr(self.components, name)
+
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(name for name in COMPONENTS if self.component(name).enabled)
+
+    def image_source(self, name: str) -> str:
+        return self.component(name).image.source or self.images.source or "registry"
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            name = "schema" if item == "schema_" else str(item)
+            parts.append(("." if parts else "") + name)
+    return "".join(parts)
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"expected {error['ctx']['expected']}, got {error.get('input')!r}"
+    if kind == "string_pattern_mismatch":
+        return f"expected a value matching {error['ctx']['pattern']}, got {error.get('input')!r}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def parse_stack(data: Any, file: str) -> Stack:
+    """Validate already-parsed YAML data. Raises :class:`StackError`."""
+    if not isinstance(data, dict):
+        raise StackError([Problem(file, "", f"expected a mapping at the top level, got {type(data).__name__}")])
+    try:
+        # Through JSON so strict mode reads YAML sequences as tuples and nothing is coerced.
+        document = json.dumps(data, default=str)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StackError([Problem(file, "", f"unsupported YAML content: {exc}")]) from None
+    try:
+        stack = Stack.model_validate_json(document)
+    except ValidationError as exc:
+        problems = [Problem(file, _field_path(e["loc"]), _message(e)) for e in exc.errors()]
+        raise StackError(problems) from None
+    problems = [Problem(file, path, message) for path, message in semantic_problems(stack)]
+    if problems:
+        raise StackError(problems)
+    return stack
+
+
+def load_stack(path: str | Path) -> Stack:
+    """Read and validate a stack file. Raises :class:`StackError`."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StackError([Problem(file, "", "no such stack file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StackError([Problem(file, "", f"cannot read the stack file: {exc}")]) from None
+    return parse_stack(parse_yaml(text, file), file)
+
+
+def parse_yaml(text: str, file: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StackError([Problem(file, where, f"invalid YAML: {exc.problem}")]) from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise StackError([Problem(file, "", f"invalid YAML: {exc}")]) from None
+
+
+# Which component needs which, whatever the stack says: the catalog's own dependencies
+# are checked here so a stack cannot enable a service without what it stands on.
+def semantic_problems(stack: Stack) -> list[tuple[str, str]]:
+    """Cross-field rules that a schema alone cannot say."""
+    from ccoas.components import CATALOG  # the catalog knows each component's needs
+
+    problems: list[tuple[str, str]] = []
+    enabled = set(stack.enabled())
+    for name in COMPONENTS:
+        config = stack.component(name)
+        base = f"components.{name}"
+        if config.publish and name != "nginx":
+            problems.append((f"{base}.publish", "only nginx may publish ports; every other service stays on internal networks"))
+        if not config.enabled:
+            continue
+        component = CATALOG[name]
+        for needed in sorted(set(component.requires) | set(config.depends_on)):
+            if needed == name:
+                problems.append((f"{base}.depends_on", f"{name} cannot depend on itself"))
+            elif needed not in enabled:
+                problems.append((base, f"{name} requires {needed}, which is not enabled"))
+        if stack.image_source(name) == "local" and component.recipe is None:
+            problems.append(
+                (f"{base}.image.source", f"{name} has no local image recipe (no package ships it); use source: registry")
+            )
+        for index, port in enumerate(config.publish):
+            if port.container_port not in component.ports:
+                problems.append(
+                    (f"{base}.publish[{index}].container_port", f"expected one of {sorted(component.ports)}, got {port.container_port}")
+                )
+    for path, message in _cycle_problems(stack, enabled):
+        problems.append((path, message))
+    if stack.tls.mode == "supplied" and not (stack.tls.cert and stack.tls.key):
+        problems.append(("tls", "mode supplied needs both cert and key paths"))
+    if stack.tls.mode == "generate" and stack.environment == "prod":
+        problems.append(("tls.mode", "prod stacks must supply their certificate (generate is for dev and ci)"))
+    if stack.tls.mode == "generate" and (stack.tls.cert or stack.tls.key):
+        problems.append(("tls", "cert and key are only read with mode: supplied"))
+    if stack.schema_.tables and "postgres" not in enabled:
+        problems.append(("schema.tables", "tables need postgres, which is not enabled"))
+    seen: set[str] = set()
+    for index, table in enumerate(stack.schema_.tables):
+        path = f"schema.tables[{index}]"
+        if table.name in seen:
+            problems.append((f"{path}.name", f"duplicate table {table.name!r}"))
+        seen.add(table.name)
+        columns = [c.name for c in table.columns]
+        for column in sorted({c for c in columns if columns.count(c) > 1}):
+            problems.append((f"{path}.columns", f"duplicate column {column!r}"))
+        if not any(c.primary_key for c in table.columns):
+            problems.append((f"{path}.columns", "expected one column with primary_key: true"))
+        needed = {"owner-only": table.owner_column, "tenant": table.tenant_column, "public-read": table.owner_column}[table.policy]
+        match = [c for c in table.columns if c.name == needed]
+        if not match:
+            problems.append((f"{path}.columns", f"policy {table.policy} needs a column {needed!r}"))
+        elif match[0].type not in ("uuid", "text"):
+            problems.append((f"{path}.columns", f"column {needed!r} used by policy {table.policy} must be uuid or text"))
+    return problems
+
+
+def _cycle_problems(stack: Stack, enabled: set[str]) -> list[tuple[str, str]]:
+    from graphlib import CycleError, TopologicalSorter
+
+    from ccoas.components import CATALOG
+
+    graph = {
+        name: {d for d in (*CATALOG[name].requires, *CATALOG[name].after, *stack.component(name).depends_on) if d in enabled and d != name}
+        for name in enabled
+    }
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        return [("components", f"dependency cycle: {cycle}")]
+    return []
