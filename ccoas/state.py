@@ -1,0 +1,54 @@
+"""Where a stack keeps its state on a host: rendered config, secret files, runtime dirs.
+
+Paths are the host's business, not the plan's: the plan says "mount the rendered
+``nginx`` directory at /etc/ccoas/nginx"; :class:`StackPaths` says where that
+directory is on this host. Every engine (local, Pulumi) resolves mounts through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    state: Path
+    """Persistent per-stack state (rendered files, Vault init material, Pulumi backend)."""
+    runtime: Path
+    """Per-stack runtime dir (the engine user's XDG_RUNTIME_DIR: tmpfs on systemd hosts)."""
+
+    @property
+    def render(self) -> Path:
+        return self.state / "render"
+
+    @property
+    def vault_init(self) -> Path:
+        """Unseal keys and the initial root token (0600): see the README on auto-unseal."""
+        return self.state / "vault-init.json"
+
+    @property
+    def ccoas_token(self) -> Path:
+        return self.state / "vault-ccoas-token"
+
+    @property
+    def pulumi(self) -> Path:
+        return self.state / "pulumi"
+
+    @property
+    def secrets(self) -> Path:
+        """Secret files materialised from Vault, one per secret, 0400, owned by the reader's uid."""
+        return self.runtime / "secrets"
+
+    def secret_file(self, service: str, secret: str) -> Path:
+        return self.secrets / service / secret
+
+    def runtime_mount(self, name: str) -> Path:
+        return self.runtime / name
+
+    def config_dir(self, source: str) -> Path:
+        return self.render / source
+
+
+def stack_paths(state_root: Path, runtime_root: Path, stack: str) -> StackPaths:
+    return StackPaths(state=state_root / "stacks" / stack, runtime=runtime_root / "ccoas" / stack)
