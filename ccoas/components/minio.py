@@ -12,7 +12,7 @@ from ccoas.plan import Artifact, Secret, Service, VolumeMount
 
 PORT = 9000
 CONSOLE_PORT = 9001
-RELEASE = "v0.0.0-20250907161633-a6e0b5e0e8b2"
+RELEASE = "v0.0.0-20251015172955-9e49d5e7a648"  # RELEASE.2025-10-15T17-29-55Z, the last source release
 
 
 def secrets(ctx: Context) -> list[Secret]:
@@ -20,6 +20,13 @@ def secrets(ctx: Context) -> list[Secret]:
         ctx.secret("minio", "root_user", "username", ("minio",), "MinIO root user name", length=16),
         ctx.secret("minio", "root_password", "password", ("minio",), "MinIO root password", length=40),
     ]
+
+
+def probe(ctx: Context, kind: str):
+    """The official image ships ``mc`` and no curl; the local image ships curl."""
+    if ctx.stack.image_source("minio") == "registry":
+        return check("CMD", "mc", "ready", "local", interval=5) if kind == "ready" else check("CMD", "mc", "ping", "-c", "1", "local", interval=5)
+    return check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/minio/health/{kind}", interval=5)
 
 
 def service(ctx: Context) -> Service:
@@ -36,8 +43,8 @@ def service(ctx: Context) -> Service:
         },
         volumes=(VolumeMount(volume="minio-data", target="/data"),),
         config_templates=("minio/buckets.json.j2",),
-        healthcheck=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/minio/health/ready", interval=5),
-        liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/minio/health/live", interval=5),
+        healthcheck=probe(ctx, "ready"),
+        liveness=probe(ctx, "live"),
     )
 
 
@@ -48,7 +55,7 @@ COMPONENT = Component(
     gid=1000,
     ports=(PORT, CONSOLE_PORT),
     networks=("edge", "db"),
-    registry_image="docker.io/minio/minio:RELEASE.2025-09-07T16-13-09Z",
+    registry_image="quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e",
     recipe=Recipe(
         containerfile="minio/Containerfile.j2",
         artifacts=(Artifact(kind="go", spec=f"github.com/minio/minio@{RELEASE}", binary="minio"),),

@@ -46,7 +46,7 @@ COMPONENT = Component(
     gid=101,
     ports=(HTTP_PORT, HTTPS_PORT),
     networks=("edge",),
-    registry_image="docker.io/nginxinc/nginx-unprivileged:1.27",
+    registry_image="docker.io/nginxinc/nginx-unprivileged:1.29.1@sha256:451ec1db67978686908d931cc090ac9f6649a5dfbde0d7d3b33756f7c6303f7e",
     recipe=Recipe(containerfile="nginx/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="nginx"),)),
     default_limits={"memory": "128Mi", "cpus": 0.5, "pids": 128},
     declare_secrets=secrets,

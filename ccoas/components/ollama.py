@@ -26,6 +26,7 @@ def service(ctx: Context) -> Service:
             "OLLAMA_HOST": f"0.0.0.0:{PORT}",
             "OLLAMA_MODELS": "/var/lib/ollama/models",
             "OLLAMA_NOPRUNE": "1",
+            "OLLAMA_NO_CLOUD": "1",
         },
         volumes=(VolumeMount(volume="ollama-models", target="/var/lib/ollama"),),
         healthcheck=check("CMD", "ollama", "list", interval=5),
@@ -40,7 +41,7 @@ COMPONENT = Component(
     gid=1000,
     ports=(PORT,),
     networks=("db",),
-    registry_image="docker.io/ollama/ollama:0.12.6",
+    registry_image="docker.io/ollama/ollama:0.12.6@sha256:352e045b937ac29d3d9550c22fb85525f60a89e064df34c26579bee5a93b3a16",
     recipe=Recipe(
         containerfile="ollama/Containerfile.j2",
         artifacts=(Artifact(kind="go", spec=f"github.com/ollama/ollama@{VERSION}", binary="ollama", cgo=True),),

@@ -45,7 +45,7 @@ COMPONENT = Component(
     gid=999,
     ports=(6379,),
     networks=("db",),
-    registry_image="docker.io/library/redis:7.4",
+    registry_image="docker.io/library/redis:7.4.6@sha256:a9cc41d6d01da2aa26c219e4f99ecbeead955a7b656c1c499cce8922311b2514",
     recipe=Recipe(containerfile="redis/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="redis-server"),)),
     default_limits={"memory": "256Mi", "cpus": 0.5, "pids": 128},
     declare_secrets=secrets,

