@@ -101,6 +101,9 @@ class HostLayout:
             "LOGNAME": self.engine_user,
             "XDG_RUNTIME_DIR": str(self.runtime_dir),
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            # Docker image format, not OCI: OCI image configs have no HEALTHCHECK, and the
+            # plan's images rely on theirs (builds through the API inherit this).
+            "BUILDAH_FORMAT": "docker",
         }
 
     def engine_command(self, *args: str) -> list[str]:

@@ -13,7 +13,8 @@ Build context layout (what a Containerfile template may ``COPY``):
 - ``node/``: the Node runtime of an ``npm`` artifact named ``node-<os>-<arch>`` (bin/node, include/node).
 - ``npm/<name>/``: an installed npm application (``package.json`` and ``node_modules/``),
   installed on the host with the recipe's Node runtime so native modules match it.
-- ``bin/<binary>``: a Go module built on the host (``go install``; ``CGO_ENABLED`` per artifact).
+- ``bin/<binary>``: a Go module built on the host (``go install``; ``CGO_ENABLED`` and
+  ``-ldflags`` per artifact; module and build caches under the cache root).
 - ``deb`` artifacts are not fetched: the template receives them as ``deb_packages`` and
   installs them with apt-get in the build (Debian's archive is reachable from builds).
 - the recipe's ``files`` under their template-relative path minus the component folder.
@@ -103,6 +104,7 @@ def _slug(text: str) -> str:
 def artifact_dir(layout: HostLayout, artifact: ArtifactLike, runtime: ArtifactLike | None = None) -> Path:
     """Where a fetched artifact lives in the cache: keyed by kind, spec, options and Node runtime."""
     parts = [artifact.kind, artifact.spec, artifact.binary or "", str(bool(artifact.cgo))]
+    parts += list(getattr(artifact, "ldflags", ()))
     if runtime is not None:
         parts.append(runtime.spec)
     name = artifact.binary if artifact.kind == "go" and artifact.binary else spec_name(artifact.kind, artifact.spec)
@@ -294,7 +296,9 @@ def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
             CGO_ENABLED="1" if artifact.cgo else "0",
             GOFLAGS="-trimpath -modcacherw",
         )
-        _run([_go_binary(), "install", artifact.spec], f"go install {artifact.spec}", env=env)
+        ldflags = list(getattr(artifact, "ldflags", ()))
+        cmd = [_go_binary(), "install", *(["-ldflags", " ".join(ldflags)] if ldflags else []), artifact.spec]
+        _run(cmd, f"go install {artifact.spec}", env=env)
         built = scratch / "bin" / binary
         if not built.is_file():
             raise HostError(f"go install {artifact.spec} built no binary named {binary!r}")
@@ -385,10 +389,28 @@ def build_base(layout: HostLayout, client: Any, progress: Progress = _quiet) -> 
     progress("base", f"importing {tarball.name} as {BASE_REF}")
     repository, tag = BASE_REF.rsplit(":", 1)
     # Imported through the API (the SDK uploads the file): the engine user needs no read access.
-    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+    # Podman 4.3's compat import ignores the tag parameter: import untagged, then tag the id.
+    reply = client.api.import_image_from_file(str(tarball))
+    image_id = _imported_id(reply)
+    client.images.get(image_id).tag(repository, tag)
     if not image_present(client, BASE_REF):
         raise HostError(f"importing {tarball} did not produce {BASE_REF}")
     return BASE_REF
+
+
+def _imported_id(reply: Any) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    for line in text.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if "error" in message:
+            raise HostError(f"image import failed: {message['error']}")
+        image_id = message.get("id") or message.get("status", "")
+        if image_id.startswith("sha256:"):
+            return image_id
+    raise HostError(f"image import returned no image id: {text[:300]}")
 
 
 def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress: Progress = _quiet) -> None:

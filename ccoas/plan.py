@@ -62,6 +62,8 @@ class Artifact(Model):
     binary: str | None = None
     """For go artifacts: the binary the module's main package builds."""
     cgo: bool = False
+    ldflags: tuple[str, ...] = ()
+    """For go artifacts: extra ``-ldflags`` (e.g. ``-X`` version stamps)."""
 
 
 class LocalRecipe(Model):

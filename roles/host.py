@@ -5,14 +5,16 @@
 
 What it leaves behind, every piece idempotent (a second run reports no changes):
 
-- Debian packages: rootless Podman (podman, runc, uidmap, slirp4netns, fuse-overlayfs),
+- Debian packages: rootless Podman (podman, runc, uidmap, slirp4netns, fuse-overlayfs,
+  netavark and aardvark-dns for container DNS and isolated networks),
   mmdebstrap for the local base image, and the tools local image builds run on the host
   (a C toolchain and python3 for node-gyp, xz/tar; npm when the host has none).
 - An unprivileged engine user (data ``ccoas_engine_user``, default ``ccoas``) with a
   subordinate uid/gid range in /etc/subuid and /etc/subgid.
 - Its ``~/.config/containers/containers.conf`` and ``storage.conf``: k8s-file logs, runc,
   cgroupfs and file events when the host runs no systemd (journald and the systemd
-  cgroup manager are unreachable then); Podman's defaults where systemd runs. Overlay storage.
+  cgroup manager are unreachable then); Podman's defaults where systemd runs. The netavark
+  network backend. Overlay storage. (A running API service reads them at start only.)
 - ``/dev/net/tun`` readable by everyone where it is not (slirp4netns needs it rootless).
 - ``/run/user/<uid>`` (0700, the user's): its XDG_RUNTIME_DIR, where the API socket lives.
 - ``/var/lib/ccoas`` (state) and ``/var/cache/ccoas`` (build cache) owned by the engine user:
@@ -31,7 +33,9 @@ from pyinfra.api import FactBase
 from pyinfra.facts.server import Command, Users, Which
 from pyinfra.operations import apt, files, server
 
-ENGINE_PACKAGES = ["podman", "runc", "uidmap", "slirp4netns", "fuse-overlayfs"]
+# netavark + aardvark-dns: name resolution between containers and isolate=true networks
+# (Debian's podman only recommends them; without them it falls back to CNI without DNS).
+ENGINE_PACKAGES = ["podman", "runc", "uidmap", "slirp4netns", "fuse-overlayfs", "netavark", "aardvark-dns"]
 BUILD_PACKAGES = ["mmdebstrap", "ca-certificates", "build-essential", "python3", "xz-utils", "tar"]
 
 user = host.data.get("ccoas_engine_user", "ccoas")
@@ -87,7 +91,16 @@ for directory in (f"{home}/.config", f"{home}/.config/containers"):
 
 if systemd_running:
     # journald logs and events, the systemd cgroup manager and crun work with a user session.
-    containers_conf = '[containers]\n\n[engine]\nruntime = "runc"\n'
+    containers_conf = (
+        "# Written by ccoas (roles/host.py).\n"
+        "[containers]\n"
+        "\n"
+        "[engine]\n"
+        'runtime = "runc"\n'
+        "\n"
+        "[network]\n"
+        'network_backend = "netavark"\n'
+    )
 else:
     containers_conf = (
         "# Written by ccoas (roles/host.py): this host runs no systemd.\n"
@@ -98,6 +111,9 @@ else:
         'runtime = "runc"\n'
         'cgroup_manager = "cgroupfs"\n'
         'events_logger = "file"\n'
+        "\n"
+        "[network]\n"
+        'network_backend = "netavark"\n'
     )
 files.put(
     name="containers.conf of the engine user",

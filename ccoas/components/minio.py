@@ -12,7 +12,9 @@ from ccoas.plan import Artifact, Secret, Service, VolumeMount
 
 PORT = 9000
 CONSOLE_PORT = 9001
-RELEASE = "v0.0.0-20251015172955-9e49d5e7a648"  # RELEASE.2025-10-15T17-29-55Z, the last source release
+# The last commit of the (now unmaintained) community MinIO: the Go module proxy serves it,
+# while the RELEASE.* pseudo-versions are refused there.
+RELEASE = "v0.0.0-20260212201848-7aac2a2c5b7c"
 
 
 def secrets(ctx: Context) -> list[Secret]:

@@ -10,7 +10,9 @@ from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Secret, Service, VolumeMount
 
 PORT = 11434
-VERSION = "v0.12.6"
+# v0.11.4 is the newest Ollama whose Go module builds from the module proxy alone: later
+# versions keep llama.cpp headers under vendor/, which module downloads leave out.
+VERSION = "v0.11.4"
 
 
 def secrets(ctx: Context) -> list[Secret]:
@@ -30,7 +32,7 @@ def service(ctx: Context) -> Service:
         },
         volumes=(VolumeMount(volume="ollama-models", target="/var/lib/ollama"),),
         healthcheck=check("CMD", "ollama", "list", interval=5),
-        liveness=check("CMD", "ollama", "--version", interval=10),
+        liveness=check("CMD", "ollama", "list", interval=10),
     )
 
 
@@ -44,7 +46,16 @@ COMPONENT = Component(
     registry_image="docker.io/ollama/ollama:0.12.6@sha256:352e045b937ac29d3d9550c22fb85525f60a89e064df34c26579bee5a93b3a16",
     recipe=Recipe(
         containerfile="ollama/Containerfile.j2",
-        artifacts=(Artifact(kind="go", spec=f"github.com/ollama/ollama@{VERSION}", binary="ollama", cgo=True),),
+        artifacts=(
+            Artifact(
+                kind="go",
+                spec=f"github.com/ollama/ollama@{VERSION}",
+                binary="ollama",
+                cgo=True,
+                # without these the server reports version 0.0.0 and runs its web framework in debug mode
+                ldflags=(f"-X=github.com/ollama/ollama/version.Version={VERSION[1:]}", "-X=github.com/ollama/ollama/server.mode=release"),
+            ),
+        ),
     ),
     default_limits={"memory": "4Gi", "cpus": 2.0, "pids": 512},
     declare_secrets=secrets,

@@ -9,11 +9,13 @@ psql itself, so no value ever appears in a file, an argument or a log.
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Hook, Secret, Service, TmpfsMount, VolumeMount
+from ccoas.plan import Artifact, Hook, Secret, Service, VolumeMount
 
 PGDATA = "/var/lib/postgresql/data"
 DATABASE = "app"
 SUPERUSER = "postgres"
+SOCKET_DIR = "/tmp"
+"""The unix socket lives on the /tmp tmpfs: the one writable place every image has."""
 
 
 def secrets(ctx: Context) -> list[Secret]:
@@ -36,7 +38,6 @@ def service(ctx: Context) -> Service:
             "POSTGRES_PASSWORD_FILE": ctx.secret_file("postgres_superuser_password"),
         },
         volumes=(VolumeMount(volume="postgres-data", target="/var/lib/postgresql"),),
-        tmpfs=(TmpfsMount(target="/var/run/postgresql", size="8m"),),
         config_templates=("postgres/postgresql.conf.j2", "postgres/pg_hba.conf.j2", "postgres/bootstrap.sql.j2"),
         healthcheck=check("CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", SUPERUSER, "-d", DATABASE, interval=5, start=20),
         liveness=check("CMD-SHELL", "pg_isready -q -h 127.0.0.1; test $? -ne 2", interval=5, start=20),
@@ -44,7 +45,7 @@ def service(ctx: Context) -> Service:
             Hook(
                 kind="exec",
                 stage="ready",
-                command=("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", DATABASE, "-f", "/etc/ccoas/postgres/bootstrap.sql"),
+                command=("psql", "-X", "-q", "-h", SOCKET_DIR, "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", DATABASE, "-f", "/etc/ccoas/postgres/bootstrap.sql"),
                 description="apply roles, pgvector and row-level security (idempotent)",
             ),
         ),

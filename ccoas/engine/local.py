@@ -57,6 +57,8 @@ class UpResult:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds from the start of ``up`` until each service was ready."""
+    durations: dict[str, float] = field(default_factory=dict)
+    """Seconds each service took on its own: container converged, alive, hooks, ready."""
 
 
 def _noop(message: str) -> None:
@@ -167,8 +169,10 @@ class LocalEngine:
         self._ensure_runtime_dirs()
         fingerprints: dict[str, str] = {}
         timings: dict[str, float] = {}
+        durations: dict[str, float] = {}
         for tier in self.plan.start_order:
             for name in tier:
+                began = time.monotonic()
                 service = self.plan.service(name)
                 changed = self._ensure_container(service, fingerprints.get(name, ""))
                 changes += changed
@@ -184,8 +188,9 @@ class LocalEngine:
                     created, fingerprints = self._converge_secrets()
                     changes += created
                 timings[name] = time.monotonic() - started
+                durations[name] = time.monotonic() - began
                 self._done(f"{name} ready ({'changed' if changed else 'unchanged'})")
-        return UpResult(changes=changes, status=self.status(), notes=self.host_notes(), timings=timings)
+        return UpResult(changes=changes, status=self.status(), notes=self.host_notes(), timings=timings, durations=durations)
 
     def _render(self) -> int:
         from ccoas.render import render

@@ -1,0 +1,260 @@
+"""Render a plan into files: every service's config templates, ``compose.yaml`` and ``plan.json``.
+
+:func:`render` writes ``templates/<component>/<file>.j2`` to ``<out>/<component>/<file>``
+(the directory the engine bind-mounts read-only at the service's ``config.target``),
+plus ``<out>/compose.yaml`` (:func:`ccoas.compose.compose_document`) and
+``<out>/plan.json`` (:meth:`Plan.to_json`).
+
+The output is a pure function of the plan: templates are rendered with
+:class:`~jinja2.StrictUndefined`, everything is iterated in sorted order, no file holds a
+timestamp, a host path or a secret value (templates only *name* secret files), and modes
+are fixed (0644, 0755 for ``*.sh`` and for directories). The same plan renders to the
+same bytes on every run and every machine. :func:`render` never deletes anything: render
+into a fresh directory to drop files of components that were disabled.
+
+Templates see ``plan`` and ``service`` and the small pure helpers registered in
+:func:`environment`. :func:`vault_policy_hcl` and :func:`ccoas_policy_hcl` are also what
+the Vault bootstrap uploads, so the rendered ``policies.hcl`` is the live policy text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from ccoas.errors import CcoasError
+from ccoas.plan import TEMPLATES_DIR, Plan, Service, VaultPolicy
+
+TEMPLATE_SUFFIX = ".j2"
+FILE_MODE = 0o644
+SCRIPT_MODE = 0o755
+DIR_MODE = 0o755
+COMPOSE_FILE = "compose.yaml"
+PLAN_FILE = "plan.json"
+
+
+class RenderError(CcoasError):
+    """A template could not be rendered from the plan (a template bug, not a user error)."""
+
+
+# --- helpers templates may call ----------------------------------------------------------
+
+
+def vault_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
+    """A service's Vault policy: read, and only read, exactly its own secrets' current values."""
+    if plan.vault is None:
+        raise RenderError(f"policy {policy.name}: the plan has no vault")
+    mount, prefix = plan.vault.kv_mount, plan.vault.prefix
+    lines = [f"# {policy.name}: what the {policy.service} service may read"]
+    for path in sorted(policy.read_paths):
+        lines.append(f'path "{mount}/data/{prefix}/{path}" {{\n  capabilities = ["read"]\n}}')
+    return "\n".join(lines) + "\n"
+
+
+def ccoas_policy_hcl(plan: Plan) -> str:
+    """The operator token ccoas keeps after bootstrap: write secrets and read their metadata,
+    manage the stack's own service policies and token role; never read a secret value."""
+    if plan.vault is None:
+        raise RenderError("the plan has no vault")
+    mount, prefix = plan.vault.kv_mount, plan.vault.prefix
+    rules = [
+        (f"{mount}/data/{prefix}/*", '["create", "update"]'),
+        (f"{mount}/metadata/{prefix}/*", '["read", "list", "delete"]'),
+        (f"{mount}/metadata/{prefix}", '["list"]'),
+        (f"sys/policies/acl/{prefix}-*", '["create", "read", "update", "delete"]'),
+        (f"auth/token/roles/{prefix}-services", '["create", "read", "update"]'),
+        (f"auth/token/create/{prefix}-services", '["update"]'),
+        ("auth/token/renew-self", '["update"]'),
+        ("auth/token/lookup-self", '["read"]'),
+    ]
+    body = "\n".join(f'path "{path}" {{\n  capabilities = {caps}\n}}' for path, caps in rules)
+    return f"# {plan.vault.ccoas_policy}: the token ccoas itself uses after bootstrap\n{body}\n"
+
+
+def secret_file(service: Service, secret: str) -> str:
+    """Where ``secret`` is mounted in ``service`` (the plan's target, e.g. ``/run/secrets/<name>``)."""
+    for mount in service.secrets:
+        if mount.secret == secret:
+            return mount.target
+    raise RenderError(f"{service.name} does not mount the secret {secret!r}")
+
+
+def secret_clients(plan: Plan, owner: str, suffix: str = "_password") -> list[str]:
+    """Who has a credential on ``owner``: ``X`` for every secret named ``<owner>_X<suffix>`` that
+    ``X`` reads (``redis_directus_password`` → ``directus``). Sorted."""
+    clients = []
+    for secret in plan.secrets:
+        middle = secret.name.removeprefix(f"{owner}_").removesuffix(suffix)
+        if secret.name == f"{owner}_{middle}{suffix}" and middle in secret.readers and plan.has(middle):
+            clients.append(middle)
+    return sorted(clients)
+
+
+def sql_ident(name: str) -> str:
+    """A Postgres identifier, always double-quoted (quotes inside doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value: str) -> str:
+    """A Postgres string literal (standard_conforming_strings: only ``'`` needs doubling)."""
+    if "\\" in value or "\0" in value:
+        raise RenderError(f"refusing to quote {value!r} as SQL: backslash or NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sh_quote(value: Any) -> str:
+    """A POSIX shell word."""
+    return shlex.quote(str(value))
+
+
+def hcl_string(value: str) -> str:
+    """An HCL string literal."""
+    return json.dumps(value)
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Deterministic JSON: sorted keys, ASCII only."""
+    return json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=True)
+
+
+def yaml_text(value: Any) -> str:
+    """Deterministic YAML (sorted keys, block style, no line folding)."""
+    return yaml.safe_dump(value, sort_keys=True, default_flow_style=False, width=10_000, allow_unicode=False)
+
+
+def mebibytes(value: int | None, fraction: float = 1.0, default: int = 0) -> int:
+    """``fraction`` of a byte count, in whole MiB (``default`` when there is no limit)."""
+    if value is None:
+        return default
+    return max(1, int(value * fraction) // 1024**2)
+
+
+@lru_cache(maxsize=None)
+def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
+    """The one Jinja environment of every config template."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(
+        vault_policy_hcl=vault_policy_hcl,
+        ccoas_policy_hcl=ccoas_policy_hcl,
+        secret_file=secret_file,
+        secret_clients=secret_clients,
+    )
+    env.filters.update(
+        sql_ident=sql_ident,
+        sql_literal=sql_literal,
+        sh_quote=sh_quote,
+        hcl_string=hcl_string,
+        json_text=json_text,
+        yaml_text=yaml_text,
+        mebibytes=mebibytes,
+    )
+    return env
+
+
+def render_text(template: str, **context: Any) -> str:
+    """Render a template given as text, with the same environment and helpers as the files."""
+    try:
+        return environment().from_string(template).render(**context)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"cannot render template text: {exc}") from None
+
+
+def render_template(template: str, plan: Plan, service: Service) -> str:
+    """Render one template file (a path relative to ``templates/``) for ``service``."""
+    try:
+        return environment().get_template(template).render(plan=plan, service=service)
+    except jinja2.TemplateError as exc:
+        where = f"{exc.filename}:{exc.lineno}: " if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        raise RenderError(f"{service.name}: cannot render {template}: {where}{exc}") from None
+
+
+# --- the render ----------------------------------------------------------------------------
+
+
+def output_path(template: str) -> str:
+    """``hasura/metadata/version.yaml.j2`` → ``hasura/metadata/version.yaml``."""
+    if not template.endswith(TEMPLATE_SUFFIX):
+        raise RenderError(f"{template}: a config template must end with {TEMPLATE_SUFFIX}")
+    return template[: -len(TEMPLATE_SUFFIX)]
+
+
+def file_mode(relative: str) -> int:
+    return SCRIPT_MODE if relative.endswith(".sh") else FILE_MODE
+
+
+def rendered_files(plan: Plan) -> dict[str, str]:
+    """Every file of the render, relative path → text, without touching the disk."""
+    from ccoas.compose import compose_document
+
+    files: dict[str, str] = {}
+    for service in sorted(plan.services, key=lambda s: s.name):
+        if service.config_templates and service.config is None:
+            raise RenderError(f"{service.name}: has config templates but no config mount")
+        for template in sorted(service.config_templates):
+            relative = output_path(template)
+            if service.config is not None and not relative.startswith(f"{service.config.source}/"):
+                raise RenderError(f"{service.name}: {template} is outside its config directory {service.config.source}/")
+            if relative in files:
+                raise RenderError(f"{relative} is rendered twice")
+            files[relative] = render_template(template, plan, service)
+    files[COMPOSE_FILE] = yaml_text(compose_document(plan))
+    files[PLAN_FILE] = plan.to_json()
+    return dict(sorted(files.items()))
+
+
+def render(plan: Plan, out: Path) -> list[Path]:
+    """Write every rendered file under ``out``; returns their paths, sorted.
+
+    Files are replaced atomically (a symlink in ``out`` is replaced, never followed);
+    directories this call creates get mode 0755. Nothing is removed.
+    """
+    out = Path(out)
+    files = rendered_files(plan)
+    _make_dirs(out)
+    written: list[Path] = []
+    for relative, text in files.items():
+        path = out / relative
+        _make_dirs(path.parent)
+        _write(path, text.encode("utf-8"), file_mode(relative))
+        written.append(path)
+    return written
+
+
+def _make_dirs(directory: Path) -> None:
+    missing = []
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    for created in reversed(missing):
+        created.mkdir()
+        os.chmod(created, DIR_MODE)
+    if not directory.is_dir():
+        raise RenderError(f"{directory} exists and is not a directory")
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

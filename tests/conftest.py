@@ -1,0 +1,74 @@
+"""Shared fixtures of the fast tier: where the repository is, how to get a plan, a stack file
+and a CLI runner. Generic on purpose; anything specific to one test module lives there."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STACKS_DIR = REPO_ROOT / "stacks"
+STACK_NAMES = tuple(sorted(p.stem for p in STACKS_DIR.glob("*.yaml")))
+"""The shipped stacks (``dev``, ``ci``, ``prod``), for ``pytest.mark.parametrize``."""
+
+
+def stack_path(stack: str | Path) -> Path:
+    """``"prod"`` → ``stacks/prod.yaml``; a path is returned as is."""
+    if isinstance(stack, Path) or "/" in stack or stack.endswith((".yaml", ".yml")):
+        return Path(stack)
+    return STACKS_DIR / f"{stack}.yaml"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def load_plan() -> Callable[..., Any]:
+    """``load_plan("prod")``, ``load_plan("ci", name="pr-42")`` or ``load_plan(path)``: a fresh plan."""
+    from ccoas.plan import build_plan
+    from ccoas.stack import load_stack
+
+    def _load_plan(stack: str | Path, name: str | None = None):
+        return build_plan(load_stack(stack_path(stack)), name=name)
+
+    return _load_plan
+
+
+@pytest.fixture(scope="session")
+def stack_document() -> Callable[[str], dict[str, Any]]:
+    """``stack_document("prod")``: a deep copy of a shipped stack's parsed YAML, free to mutate."""
+    cache: dict[str, Any] = {}
+
+    def _stack_document(stack: str) -> dict[str, Any]:
+        if stack not in cache:
+            cache[stack] = yaml.safe_load(stack_path(stack).read_text(encoding="utf-8"))
+        return copy.deepcopy(cache[stack])
+
+    return _stack_document
+
+
+def write_stack_file(directory: Path, data: Any, filename: str = "stack.yaml") -> Path:
+    """Write ``data`` (a tree dumped as YAML, or raw text written verbatim) and return the path."""
+    path = Path(directory) / filename
+    text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_stack() -> Callable[..., Path]:
+    """``write_stack(tmp_path, data)`` → the path of a stack file holding ``data`` (tree or raw text)."""
+    return write_stack_file
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """A typer CliRunner; ``result.stdout`` and ``result.stderr`` are kept apart."""
+    return CliRunner()

