@@ -121,6 +121,9 @@ class TmpfsMount(Model):
 class SecretMount(Model):
     secret: str
     target: str
+    format: str | None = None
+    """The file's content when the reader needs more than the bare value, e.g.
+    ``redis://directus:{value}@redis:6379``; ``{value}`` is replaced at materialisation."""
     uid: int
     gid: int
     mode: int = 0o400
@@ -214,6 +217,8 @@ class Secret(Model):
     generator: Literal["password", "token", "key", "username", "tls-cert", "tls-key"]
     length: int = 32
     readers: tuple[str, ...]
+    reader_formats: dict[str, str] = {}
+    """Reader → file content template (see :attr:`SecretMount.format`) where a reader needs one."""
     description: str
 
 

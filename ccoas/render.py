@@ -13,8 +13,9 @@ same bytes on every run and every machine. :func:`render` never deletes anything
 into a fresh directory to drop files of components that were disabled.
 
 Templates see ``plan`` and ``service`` and the small pure helpers registered in
-:func:`environment`. :func:`vault_policy_hcl` and :func:`ccoas_policy_hcl` are also what
-the Vault bootstrap uploads, so the rendered ``policies.hcl`` is the live policy text.
+:func:`environment`. :func:`vault_policy_hcl` is also what the Vault bootstrap uploads for
+each service, and :func:`ccoas_policy_hcl` is the bootstrap's own operator policy, so the
+rendered ``policies.hcl`` is the live policy text.
 """
 
 from __future__ import annotations
@@ -60,23 +61,13 @@ def vault_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
 
 
 def ccoas_policy_hcl(plan: Plan) -> str:
-    """The operator token ccoas keeps after bootstrap: write secrets and read their metadata,
-    manage the stack's own service policies and token role; never read a secret value."""
+    """ccoas's own operator policy, from the Vault bootstrap itself (:mod:`ccoas.secrets` owns
+    what that token may do), so the rendered text is the uploaded text."""
+    from ccoas.secrets import ccoas_policy_hcl as operator_policy  # imported late: secrets may import render
+
     if plan.vault is None:
         raise RenderError("the plan has no vault")
-    mount, prefix = plan.vault.kv_mount, plan.vault.prefix
-    rules = [
-        (f"{mount}/data/{prefix}/*", '["create", "update"]'),
-        (f"{mount}/metadata/{prefix}/*", '["read", "list", "delete"]'),
-        (f"{mount}/metadata/{prefix}", '["list"]'),
-        (f"sys/policies/acl/{prefix}-*", '["create", "read", "update", "delete"]'),
-        (f"auth/token/roles/{prefix}-services", '["create", "read", "update"]'),
-        (f"auth/token/create/{prefix}-services", '["update"]'),
-        ("auth/token/renew-self", '["update"]'),
-        ("auth/token/lookup-self", '["read"]'),
-    ]
-    body = "\n".join(f'path "{path}" {{\n  capabilities = {caps}\n}}' for path, caps in rules)
-    return f"# {plan.vault.ccoas_policy}: the token ccoas itself uses after bootstrap\n{body}\n"
+    return operator_policy(plan)
 
 
 def secret_file(service: Service, secret: str) -> str:

@@ -57,15 +57,18 @@ def service_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
 
 
 def ccoas_policy_hcl(plan: Plan) -> str:
-    """The operator token ccoas keeps: write secrets and read metadata, never read a value."""
+    """The operator token ccoas keeps: write secrets and read metadata, never read a value.
+
+    It may read the stack's policies but never write one: writing a policy is root-equivalent.
+    Policy changes go through a one-off root token minted from the unseal key and revoked.
+    """
     assert plan.vault is not None
     mount, prefix = plan.vault.kv_mount, plan.vault.prefix
     rules = [
         (f"{mount}/data/{prefix}/*", '["create", "update"]'),
         (f"{mount}/metadata/{prefix}/*", '["read", "list", "delete"]'),
         (f"{mount}/metadata/{prefix}", '["list"]'),
-        (f"sys/policies/acl/{prefix}-*", '["create", "read", "update", "delete"]'),
-        (f"auth/token/roles/{prefix}-services", '["create", "read", "update"]'),
+        (f"sys/policy/{prefix}-*", '["read"]'),
         (f"auth/token/create/{prefix}-services", '["update"]'),
         ("auth/token/renew-self", '["update"]'),
         ("auth/token/lookup-self", '["read"]'),
@@ -99,6 +102,15 @@ class VaultBootstrap:
 
     def converge(self) -> int:
         """Initialise, unseal and configure Vault; returns the number of changes made."""
+        import hvac.exceptions
+        import requests
+
+        try:
+            return self._converge()
+        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+            raise VaultError(f"Vault bootstrap failed: {exc}") from None
+
+    def _converge(self) -> int:
         assert self.plan.vault is not None
         client = vault_client(self.socket)
         changes = 0
@@ -117,21 +129,57 @@ class VaultBootstrap:
         if client.sys.is_sealed():
             for key in material["keys_base64"]:
                 client.sys.submit_unseal_key(key)
-            self._wait_unsealed(client)
-        if material.get("root_token"):
-            self._first_bootstrap(vault_client(self.socket, material["root_token"]))
-            material.pop("root_token")
+        self._wait_active(client)
+        root_token = material.get("root_token")
+        if not root_token and (not self._ccoas_token_valid() or self._policies_outdated()):
+            # ccoas's token is gone or expired, a bootstrap was interrupted, or the plan's
+            # policies changed: mint a one-off root token from the unseal key, converge, revoke it.
+            root_token = self._root_from_unseal_keys(client, material["keys_base64"])
+        if root_token:
+            self._first_bootstrap(vault_client(self.socket, root_token))
+            material.pop("root_token", None)
             _write_private(self.paths.vault_init, json.dumps(material))
             changes += 1
-        changes += self._converge_policies(self.ccoas_client())
+        self.ccoas_client()  # renews ccoas's periodic token
         return changes
 
-    def _wait_unsealed(self, client) -> None:
-        for _ in range(50):
-            if not client.sys.is_sealed():
+    def _ccoas_token_valid(self) -> bool:
+        try:
+            token = self.paths.ccoas_token.read_text().strip()
+        except FileNotFoundError:
+            return False
+        try:
+            vault_client(self.socket, token).auth.token.lookup_self()
+            return True
+        except Exception:  # noqa: BLE001 - any refusal means "not usable"
+            return False
+
+    def _root_from_unseal_keys(self, client, keys: list[str]) -> str:
+        """The generate-root flow with the unseal keys ccoas holds; the token is revoked right after use."""
+        try:
+            client.sys.cancel_root_generation()
+        except Exception:  # noqa: BLE001 - nothing in progress
+            pass
+        attempt = client.sys.start_root_token_generation()
+        otp, nonce = attempt["otp"], attempt["nonce"]
+        result: dict = {}
+        for key in keys:
+            result = client.sys.generate_root(key=key, nonce=nonce)
+        encoded = result.get("encoded_token") or result.get("encoded_root_token")
+        if not result.get("complete") or not encoded:
+            raise VaultError("generating a recovery root token from the unseal key did not complete")
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+        return bytes(a ^ b for a, b in zip(raw, otp.encode())).decode()
+
+    def _wait_active(self, client) -> None:
+        """Unsealed is not enough: integrated storage must elect this node active first."""
+        for _ in range(150):
+            response = client.sys.read_health_status(method="GET")
+            code = getattr(response, "status_code", 200)
+            if code == 200:
                 return
             time.sleep(0.2)
-        raise VaultError("Vault did not unseal")
+        raise VaultError("Vault did not become active within 30s of unsealing")
 
     def _first_bootstrap(self, root) -> None:
         vault = self.plan.vault
@@ -145,11 +193,16 @@ class VaultBootstrap:
                 root.sys.enable_audit_device("file", path="file", options={"file_path": vault.audit_path})
             except Exception as exc:  # noqa: BLE001
                 raise VaultError(f"the file audit device is neither declared in the config nor enabled over the API: {exc}") from None
-        root.sys.create_or_update_policy(vault.ccoas_policy, ccoas_policy_hcl(self.plan))
-        for policy in vault.policies:
-            root.sys.create_or_update_policy(policy.name, service_policy_hcl(policy, self.plan))
+        for name, text in self.wanted_policies().items():
+            root.sys.create_or_update_policy(name, text)
         self._write_token_role(root)
-        token = root.auth.token.create(policies=[vault.ccoas_policy], no_default_policy=True, period="768h", display_name="ccoas")
+        if self._ccoas_token_valid():
+            root.auth.token.revoke_self()
+            return
+        # An orphan: revoking the root token below must not revoke it too.
+        token = root.auth.token.create(
+            policies=[vault.ccoas_policy], no_default_policy=True, no_parent=True, period="768h", display_name="ccoas"
+        )
         _write_private(self.paths.ccoas_token, token["auth"]["client_token"])
         root.auth.token.revoke_self()
 
@@ -173,22 +226,22 @@ class VaultBootstrap:
         client.auth.token.renew_self()
         return client
 
-    def _converge_policies(self, client) -> int:
+    def wanted_policies(self) -> dict[str, str]:
         vault = self.plan.vault
         assert vault is not None
-        changes = 0
-        for policy in vault.policies:
-            wanted = service_policy_hcl(policy, self.plan)
+        wanted = {vault.ccoas_policy: ccoas_policy_hcl(self.plan)}
+        wanted.update({p.name: service_policy_hcl(p, self.plan) for p in vault.policies})
+        return wanted
+
+    def _policies_outdated(self) -> bool:
+        client = self.ccoas_client()
+        for name, text in self.wanted_policies().items():
             try:
-                current = client.sys.read_policy(policy.name)["data"]["rules"]
-            except Exception:  # noqa: BLE001 - absent policy reads as an error
-                current = None
-            if current != wanted:
-                client.sys.create_or_update_policy(policy.name, wanted)
-                changes += 1
-        if changes:
-            self._write_token_role(client)
-        return changes
+                if client.sys.read_policy(name)["data"]["rules"] != text:
+                    return True
+            except Exception:  # noqa: BLE001 - an absent policy reads as an error
+                return True
+        return False
 
 
 def generate(secret: Secret) -> str:
@@ -322,6 +375,8 @@ class SecretStore:
                     self._full(secret), mount_point=self.plan.vault.kv_mount, raise_on_deleted_version=True
                 )
                 value = response["data"]["data"]["value"]
+                if mount.format:
+                    value = mount.format.replace("{value}", value)
                 versions.append(f"{secret.name}:{response['data']['metadata']['version']}")
                 self._write_file(self.paths.secret_file(service.name, secret.name), value, mount.uid, mount.gid)
             fingerprints[service.name] = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]

@@ -519,3 +519,13 @@ def test_image_ref_accepts_the_official_minio_reference(stack_document, write_st
     doc["components"]["minio"]["image"] = {"ref": CATALOG["minio"].registry_image}
 
     assert load_stack(write_stack(tmp_path, doc)).components.minio.image.ref == CATALOG["minio"].registry_image
+
+
+@pytest.mark.xfail(strict=True, reason="stack.py/cli.py: field paths are printed raw, so a key with a line break splits one problem over two lines")
+def test_one_problem_is_one_line_even_with_a_line_break_in_a_key(write_stack, tmp_path, runner):
+    file = write_stack(tmp_path, 'version: 1\nname: ok\nenvironment: dev\ntls: {mode: generate}\n"col\\nour": 1\n')
+
+    result = runner.invoke(app, ["plan", str(file)])
+
+    assert_clean_exit_2(result)
+    assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -115,8 +115,18 @@ class Context:
     def labels(self, component: str) -> dict[str, str]:
         return {f"{LABEL_PREFIX}.stack": self.name, f"{LABEL_PREFIX}.service": component}
 
-    def secret(self, owner: str, what: str, generator: str, readers: tuple[str, ...], description: str, length: int = 32) -> Secret:
+    def secret(
+        self,
+        owner: str,
+        what: str,
+        generator: str,
+        readers: tuple[str, ...],
+        description: str,
+        length: int = 32,
+        reader_formats: dict[str, str] | None = None,
+    ) -> Secret:
         return Secret(
+            reader_formats=reader_formats or {},
             name=f"{owner}_{what}",
             vault_path=f"{owner}/{what}",
             generator=generator,
@@ -163,7 +173,13 @@ class Context:
         config = self.stack.component(name)
         limits = {**component.default_limits, **config.limits.model_dump(exclude_none=True)}
         secret_mounts = tuple(
-            SecretMount(secret=s.name, target=self.secret_file(s.name), uid=component.uid, gid=component.gid)
+            SecretMount(
+                secret=s.name,
+                target=self.secret_file(s.name if name not in s.reader_formats else f"{s.name}_{name}"),
+                format=s.reader_formats.get(name),
+                uid=component.uid,
+                gid=component.gid,
+            )
             for s in sorted(self.all_secrets, key=lambda s: s.name)
             if name in s.readers
         )

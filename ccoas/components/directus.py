@@ -49,10 +49,7 @@ def environment(ctx: Context) -> dict[str, str]:
         env.update(
             {
                 "REDIS_ENABLED": "true",
-                "REDIS_HOST": "redis",
-                "REDIS_PORT": "6379",
-                "REDIS_USERNAME": "directus",
-                "REDIS_PASSWORD_FILE": ctx.secret_file("redis_directus_password"),
+                "REDIS_FILE": ctx.secret_file("redis_directus_password_directus"),
                 "CACHE_ENABLED": "true",
                 "CACHE_STORE": "redis",
                 "RATE_LIMITER_ENABLED": "true",

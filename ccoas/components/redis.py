@@ -12,6 +12,7 @@ from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Secret, Service, TmpfsMount, VolumeMount
 
 CLIENTS = ("directus",)
+COMPONENT_PORT = 6379
 
 
 def clients(ctx: Context) -> list[str]:
@@ -20,7 +21,15 @@ def clients(ctx: Context) -> list[str]:
 
 def secrets(ctx: Context) -> list[Secret]:
     return [
-        ctx.secret("redis", f"{client}_password", "password", ("redis", client), f"password of the redis ACL user {client}")
+        ctx.secret(
+            "redis",
+            f"{client}_password",
+            "password",
+            ("redis", client),
+            f"password of the redis ACL user {client}",
+            # clients get a connection URL: Directus reads no username outside one
+            reader_formats={client: f"redis://{client}:{{value}}@redis:{COMPONENT_PORT}"},
+        )
         for client in clients(ctx)
     ]
 
@@ -43,7 +52,7 @@ COMPONENT = Component(
     summary="Redis: cache with per-service ACL users",
     uid=999,
     gid=999,
-    ports=(6379,),
+    ports=(COMPONENT_PORT,),
     networks=("db",),
     registry_image="docker.io/library/redis:7.4.6@sha256:a9cc41d6d01da2aa26c219e4f99ecbeead955a7b656c1c499cce8922311b2514",
     recipe=Recipe(containerfile="redis/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="redis-server"),)),

@@ -1,0 +1,36 @@
+# Rendered by ccoas from the plan of stack prod (prod): do not edit.
+ui = false
+log_level = "info"
+api_addr = "http://vault:8200"
+
+# mlock needs IPC_LOCK, and a rootless engine cannot lock memory: it is off, and the host
+# must run without swap (or with encrypted swap), see the README. (OpenBao never locks
+# memory and logs that it ignores this setting.)
+disable_mlock = true
+
+# Integrated storage (raft) on the data volume, one node: OpenBao has no "file" backend,
+# and raft is what both Vault and OpenBao recommend. Its cluster port stays on loopback.
+storage "raft" {
+  path    = "/vault/data"
+  node_id = "prod-vault"
+}
+cluster_addr = "https://127.0.0.1:8201"
+
+# Plain HTTP on purpose: this listener is only on the auth network, which is internal (no
+# route off the host) and isolated from the stack's other networks; TLS would add a CA to
+# distribute without removing an attacker from that path.
+listener "tcp" {
+  address         = "0.0.0.0:8200"
+  cluster_address = "127.0.0.1:8201"
+  tls_disable     = true
+}
+
+# ccoas initialises, unseals and writes secrets through this socket, in a directory only
+# the host's ccoas user shares with the container: no port is published for it.
+listener "unix" {
+  address      = "/run/vault/vault.sock"
+  # Vault applies socket_mode only when socket_user and socket_group are set too.
+  socket_mode  = "0666"
+  socket_user  = "100"
+  socket_group = "1000"
+}

@@ -1,0 +1,233 @@
+"""Both engines describe the same containers.
+
+For every service of every shipped stack, the Docker API body the local engine sends
+(:func:`ccoas.engine.docker_api.container_create_body`) and the inputs the Pulumi program
+declares under mocks are normalised into one shape and compared. Each side has its own
+normaliser, here and not in the library, so neither translation can hide behind the other.
+
+One gap is explicit rather than silent: pulumi-docker 5.2 has no pids limit, so ``pids``
+is compared only on the Docker side and the Pulumi program must export it as
+``unenforced`` (see ``test_pulumi_program.py``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from ccoas.engine.docker_api import container_create_body
+from ccoas.plan import Plan
+from test_pulumi_program import Declared, declared, declared_stack, example_paths
+
+STACKS = ("prod", "dev", "ci")
+NS = 1_000_000_000
+MIB = 1024**2
+UNENFORCED_BY_PULUMI = {"pids"}
+"""Fields pulumi-docker cannot declare; the program exports them as ``unenforced``."""
+
+
+def _tmpfs(table: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    return {target: tuple(sorted(options.split(","))) for target, options in table.items()}
+
+
+def _seconds(duration: str) -> int:
+    """pulumi-docker durations as the program writes them: ``"10s"``."""
+    assert duration.endswith("s") and duration[:-1].isdigit(), f"unexpected duration {duration!r}"
+    return int(duration[:-1])
+
+
+def _env(entries: list[str]) -> dict[str, str]:
+    return dict(entry.split("=", 1) for entry in entries)
+
+
+def normalize_docker(body: dict[str, Any]) -> dict[str, Any]:
+    """The local engine's ``POST /containers/create`` body in the common shape."""
+    host = body["HostConfig"]
+    health = body["Healthcheck"]
+    return {
+        "image": body["Image"],
+        "user": body["User"],
+        "read_only": host["ReadonlyRootfs"],
+        "cap_drop": tuple(sorted(host["CapDrop"])),
+        "cap_add": tuple(sorted(host["CapAdd"])),
+        "security_opt": tuple(sorted(host["SecurityOpt"])),
+        "tmpfs": _tmpfs(host["Tmpfs"]),
+        "mounts": sorted((m["Type"], m["Source"], m["Target"], m["ReadOnly"]) for m in host["Mounts"]),
+        "env": _env(body["Env"]),
+        "command": tuple(body["Cmd"]) if "Cmd" in body else None,
+        "entrypoint": tuple(body["Entrypoint"]) if "Entrypoint" in body else None,
+        "healthcheck": (
+            tuple(health["Test"]),
+            health["Interval"] // NS,
+            health["Timeout"] // NS,
+            health["Retries"],
+            health["StartPeriod"] // NS,
+        ),
+        "memory": host.get("Memory"),
+        "nano_cpus": host.get("NanoCpus"),
+        "pids": host.get("PidsLimit"),
+        "restart": (host["RestartPolicy"]["Name"], host["RestartPolicy"]["MaximumRetryCount"]),
+        "networks": {name: tuple(e["Aliases"]) for name, e in body["NetworkingConfig"]["EndpointsConfig"].items()},
+        "ports": sorted(
+            (int(key.split("/")[0]), key.split("/")[1], b["HostIp"], int(b["HostPort"] or 0))
+            for key, bindings in host["PortBindings"].items()
+            for b in bindings
+        ),
+        "labels": dict(body["Labels"]),
+    }
+
+
+def normalize_pulumi(result: Declared, container: dict[str, Any]) -> dict[str, Any]:
+    """A ``pulumi_docker.Container``'s recorded inputs in the common shape."""
+    capabilities = container.get("capabilities") or {}
+    health = container.get("healthcheck") or {}
+    return {
+        "image": result.image_ref(container),
+        "user": container.get("user"),
+        "read_only": container.get("readOnly", False),
+        "cap_drop": tuple(sorted(capabilities.get("drops") or [])),
+        "cap_add": tuple(sorted(capabilities.get("adds") or [])),
+        "security_opt": tuple(sorted(container.get("securityOpts") or [])),
+        "tmpfs": _tmpfs(container.get("tmpfs") or {}),
+        "mounts": sorted(
+            (m["type"], m.get("source"), m["target"], bool(m.get("readOnly", False))) for m in container.get("mounts") or []
+        ),
+        "env": _env(container.get("envs") or []),
+        "command": tuple(container["command"]) if "command" in container else None,
+        "entrypoint": tuple(container["entrypoints"]) if "entrypoints" in container else None,
+        "healthcheck": (
+            tuple(health.get("tests") or ()),
+            _seconds(health.get("interval", "0s")),
+            _seconds(health.get("timeout", "0s")),
+            int(health.get("retries", 0)),
+            _seconds(health.get("startPeriod", "0s")),
+        ),
+        "memory": int(container["memory"]) * MIB if "memory" in container else None,
+        "nano_cpus": int(Decimal(container["cpus"]) * NS) if "cpus" in container else None,
+        "pids": None,  # pulumi-docker has no such argument: see UNENFORCED_BY_PULUMI
+        "restart": (container.get("restart", "no"), int(container.get("maxRetryCount", 0))),
+        "networks": {n["name"]: tuple(n.get("aliases") or ()) for n in container.get("networksAdvanced") or []},
+        "ports": sorted(
+            (int(p["internal"]), p.get("protocol", "tcp"), p.get("ip", "0.0.0.0"), int(p.get("external") or 0))
+            for p in container.get("ports") or []
+        ),
+        "labels": {label["label"]: label["value"] for label in container.get("labels") or []},
+    }
+
+
+def check_equivalent(plan: Plan, result: Declared, service_name: str) -> None:
+    """The two engines' containers for ``service_name`` agree on every field (but the declared gaps)."""
+    service = plan.service(service_name)
+    body = container_create_body(plan, service, example_paths(plan))
+    # The local engine creates on its first network and connects the rest; pulumi-docker connects all.
+    assert body["HostConfig"]["NetworkMode"] in body["NetworkingConfig"]["EndpointsConfig"]
+    local = normalize_docker(body)
+    pulumi_side = normalize_pulumi(result, result.containers[service_name])
+    for gap in UNENFORCED_BY_PULUMI:
+        local.pop(gap)
+        pulumi_side.pop(gap)
+    differing = sorted(k for k in local if local[k] != pulumi_side.get(k))
+    assert local == pulumi_side, f"{plan.stack}/{service_name}: the engines disagree on {differing}"
+
+
+def _cases() -> list[tuple[str, str]]:
+    from ccoas.plan import build_plan
+    from ccoas.stack import load_stack
+    from conftest import stack_path
+
+    cases = []
+    for stack in STACKS:
+        plan = build_plan(load_stack(stack_path(stack)))
+        cases += [(stack, s.name) for s in plan.services]
+    return cases
+
+
+@pytest.mark.parametrize(("stack", "service"), _cases())
+def test_local_and_pulumi_engines_declare_the_same_container(load_plan, stack, service):
+    plan, result = declared_stack(load_plan, stack)
+    check_equivalent(plan, result, service)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pids_gap_is_declared_not_silent(load_plan, stack):
+    plan, result = declared_stack(load_plan, stack)
+    for service in plan.services:
+        body = container_create_body(plan, service, example_paths(plan))
+        if "PidsLimit" in body["HostConfig"]:
+            entry = f"pids limit {body['HostConfig']['PidsLimit']}:"
+            assert any(g.startswith(entry) for g in result.exports["unenforced"][service.name]), service.name
+
+
+def test_normalizers_cover_the_same_fields(load_plan):
+    """A field known to one normaliser only would compare ``None`` with a value, or nothing at all."""
+    plan, result = declared_stack(load_plan, "prod")
+    service = plan.service("nginx")
+    local = normalize_docker(container_create_body(plan, service, example_paths(plan)))
+    pulumi_side = normalize_pulumi(result, result.containers["nginx"])
+    assert set(local) == set(pulumi_side) == {
+        "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "mounts", "env", "command",
+        "entrypoint", "healthcheck", "memory", "nano_cpus", "pids", "restart", "networks", "ports",
+        "labels",
+    }  # fmt: skip
+
+
+# -- the equivalence check bites -------------------------------------------------------------------
+
+
+def _drop(service: str, *keys: str):
+    def transform(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if name == service:
+            for key in keys:
+                kwargs.pop(key, None)
+        return kwargs
+
+    return transform
+
+
+def _tamper(service: str, key: str, value: Any):
+    def transform(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if name == service:
+            kwargs[key] = value
+        return kwargs
+
+    return transform
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        _drop("postgres", "read_only"),
+        _drop("postgres", "capabilities"),
+        _drop("postgres", "security_opts"),
+        _drop("postgres", "memory"),
+        _drop("postgres", "cpus"),
+        _drop("postgres", "healthcheck"),
+        _drop("postgres", "tmpfs"),
+        _tamper("postgres", "user", "0:0"),
+        _tamper("postgres", "restart", "always"),
+        _tamper("postgres", "networks_advanced", []),
+        _tamper("postgres", "envs", ["POSTGRES_PASSWORD=hunter2"]),
+    ],
+    ids=[
+        "read_only", "capabilities", "security_opts", "memory", "cpus", "healthcheck", "tmpfs", "root", "restart",
+        "networks", "env",
+    ],  # fmt: skip
+)
+def test_equivalence_check_notices_a_mutated_program(load_plan, transform):
+    plan = load_plan("prod")
+    result = declared(plan, transform=transform)
+    check_equivalent(plan, result, "redis")  # untouched services still agree
+    with pytest.raises(AssertionError):
+        check_equivalent(plan, result, "postgres")
+
+
+def test_equivalence_check_notices_a_published_port_outside_nginx(load_plan):
+    import pulumi_docker
+
+    plan = load_plan("prod")
+    published = [pulumi_docker.ContainerPortArgs(internal=5432, external=5432)]
+    result = declared(plan, transform=_tamper("postgres", "ports", published))
+    with pytest.raises(AssertionError):
+        check_equivalent(plan, result, "postgres")

@@ -1,0 +1,456 @@
+"""The render: golden files, determinism, and what the rendered files must agree on with the plan.
+
+Golden files live in ``tests/golden/<stack>/`` (dev, ci rendered as ``pr-42``, prod) and are
+compared byte for byte. After an intended change, regenerate them and review the diff:
+
+    CCOAS_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccoas.compose import compose_document
+from ccoas.plan import Plan, build_plan
+from ccoas.render import RenderError, ccoas_policy_hcl, render, render_text, rendered_files, vault_policy_hcl
+from ccoas.stack import load_stack, parse_stack
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+STACKS = {"dev": ("stacks/dev.yaml", None), "ci": ("stacks/ci.yaml", "pr-42"), "prod": ("stacks/prod.yaml", None)}
+UPSTREAMS = ("directus", "hasura", "minio")
+SECRETS_DIR = "/run/secrets/"
+
+
+def stack_plan(key: str) -> Plan:
+    path, name = STACKS[key]
+    return build_plan(load_stack(REPO / path), name=name)
+
+
+def variant(base: str, **components) -> Plan:
+    """A stack file's plan with some components switched: ``variant("prod", hasura=False)``."""
+    data = yaml.safe_load((REPO / STACKS[base][0]).read_text())
+    for name, enabled in components.items():
+        data["components"].setdefault(name, {})
+        data["components"][name] = {**(data["components"][name] or {}), "enabled": enabled}
+    return build_plan(parse_stack(data, f"{base}+{components}"))
+
+
+def every_preset() -> Plan:
+    """prod (hasura and directus) with a public-read table too: all three RLS presets."""
+    data = yaml.safe_load((REPO / "stacks" / "prod.yaml").read_text())
+    dev = yaml.safe_load((REPO / "stacks" / "dev.yaml").read_text())
+    data["schema"]["tables"] += [t for t in dev["schema"]["tables"] if t["policy"] == "public-read"]
+    return build_plan(parse_stack(data, "prod+public-read"))
+
+
+PLANS = {key: stack_plan(key) for key in STACKS}
+ALL_PLANS = {
+    **PLANS,
+    "every-preset": every_preset(),
+    "no-upstreams": variant("dev", directus=False, minio=False),
+    "no-directus": variant("prod", directus=False),
+    "no-redis": variant("prod", redis=False),
+}
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file and directory under root: relative path → (bytes, mode)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        found[path.relative_to(root).as_posix()] = (path.read_bytes() if path.is_file() else b"", mode)
+    return found
+
+
+# --- golden files and determinism ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(STACKS))
+def test_render_matches_the_golden_files(key, tmp_path):
+    written = render(PLANS[key], tmp_path / "out")
+    actual = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in written}
+    golden = GOLDEN / key
+    if os.environ.get("CCOAS_UPDATE_GOLDEN") == "1":
+        shutil.rmtree(golden, ignore_errors=True)
+        for relative, data in actual.items():
+            (golden / relative).parent.mkdir(parents=True, exist_ok=True)
+            (golden / relative).write_bytes(data)
+    expected = {p.relative_to(golden).as_posix(): p.read_bytes() for p in sorted(golden.rglob("*")) if p.is_file()}
+    assert sorted(actual) == sorted(expected), "files differ: regenerate with CCOAS_UPDATE_GOLDEN=1 and review the diff"
+    for relative in sorted(expected):
+        assert actual[relative] == expected[relative], f"{key}/{relative} differs from tests/golden (CCOAS_UPDATE_GOLDEN=1 to regenerate)"
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_render_is_deterministic_in_bytes_and_modes(key, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    written = render(ALL_PLANS[key], first)
+    render(ALL_PLANS[key], second)
+    assert tree(first) == tree(second)
+    assert written == sorted(written)
+    for relative, (_, mode) in tree(first).items():
+        path = first / relative
+        expected = 0o755 if path.is_dir() or relative.endswith(".sh") else 0o644
+        assert mode == expected, relative
+
+
+def test_render_writes_every_config_template_and_the_exports(tmp_path):
+    plan = PLANS["prod"]
+    written = {p.relative_to(tmp_path).as_posix() for p in render(plan, tmp_path)}
+    expected = {t.removesuffix(".j2") for s in plan.services for t in s.config_templates} | {"compose.yaml", "plan.json"}
+    assert written == expected
+    assert (tmp_path / "plan.json").read_text() == plan.to_json()
+    assert Plan.model_validate_json((tmp_path / "plan.json").read_text()) == plan
+    for service in plan.services:
+        if service.config is not None:
+            assert (tmp_path / service.config.source).is_dir()
+            assert service.config.target == f"/etc/ccoas/{service.config.source}"
+
+
+def test_render_removes_nothing_and_replaces_symlinks_instead_of_following_them(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    outside = tmp_path / "outside.json"
+    outside.write_text("untouched")
+    (out / "plan.json").symlink_to(outside)
+    render(PLANS["ci"], out)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert outside.read_text() == "untouched"
+    assert not (out / "plan.json").is_symlink()
+    assert not list(out.rglob(".*"))  # no temporary files left behind
+
+
+def test_template_errors_are_typed():
+    with pytest.raises(RenderError):
+        render_text("{{ missing }}")
+    assert render_text("{{ 'a b' | sh_quote }} {{ name | sql_ident }}", name='we"ird') == "'a b' \"we\"\"ird\""
+
+
+# --- no secret values, secret references where secrets are ------------------------------------
+
+SECRET_WORDS = re.compile(r"(PASSWORD|SECRET|TOKEN|KEY)", re.IGNORECASE)
+SECRET_REFERENCE = re.compile(r"/run/secrets/([A-Za-z0-9_-]+)")
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_no_rendered_file_holds_a_secret_value(key):
+    plan = ALL_PLANS[key]
+    for relative, text in rendered_files(plan).items():
+        assert "-----BEGIN" not in text, relative
+        for line in text.splitlines():
+            match = re.match(r"^\s*(?:export\s+)?([A-Z][A-Z0-9_]*)=(.*)$", line)
+            if match and SECRET_WORDS.search(match.group(1)) and not match.group(1).endswith("_FILE"):
+                value = match.group(2)
+                assert "$(" in value or value.startswith(("$", '"postgres://hasura:${')), f"{relative}: {line}"
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_every_secret_reference_points_at_a_secret_the_service_mounts(key):
+    plan = ALL_PLANS[key]
+    for service in plan.services:
+        mounted = {m.target for m in service.secrets}
+        assert all(target.startswith(SECRETS_DIR) for target in mounted)
+        for variable, value in service.environment.items():
+            if variable.endswith("_FILE"):
+                assert value in mounted, f"{service.name}: {variable}={value}"
+        for relative, text in rendered_files(plan).items():
+            if relative.startswith(f"{service.name}/"):
+                for name in SECRET_REFERENCE.findall(text):
+                    assert f"{SECRETS_DIR}{name}" in mounted, f"{relative} reads {name}, which {service.name} does not mount"
+
+
+def test_compose_secrets_are_files_under_the_secrets_dir_and_mounted_at_the_plan_targets():
+    document = compose_document(PLANS["prod"])
+    for name, secret in document["secrets"].items():
+        assert secret == {"file": "${CCOAS_SECRETS_DIR:?run ccoas secrets export}/" + name}
+    for service in PLANS["prod"].services:
+        mounts = document["services"][service.name].get("secrets", [])
+        assert [(m["source"], m["target"]) for m in mounts] == [(m.secret, m.target) for m in service.secrets]
+
+
+# --- nginx -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_nginx_routes_only_to_enabled_upstreams_that_share_its_network(key):
+    plan = ALL_PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    enabled = {name for name in UPSTREAMS if plan.has(name)}
+    assert set(re.findall(r"^\s*upstream (\w+) \{", conf, re.M)) == enabled
+    assert set(re.findall(r"proxy_pass http://(\w+)", conf)) == enabled
+    servers = dict(re.findall(r"^\s*server (\w+):(\d+);", conf, re.M))
+    nginx = plan.service("nginx")
+    for name in enabled:
+        upstream = plan.service(name)
+        assert int(servers[name]) == upstream.expose[0]
+        assert set(upstream.networks) & set(nginx.networks), f"{name} shares no network with nginx"
+        assert name in upstream.networks[next(iter(set(upstream.networks) & set(nginx.networks)))]  # reachable by its alias
+    if "directus" in enabled:
+        assert "location /directus/ {\n            proxy_pass http://directus/;" in conf  # the prefix is stripped
+    else:
+        assert "location / {\n            return 404;" in conf
+    assert ("location /v1/graphql" in conf) == ("hasura" in enabled)
+    assert ("location /storage/" in conf) == ("minio" in enabled)
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_nginx_listens_where_the_plan_and_its_checks_say(key):
+    plan = PLANS[key]
+    nginx = plan.service("nginx")
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    listens = re.findall(r"^\s*listen ([\d.:]+)( ssl)?", conf, re.M)
+    ready_port = int(re.search(r":(\d+)/healthz", " ".join(nginx.healthcheck.test)).group(1))
+    live = re.search(r"//([\d.]+):(\d+)/healthz", " ".join(nginx.liveness.test))
+    assert {int(address.rsplit(":", 1)[-1]) for address, _ in listens} == {*nginx.expose, int(live.group(2))}
+    assert (str(ready_port), " ssl") in listens
+    assert (f"{live.group(1)}:{live.group(2)}", "") in listens  # liveness only on loopback
+    assert all(port.container_port in nginx.expose for port in nginx.ports)
+    for directive in ("server_tokens off;", "ssl_protocols TLSv1.2 TLSv1.3;", "limit_req_zone", "limit_req zone=", "client_max_body_size",
+                      "Strict-Transport-Security", "X-Content-Type-Options", "frame-ancestors 'none'", "Referrer-Policy",
+                      "pid /run/nginx/nginx.pid;", "error_log stderr", "access_log /dev/stdout;"):
+        assert directive in conf, directive
+    assert f"ssl_certificate {SECRETS_DIR}nginx_tls_cert;" in conf and f"ssl_certificate_key {SECRETS_DIR}nginx_tls_key;" in conf
+
+
+# --- compose -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_compose_round_trips_and_agrees_with_the_plan(key):
+    plan = ALL_PLANS[key]
+    text = rendered_files(plan)["compose.yaml"]
+    document = yaml.safe_load(text)
+    assert document == compose_document(plan)
+    assert set(document) <= {"name", "networks", "services", "volumes", "secrets"} | {k for k in document if k.startswith("x-")}
+    assert document["name"] == plan.stack
+    for network in plan.networks:
+        body = document["networks"][network.name]
+        assert body["name"] == network.engine_name and body["internal"] == network.internal and body["labels"] == network.labels
+        assert "driver_opts" not in body and body["x-ccoas"]["isolate"] is network.isolate
+    assert {v: body["name"] for v, body in document.get("volumes", {}).items()} == {v.name: v.engine_name for v in plan.volumes}
+    assert set(document["services"]) == {s.name for s in plan.services}
+    for service in plan.services:
+        body = document["services"][service.name]
+        assert body["image"] == service.image.ref
+        assert body["pull_policy"] == ("never" if service.image.source == "local" else "missing")
+        assert body["user"] == service.user and body["read_only"] is service.read_only
+        assert body["cap_drop"] == list(service.cap_drop) == ["ALL"]
+        assert body["security_opt"] == list(service.security_opt)
+        assert body["environment"] == service.environment
+        assert {n: b["aliases"] for n, b in body["networks"].items()} == {n: list(a) for n, a in service.networks.items()}
+        assert ("ports" in body) == (service.name == "nginx" and bool(service.ports))
+        assert body["restart"] == "on-failure:5"
+        assert body["healthcheck"]["test"] == list(service.healthcheck.test)
+        assert all(re.fullmatch(r"\d+s", body["healthcheck"][k]) for k in ("interval", "timeout", "start_period"))
+        assert body.get("depends_on", {}) == {d.service: {"condition": "service_healthy"} for d in service.depends_on}
+        assert body["pids_limit"] == service.limits.pids
+        assert body["deploy"]["resources"]["limits"]["cpus"] == service.limits.nano_cpus / 1e9
+        assert body["labels"] == service.labels
+        if service.config is not None:
+            assert f"./{service.config.source}:{service.config.target}:ro" in body["volumes"]
+        for mount in service.volumes:
+            assert f"{mount.volume}:{mount.target}" in body["volumes"]
+        assert [t.split(":")[0] for t in body.get("tmpfs", [])] == [t.target for t in service.tmpfs]
+
+
+def test_compose_publishes_nginx_ports_as_planned():
+    for key in ("dev", "ci", "prod"):
+        plan = PLANS[key]
+        ports = compose_document(plan)["services"]["nginx"]["ports"]
+        for port, body in zip(plan.service("nginx").ports, ports):
+            assert body["target"] == port.container_port and body["host_ip"] == port.host_ip
+            assert body.get("published") == (str(port.host_port) if port.host_port else None)
+
+
+# --- hasura ------------------------------------------------------------------------------------
+
+
+def hasura_files(plan: Plan) -> dict[str, object]:
+    files = rendered_files(plan)
+    return {k.removeprefix("hasura/metadata/"): yaml.safe_load(v) for k, v in files.items() if k.startswith("hasura/metadata/")}
+
+
+@pytest.mark.parametrize("key", ["prod", "every-preset", "no-directus"])
+def test_hasura_metadata_parses_and_mirrors_the_rls_presets(key):
+    plan = ALL_PLANS[key]
+    metadata = hasura_files(plan)
+    assert metadata["version.yaml"] == {"version": 3}
+    [source] = metadata["databases/databases.yaml"]
+    assert source["name"] == "default" and source["kind"] == "postgres"
+    assert source["configuration"]["connection_info"]["database_url"] == {"from_env": "HASURA_GRAPHQL_DATABASE_URL"}
+    assert source["tables"] == "!include default/tables/tables.yaml"
+    tables = metadata["databases/default/tables/tables.yaml"]
+    assert [t["table"] for t in tables] == [{"schema": plan.app_schema.name, "name": t.name} for t in plan.app_schema.tables]
+    for table, entry in zip(plan.app_schema.tables, tables):
+        column = table.tenant_column if table.policy == "tenant" else table.owner_column
+        variable = "X-Hasura-Tenant-Id" if table.policy == "tenant" else "X-Hasura-User-Id"
+        mine = {column: {"_eq": variable}}
+        select = {p["role"]: p["permission"] for p in entry["select_permissions"]}
+        if table.policy == "public-read":
+            assert select == {role: {"columns": [c.name for c in table.columns], "filter": {}, "allow_aggregations": False} for role in ("anonymous", "user")}
+        else:
+            assert select == {"user": {"columns": [c.name for c in table.columns], "filter": mine, "allow_aggregations": False}}
+        for operation in ("insert_permissions", "update_permissions", "delete_permissions"):
+            assert [p["role"] for p in entry[operation]] == ["user"], operation
+        insert = entry["insert_permissions"][0]["permission"]
+        assert insert["check"] == mine and insert["set"] == {column: variable} and column not in insert["columns"]
+        update = entry["update_permissions"][0]["permission"]
+        assert update["filter"] == mine and update["check"] == mine and column not in update["columns"]
+        assert entry["delete_permissions"][0]["permission"] == {"filter": mine}
+
+
+def test_hasura_metadata_with_no_tables_is_an_empty_list():
+    data = yaml.safe_load((REPO / "stacks" / "prod.yaml").read_text())
+    data["schema"]["tables"] = []
+    plan = build_plan(parse_stack(data, "prod-no-tables"))
+    assert hasura_files(plan)["databases/default/tables/tables.yaml"] == []
+
+
+# --- shell scripts, postgres, redis, vault, minio, directus ---------------------------------
+
+
+SHELL_SCRIPTS = [(key, relative) for key, plan in sorted(ALL_PLANS.items()) for relative in rendered_files(plan) if relative.endswith(".sh")]
+
+
+@pytest.mark.parametrize(("key", "relative"), SHELL_SCRIPTS)
+@pytest.mark.parametrize("shell", ["sh", "bash", "dash"])
+def test_rendered_shell_scripts_parse(key, relative, shell, tmp_path):
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    text = rendered_files(ALL_PLANS[key])[relative]
+    assert text.startswith("#!/bin/sh\n") and "set -eu" in text and 'exec ' in text
+    script = tmp_path / "script.sh"
+    script.write_text(text)
+    result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_redis_acl_users_are_the_clients_with_a_redis_password(key):
+    plan = ALL_PLANS[key]
+    if not plan.has("redis"):
+        pytest.skip("no redis")
+    script = rendered_files(plan)["redis/entrypoint.sh"]
+    clients = sorted(s.name.removeprefix("redis_").removesuffix("_password") for s in plan.secrets if s.name.startswith("redis_"))
+    assert re.findall(r"' (\w+) \"\$\w+_password\"", script) == clients
+    assert "'user default on nopass -@all +ping'" in script and "umask 077" in script
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_postgres_bootstrap_reads_every_role_password_from_its_secret_file(key):
+    plan = ALL_PLANS[key]
+    files = rendered_files(plan)
+    sql = files["postgres/bootstrap.sql"]
+    roles = sorted(c for c in ("directus", "hasura") if plan.has(c))
+    assert re.findall(r"^ALTER ROLE \"(\w+)\" PASSWORD :'pw';$", sql, re.M) == roles
+    for role in roles:
+        assert f"\\set pw `cat {SECRETS_DIR}postgres_{role}_password`" in sql
+        assert f"host    app             {role:<15} all             scram-sha-256" in files["postgres/pg_hba.conf"]
+    assert sql.count("FORCE ROW LEVEL SECURITY") == len(plan.app_schema.tables)
+    assert "CREATE EXTENSION IF NOT EXISTS vector" in sql
+    assert files["postgres/pg_hba.conf"].rstrip().endswith("host    all             all             all             reject")
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_vault_policies_file_is_the_uploaded_text(key):
+    plan = ALL_PLANS[key]
+    text = rendered_files(plan)["vault/policies.hcl"]
+    for policy in plan.vault.policies:
+        hcl = vault_policy_hcl(policy, plan)
+        assert hcl in text
+        paths = re.findall(r'path "([^"]+)"', hcl)
+        assert paths == [f"{plan.vault.kv_mount}/data/{plan.vault.prefix}/{p}" for p in sorted(policy.read_paths)]
+        assert hcl.count('capabilities = ["read"]') == len(paths)
+    assert text.endswith(ccoas_policy_hcl(plan))
+    assert not re.search(r'path "[^"]*" \{\n  capabilities = \[[^\]]*"(sudo|root)"', text)
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_service_policies_are_the_text_the_bootstrap_uploads(key):
+    from ccoas import secrets
+
+    plan = ALL_PLANS[key]
+    uploaded = getattr(secrets, "service_policy_hcl", vault_policy_hcl)  # the bootstrap may import ours
+    for policy in plan.vault.policies:
+        assert vault_policy_hcl(policy, plan) == uploaded(policy, plan)
+    assert ccoas_policy_hcl(plan) == secrets.ccoas_policy_hcl(plan)
+
+
+def test_vault_config_is_server_mode_with_a_socket_and_no_telemetry():
+    for key, plan in PLANS.items():
+        conf = rendered_files(plan)["vault/config.hcl"]
+        vault = plan.service("vault")
+        socket = next(m.target for m in vault.runtime_mounts if m.name == "vault-socket")
+        assert f'address      = "{socket}/vault.sock"' in conf and 'socket_mode  = "0666"' in conf
+        assert "disable_mlock = true" in conf and "ui = false" in conf and "telemetry" not in conf
+        assert ('audit "file" "file"' in conf) == (vault.image.source == "local"), key
+        assert f'file_path = "{plan.vault.audit_path}"' in conf or vault.image.source != "local"
+
+
+def test_minio_buckets_are_private_and_deterministic_json():
+    import json
+
+    text = rendered_files(PLANS["prod"])["minio/buckets.json"]
+    document = json.loads(text)
+    assert text == json.dumps(document, indent=2, sort_keys=True) + "\n"
+    [uploads] = document["buckets"]
+    assert uploads["name"] == "uploads" and uploads["public"] is False
+    statements = uploads["policy"]["Statement"]
+    assert all(s["Effect"] == "Allow" and "Principal" not in s for s in statements)
+    assert {r for s in statements for r in s["Resource"]} == {"arn:aws:s3:::uploads", "arn:aws:s3:::uploads/*"}
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_directus_env_is_the_plan_environment_sorted(key):
+    plan = PLANS[key]
+    lines = [line for line in rendered_files(plan)["directus/directus.env"].splitlines() if line and not line.startswith("#")]
+    assert lines == [f"{k}={v}" for k, v in sorted(plan.service("directus").environment.items())]
+
+
+def valid_component_combinations() -> list[Plan]:
+    """prod.yaml with every subset of its components that still validates."""
+    from itertools import product
+
+    from ccoas.errors import StackError
+    from ccoas.stack import COMPONENTS
+
+    base = yaml.safe_load((REPO / "stacks" / "prod.yaml").read_text())
+    plans = []
+    for switches in product((True, False), repeat=len(COMPONENTS)):
+        data = yaml.safe_load(yaml.safe_dump(base))
+        for name, enabled in zip(COMPONENTS, switches):
+            data["components"][name] = {**(data["components"].get(name) or {}), "enabled": enabled}
+            if not enabled:
+                data["components"][name].pop("publish", None)
+        if not switches[COMPONENTS.index("postgres")]:
+            data["schema"]["tables"] = []
+        try:
+            plans.append(build_plan(parse_stack(data, "combination")))
+        except StackError:
+            continue
+    return plans
+
+
+def test_every_valid_combination_of_components_renders_consistently():
+    plans = valid_component_combinations()
+    assert len(plans) > 10
+    for plan in plans:
+        files = rendered_files(plan)
+        assert files == rendered_files(plan)
+        assert yaml.safe_load(files["compose.yaml"]) == compose_document(plan)
+        expected = {t.removesuffix(".j2") for s in plan.services for t in s.config_templates}
+        assert set(files) == expected | {"compose.yaml", "plan.json"}
+        if plan.has("nginx"):
+            assert set(re.findall(r"proxy_pass http://(\w+)", files["nginx/nginx.conf"])) == {n for n in UPSTREAMS if plan.has(n)}
+        if plan.has("hasura"):
+            assert isinstance(yaml.safe_load(files["hasura/metadata/databases/default/tables/tables.yaml"]), list)
