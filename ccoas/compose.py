@@ -8,15 +8,17 @@ ccoas's engine enforces and Compose has no key for), liveness checks, hooks (the
 bootstrap, Vault's init and unseal) and why capabilities are what they are.
 
 The document belongs in the render directory (``compose.yaml`` beside the ``<component>/``
-config directories it bind-mounts). Secret values are never in it: each secret is a file
-under ``$CCOAS_SECRETS_DIR`` that the operator materialises from Vault.
+config directories it bind-mounts). Secret values are never in it: each secret mount reads
+a file under ``$CCOAS_SECRETS_DIR`` named like its target (``/run/secrets/<name>``), which
+the operator materialises from Vault (formatted for the reader where the plan says so).
 """
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
-from ccoas.plan import PLAN_SCHEMA_VERSION, HealthCheck, Plan, Service
+from ccoas.plan import PLAN_SCHEMA_VERSION, HealthCheck, Plan, SecretMount, Service
 
 SECRETS_DIR_VARIABLE = "${CCOAS_SECRETS_DIR:?run ccoas secrets export}"
 RUNTIME_DIR_VARIABLE = "${CCOAS_RUNTIME_DIR:?set CCOAS_RUNTIME_DIR to a directory shared with the containers}"
@@ -46,11 +48,16 @@ def compose_document(plan: Plan) -> dict[str, Any]:
             volume.name: {"name": volume.engine_name, "labels": dict(sorted(volume.labels.items()))}
             for volume in sorted(plan.volumes, key=lambda v: v.name)
         }
-    if plan.secrets:
-        document["secrets"] = {
-            secret.name: {"file": f"{SECRETS_DIR_VARIABLE}/{secret.name}"} for secret in sorted(plan.secrets, key=lambda s: s.name)
-        }
+    files = sorted({secret_file_name(m) for service in plan.services for m in service.secrets})
+    if files:
+        document["secrets"] = {name: {"file": f"{SECRETS_DIR_VARIABLE}/{name}"} for name in files}
     return document
+
+
+def secret_file_name(mount: SecretMount) -> str:
+    """The file a secret mount reads: named after its target (``/run/secrets/<name>``), which is
+    the secret's name, or a per-reader name when the reader gets a formatted value."""
+    return PurePosixPath(mount.target).name
 
 
 def duration(seconds: int) -> str:
@@ -124,8 +131,8 @@ def _service(service: Service) -> dict[str, Any]:
         body["volumes"] = volumes
     if service.secrets:
         body["secrets"] = [
-            {"source": m.secret, "target": m.target, "uid": str(m.uid), "gid": str(m.gid), "mode": m.mode}
-            for m in sorted(service.secrets, key=lambda m: m.secret)
+            {"source": secret_file_name(m), "target": m.target, "uid": str(m.uid), "gid": str(m.gid), "mode": m.mode}
+            for m in sorted(service.secrets, key=lambda m: m.target)
         ]
     if service.depends_on:
         body["depends_on"] = {d.service: {"condition": d.condition} for d in service.depends_on}

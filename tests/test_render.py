@@ -175,7 +175,8 @@ def test_compose_secrets_are_files_under_the_secrets_dir_and_mounted_at_the_plan
         assert secret == {"file": "${CCOAS_SECRETS_DIR:?run ccoas secrets export}/" + name}
     for service in PLANS["prod"].services:
         mounts = document["services"][service.name].get("secrets", [])
-        assert [(m["source"], m["target"]) for m in mounts] == [(m.secret, m.target) for m in service.secrets]
+        assert sorted((m["source"], m["target"]) for m in mounts) == sorted((m.target.rsplit("/", 1)[1], m.target) for m in service.secrets)
+        assert all(m["source"] in document["secrets"] for m in mounts)
 
 
 # --- nginx -------------------------------------------------------------------------------------
