@@ -14,6 +14,7 @@ from typing import Annotated, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ccoas.errors import CcoasError, StackError
 
@@ -49,10 +50,10 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except StackError as exc:
             for problem in exc.problems:
-                err.print(f"[red]error:[/red] {problem}", highlight=False, markup=True, soft_wrap=True)
+                err.print(f"[red]error:[/red] {escape(str(problem))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except CcoasError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted: the next `ccoas up` converges whatever was left", highlight=False)
@@ -171,7 +172,7 @@ def status(
     else:
         out.print(status_table(rows))
     for note in local.host_notes():
-        out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
 
 
 @app.command()
@@ -184,6 +185,7 @@ def check(
     """Run the compliance checks (testinfra) against the running stack."""
     from ccoas.compliance import run_checks
 
+    _plan(stack, name)  # a bad stack is reported here, before any control runs
     code = run_checks(stack, name, junit=junit)
     raise typer.Exit(code)
 
@@ -222,6 +224,20 @@ def secrets_list(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     from ccoas.report import secrets_table
 
     out.print(secrets_table(LocalEngine.connect(_plan(stack, name)).secrets().list()))
+
+
+@secrets_app.command("export")
+@reports_errors
+def secrets_export(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the files (0400); point CCOAS_SECRETS_DIR at it.")] = Path("secrets"),
+) -> None:
+    """Write the secret files that the rendered compose.yaml mounts (for docker compose users)."""
+    from ccoas.engine.local import LocalEngine
+
+    written = LocalEngine.connect(_plan(stack, name)).secrets().export(out_dir)
+    out.print(f"wrote {len(written)} secret files into {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
 
 
 @secrets_app.command("rotate")

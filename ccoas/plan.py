@@ -313,7 +313,9 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
     """Resolve a validated stack into a plan. ``name`` overrides the stack name (ephemeral stacks)."""
     from ccoas.components import CATALOG, Context
 
-    ctx = Context(stack=stack, name=name or stack.name)
+    from ccoas.stack import check_name
+
+    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name)
     labels = {f"{LABEL_PREFIX}.stack": ctx.name}
     enabled = [c for c in COMPONENTS if c in ctx.enabled]
     declared = {c: CATALOG[c].declare(ctx) for c in enabled}

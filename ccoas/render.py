@@ -50,20 +50,17 @@ class RenderError(CcoasError):
 
 
 def vault_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
-    """A service's Vault policy: read, and only read, exactly its own secrets' current values."""
+    """A service's Vault policy, as the bootstrap uploads it (:mod:`ccoas.secrets` owns the text)."""
+    from ccoas.secrets import service_policy_hcl  # imported late: secrets imports render lazily too
+
     if plan.vault is None:
         raise RenderError(f"policy {policy.name}: the plan has no vault")
-    mount, prefix = plan.vault.kv_mount, plan.vault.prefix
-    lines = [f"# {policy.name}: what the {policy.service} service may read"]
-    for path in sorted(policy.read_paths):
-        lines.append(f'path "{mount}/data/{prefix}/{path}" {{\n  capabilities = ["read"]\n}}')
-    return "\n".join(lines) + "\n"
+    return service_policy_hcl(policy, plan)
 
 
 def ccoas_policy_hcl(plan: Plan) -> str:
-    """ccoas's own operator policy, from the Vault bootstrap itself (:mod:`ccoas.secrets` owns
-    what that token may do), so the rendered text is the uploaded text."""
-    from ccoas.secrets import ccoas_policy_hcl as operator_policy  # imported late: secrets may import render
+    """ccoas's own operator policy, as the bootstrap uploads it."""
+    from ccoas.secrets import ccoas_policy_hcl as operator_policy
 
     if plan.vault is None:
         raise RenderError("the plan has no vault")

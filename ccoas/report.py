@@ -19,7 +19,7 @@ def plan_tables(plan: Plan) -> list[Table]:
 
     services = Table(title="services, in start order")
     for column in ("tier", "service", "image", "user", "networks", "published", "depends on", "limits"):
-        services.add_column(column)
+        services.add_column(column, no_wrap=column in ("tier", "service"), overflow="fold")
     tier_of = {name: index for index, tier in enumerate(plan.start_order) for name in tier}
     for s in plan.services:
         limits = []

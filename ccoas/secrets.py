@@ -51,7 +51,7 @@ def service_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
     """A service may read exactly its own secrets' current values; nothing else."""
     assert plan.vault is not None
     lines = [f"# {policy.name}: what the {policy.service} service may read"]
-    for path in policy.read_paths:
+    for path in sorted(policy.read_paths):
         lines.append(f'path "{plan.vault.kv_mount}/data/{plan.vault.prefix}/{path}" {{\n  capabilities = ["read"]\n}}')
     return "\n".join(lines) + "\n"
 
@@ -356,19 +356,12 @@ class SecretStore:
         socket = Path(adapter_url.removeprefix("http+unix://").replace("%2F", "/"))
         return _client(socket, token)
 
-    def materialize(self) -> dict[str, str]:
-        """Write each service's secret files; returns a fingerprint of versions per service.
-
-        The fingerprint (a hash of secret versions, never values) goes into the container's
-        spec hash, so a rotated secret recreates exactly the services that read it.
-        """
+    def _read_mounts(self, service) -> list[tuple[object, str, int]]:
+        """``(mount, file content, version)`` of each of ``service``'s secrets, read with its own policy."""
         assert self.plan.vault is not None
-        fingerprints: dict[str, str] = {}
-        for service in self.plan.services:
-            if not service.secrets:
-                continue
-            reader = self.service_client(service.name)
-            versions = []
+        reader = self.service_client(service.name)
+        result = []
+        try:
             for mount in service.secrets:
                 secret = self.plan.secret(mount.secret)
                 response = reader.secrets.kv.v2.read_secret_version(
@@ -377,14 +370,45 @@ class SecretStore:
                 value = response["data"]["data"]["value"]
                 if mount.format:
                     value = mount.format.replace("{value}", value)
-                versions.append(f"{secret.name}:{response['data']['metadata']['version']}")
-                self._write_file(self.paths.secret_file(service.name, secret.name), value, mount.uid, mount.gid)
-            fingerprints[service.name] = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
+                result.append((mount, value, int(response["data"]["metadata"]["version"])))
+        finally:
             try:
                 reader.auth.token.revoke_self()
             except Exception:  # noqa: BLE001 - the token expires in minutes anyway
                 pass
+        return result
+
+    def materialize(self) -> dict[str, str]:
+        """Write each service's secret files; returns a fingerprint of versions per service.
+
+        The fingerprint (a hash of secret versions, never values) goes into the container's
+        spec hash, so a rotated secret recreates exactly the services that read it.
+        """
+        fingerprints: dict[str, str] = {}
+        for service in self.plan.services:
+            if not service.secrets:
+                continue
+            versions = []
+            for mount, value, version in self._read_mounts(service):
+                versions.append(f"{mount.secret}:{version}")
+                self._write_file(self.paths.secret_file(service.name, mount.secret), value, mount.uid, mount.gid)
+            fingerprints[service.name] = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
         return fingerprints
+
+    def export(self, out: Path) -> list[Path]:
+        """Write every mount's file into ``out`` (0400), named like its target: for ``compose.yaml``."""
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        written = []
+        for service in self.plan.services:
+            for mount, value, _ in self._read_mounts(service) if service.secrets else []:
+                path = out / Path(mount.target).name
+                if path.exists():
+                    path.unlink()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(value)
+                written.append(path)
+        return sorted(set(written))
 
     def _write_file(self, path: Path, value: str, uid: int, gid: int) -> None:
         for directory in (self.paths.secrets, path.parent):

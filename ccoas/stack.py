@@ -7,13 +7,14 @@ file, the field path and what was expected. Nothing downstream re-validates.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ccoas.errors import Problem, StackError
 
@@ -22,7 +23,7 @@ ComponentName = Literal["nginx", "directus", "hasura", "postgres", "redis", "min
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
-DIGEST_REF_RE = r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$"
+DIGEST_REF_RE = r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+/[a-z0-9._/-]+)?(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?@sha256:[0-9a-f]{64}$"
 COLUMN_TYPE_RE = re.compile(
     r"^(text|integer|bigint|boolean|uuid|timestamptz|date|jsonb|numeric|double precision|vector\((\d{1,5})\))$"
 )
@@ -40,6 +41,18 @@ def parse_size(value: str | int) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def check_ip(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"expected an IP address such as 127.0.0.1 or 0.0.0.0, got {value!r}") from None
+    return value
+
+
+IpAddress = Annotated[str, AfterValidator(check_ip)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -55,7 +68,7 @@ class ImageChoice(_Strict):
 
 class Limits(_Strict):
     memory: str | None = None
-    cpus: Annotated[float, Field(gt=0, le=64)] | None = None
+    cpus: Annotated[float, Field(ge=0.01, le=64)] | None = None
     pids: Annotated[int, Field(ge=16, le=65536)] | None = None
 
     @field_validator("memory")
@@ -70,7 +83,7 @@ class PublishedPort(_Strict):
     container_port: Annotated[int, Field(ge=1, le=65535)]
     host_port: Annotated[int, Field(ge=0, le=65535)]
     """0 lets the engine choose a free port (ephemeral stacks side by side)."""
-    host_ip: str | None = None
+    host_ip: IpAddress | None = None
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
@@ -142,7 +155,7 @@ class Stack(_Strict):
     name: Annotated[str, Field(pattern=NAME_RE)]
     environment: Literal["dev", "ci", "prod"]
     domain: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")] = "localhost"
-    bind_address: str = "127.0.0.1"
+    bind_address: IpAddress = "127.0.0.1"
     """Default host address for published ports."""
     images: ImageChoice = ImageChoice(source="registry")
     tls: Tls
@@ -161,6 +174,9 @@ class Stack(_Strict):
         return self.component(name).image.source or self.images.source or "registry"
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -168,14 +184,37 @@ def _field_path(loc: tuple[Any, ...]) -> str:
             parts.append(f"[{item}]")
         else:
             name = "schema" if item == "schema_" else str(item)
+            if not _PLAIN_KEY.match(name) and not name.isprintable():
+                name = json.dumps(name)  # one problem stays one line, whatever the key holds
             parts.append(("." if parts else "") + name)
     return "".join(parts)
+
+
+def _expected_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows at the mapping that holds ``loc[-1]``."""
+    model: Any = Stack
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(item) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            candidate = getattr(candidate, "__args__", (candidate,))[0] if getattr(candidate, "__origin__", None) is tuple else candidate
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return []
+    return sorted(f.alias or name for name, f in model.model_fields.items())
 
 
 def _message(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        expected = _expected_keys(tuple(error["loc"]))
+        return f"unknown key (expected one of: {', '.join(expected)})" if expected else "unknown key"
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
@@ -190,6 +229,8 @@ def parse_stack(data: Any, file: str) -> Stack:
     """Validate already-parsed YAML data. Raises :class:`StackError`."""
     if not isinstance(data, dict):
         raise StackError([Problem(file, "", f"expected a mapping at the top level, got {type(data).__name__}")])
+    if isinstance(data.get("version"), bool):  # JSON true would pass as 1
+        raise StackError([Problem(file, "version", f"expected 1, got {data['version']!r}")])
     try:
         # Through JSON so strict mode reads YAML sequences as tuples and nothing is coerced.
         document = json.dumps(data, default=str)
@@ -206,6 +247,13 @@ def parse_stack(data: Any, file: str) -> Stack:
     return stack
 
 
+def check_name(name: str, source: str = "--name") -> str:
+    """A stack name given outside the file (``--name``) obeys the file's rule."""
+    if not re.match(NAME_RE, name):
+        raise StackError([Problem(source, "", f"expected a stack name matching {NAME_RE}, got {name!r}")])
+    return name
+
+
 def load_stack(path: str | Path) -> Stack:
     """Read and validate a stack file. Raises :class:`StackError`."""
     file = str(path)
@@ -218,9 +266,28 @@ def load_stack(path: str | Path) -> Stack:
     return parse_stack(parse_yaml(text, file), file)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable keys are reported by the constructor itself
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, file: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -259,6 +326,15 @@ def semantic_problems(stack: Stack) -> list[tuple[str, str]]:
                 problems.append(
                     (f"{base}.publish[{index}].container_port", f"expected one of {sorted(component.ports)}, got {port.container_port}")
                 )
+    host_ports: dict[tuple[str, int, str], str] = {}
+    for index, port in enumerate(stack.components.nginx.publish):
+        if port.host_port == 0:
+            continue
+        key = (port.host_ip or stack.bind_address, port.host_port, port.protocol)
+        where = f"components.nginx.publish[{index}].host_port"
+        if key in host_ports:
+            problems.append((where, f"host port {port.host_port} is already published by {host_ports[key]}"))
+        host_ports.setdefault(key, where)
     for path, message in _cycle_problems(stack, enabled):
         problems.append((path, message))
     if stack.tls.mode == "supplied" and not (stack.tls.cert and stack.tls.key):

@@ -124,7 +124,14 @@ NASTY = [
     datetime.date(2020, 1, 1), b"\xff\x00", "sha256:" + "0" * 64,
 ]  # fmt: skip
 
-keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=12) | st.integers(-2, 2) | st.none() | st.booleans()
+
+def json_distinct(key: str) -> bool:
+    """False for strings that JSON would confuse with a non-string key (``true``, ``1``, ``null``).
+    Such a pair in one mapping is reported twice: a known defect, pinned in test_stack_validation."""
+    return key not in ("true", "false", "null") and not key.lstrip("-").isdigit() and not key.startswith("-")
+
+
+keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=12).filter(json_distinct) | st.integers(-2, 2) | st.none() | st.booleans()
 scalars = st.sampled_from(NASTY) | st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 trees = st.recursive(
     scalars,
@@ -141,7 +148,7 @@ def test_arbitrary_tree(tree):
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=8), values, max_size=10))
+@given(st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=8).filter(json_distinct), values, max_size=10))
 def test_arbitrary_mapping_with_stack_keys(tree):
     check_outcome(lambda: parse_stack(tree, FILE))
 
@@ -313,11 +320,8 @@ def test_reshaped_real_stacks(doc):
 
 # --- through the CLI ---------------------------------------------------------------------------
 
-# Rich markup and line breaks in problem text are known CLI defects (see test_stack_validation);
-# keep "[" and control/line-separator characters out of the CLI examples so this test stays
-# about exit codes and tracebacks.
-cli_text = st.text(alphabet=st.characters(blacklist_characters="[", blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=10)
-cli_scalars = st.sampled_from([n for n in NASTY if not (isinstance(n, str) and ("[" in n or not n.isprintable()))]) | st.integers() | cli_text
+cli_text = st.text(max_size=10).filter(json_distinct)
+cli_scalars = st.sampled_from(NASTY) | st.integers() | cli_text
 cli_values = cli_scalars | st.lists(cli_scalars, max_size=3) | st.dictionaries(st.sampled_from(KNOWN_KEYS) | cli_text, cli_scalars, max_size=3)
 
 

@@ -126,7 +126,9 @@ class LocalEngine:
     def build_images(self) -> list[Any]:
         from ccoas.images import build_images
 
-        return build_images(self.plan.services, self.layout, self.client, progress=self._step)
+        return build_images(
+            self.plan.services, self.layout, self.client, progress=lambda component, message: self._step(f"{component}: {message}")
+        )
 
     def _resolve_images(self, build: bool) -> None:
         """Every image present before anything is provisioned: build or pull, or stop here."""
@@ -168,6 +170,7 @@ class LocalEngine:
         changes += self._ensure_volumes()
         self._ensure_runtime_dirs()
         fingerprints: dict[str, str] = {}
+        replaced: set[str] = set()
         timings: dict[str, float] = {}
         durations: dict[str, float] = {}
         for tier in self.plan.start_order:
@@ -175,6 +178,14 @@ class LocalEngine:
                 began = time.monotonic()
                 service = self.plan.service(name)
                 changed = self._ensure_container(service, fingerprints.get(name, ""))
+                if not changed and any(d.service in replaced for d in service.depends_on):
+                    # its dependency got a new container (and address): restart it so it
+                    # resolves and connects afresh, without recreating it
+                    self._step(f"restarting {service.container_name}: a dependency was replaced")
+                    self._container(service).restart()
+                    changed = 1
+                if changed:
+                    replaced.add(name)
                 changes += changed
                 self._wait(service, service.liveness, "alive", timeout)
                 for hook in service.hooks:
@@ -196,21 +207,17 @@ class LocalEngine:
         from ccoas.render import render
 
         target = self.paths.render
-        staging = target.with_name("render.new")
-        shutil.rmtree(staging, ignore_errors=True)
-        render(self.plan, staging)
-        same = target.exists() and _tree_digest(target) == _tree_digest(staging)
-        if same:
-            shutil.rmtree(staging)
-            return 0
-        old = target.with_name("render.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        target.mkdir(parents=True, exist_ok=True)
         for directory in (self.paths.state.parent.parent, self.paths.state.parent, self.paths.state, target):
             os.chmod(directory, 0o755)
+        # In place, file by file: running containers bind-mount these directories, and a
+        # directory replaced wholesale would leave them looking at a deleted one.
+        written = {path.resolve() for path in render(self.plan, target)}
+        for path in sorted(target.rglob("*"), reverse=True):
+            if path.is_file() and path.resolve() not in written:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         return 0  # a changed render shows up as recreated containers, not as a change of its own
 
     def _ensure_networks(self) -> int:
