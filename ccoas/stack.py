@@ -228,7 +228,8 @@ def _message(error: dict[str, Any]) -> str:
 def parse_stack(data: Any, file: str) -> Stack:
     """Validate already-parsed YAML data. Raises :class:`StackError`."""
     if not isinstance(data, dict):
-        raise StackError([Problem(file, "", f"expected a mapping at the top level, got {type(data).__name__}")])
+        got = "an empty file" if data is None else type(data).__name__
+        raise StackError([Problem(file, "", f"expected a mapping at the top level, got {got}")])
     if isinstance(data.get("version"), bool):  # JSON true would pass as 1
         raise StackError([Problem(file, "version", f"expected 1, got {data['version']!r}")])
     try:
@@ -239,7 +240,7 @@ def parse_stack(data: Any, file: str) -> Stack:
     try:
         stack = Stack.model_validate_json(document)
     except ValidationError as exc:
-        problems = [Problem(file, _field_path(e["loc"]), _message(e)) for e in exc.errors()]
+        problems = list(dict.fromkeys(Problem(file, _field_path(e["loc"]), _message(e)) for e in exc.errors()))
         raise StackError(problems) from None
     problems = [Problem(file, path, message) for path, message in semantic_problems(stack)]
     if problems:
@@ -249,7 +250,7 @@ def parse_stack(data: Any, file: str) -> Stack:
 
 def check_name(name: str, source: str = "--name") -> str:
     """A stack name given outside the file (``--name``) obeys the file's rule."""
-    if not re.match(NAME_RE, name):
+    if not re.fullmatch(NAME_RE.removeprefix("^").removesuffix("$"), name):
         raise StackError([Problem(source, "", f"expected a stack name matching {NAME_RE}, got {name!r}")])
     return name
 

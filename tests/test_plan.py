@@ -25,7 +25,12 @@ from ccoas.components import CATALOG
 from ccoas.plan import LABEL_PREFIX, PLAN_SCHEMA_VERSION, Plan, build_plan
 from ccoas.stack import NAME_RE, load_stack
 
-from conftest import REPO_ROOT, STACK_NAMES, stack_path
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STACK_NAMES = tuple(sorted(p.stem for p in (REPO_ROOT / "stacks").glob("*.yaml")))
+
+
+def stack_path(stack: str | Path) -> Path:
+    return Path(stack) if isinstance(stack, Path) or "/" in stack else REPO_ROOT / "stacks" / f"{stack}.yaml"
 
 SECRETS_DIR = "/run/secrets"
 STACK_LABEL = f"{LABEL_PREFIX}.stack"
@@ -494,33 +499,30 @@ def test_image_ref_override_is_used(stack_document, write_stack, tmp_path, load_
     assert load_plan(write_stack(tmp_path, doc)).service("redis").image.ref == ref
 
 
-@pytest.fixture
-def templates_copy(tmp_path, monkeypatch) -> Path:
+def local_refs(stack: str) -> dict[str, str]:
+    plan = build_plan(load_stack(stack_path(stack)))
+    return {s.name: s.image.ref for s in plan.services if s.image.source == "local"}
+
+
+def use_a_copy_of_the_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     copy = tmp_path / "templates"
     shutil.copytree(ccoas.plan.TEMPLATES_DIR, copy)
     monkeypatch.setattr(ccoas.plan, "TEMPLATES_DIR", copy)
     return copy
 
 
-def local_refs(stack: str) -> dict[str, str]:
-    plan = build_plan(load_stack(stack_path(stack)))
-    return {s.name: s.image.ref for s in plan.services if s.image.source == "local"}
-
-
 LOCAL_STACKS = [pytest.param(stack, id=stack) for stack in STACK_NAMES if load_stack(stack_path(stack)).images.source == "local"]
 
 
 @pytest.mark.parametrize("stack", LOCAL_STACKS)
-def test_local_image_ref_is_keyed_by_the_containerfile(stack, templates_copy):
+def test_local_image_ref_is_keyed_by_the_containerfile(stack, tmp_path, monkeypatch):
     before = local_refs(stack)
     assert before, f"{stack} builds no local image"
-    original = dict(before)
-    ccoas.plan.TEMPLATES_DIR = REPO_ROOT / "templates"
-    assert local_refs(stack) == original, "the ref depends on where the templates live"
-    ccoas.plan.TEMPLATES_DIR = templates_copy
+    templates = use_a_copy_of_the_templates(tmp_path, monkeypatch)
+    assert local_refs(stack) == before, "the ref depends on where the templates live, not only on their content"
 
     for component in sorted(before):
-        containerfile = templates_copy / component / "Containerfile.j2"
+        containerfile = templates / component / "Containerfile.j2"
         text = containerfile.read_text(encoding="utf-8")
         containerfile.write_text(text + "\n# changed\n", encoding="utf-8")
         after = local_refs(stack)
@@ -530,11 +532,11 @@ def test_local_image_ref_is_keyed_by_the_containerfile(stack, templates_copy):
         assert local_refs(stack) == before, f"{component}: same content, different ref"
 
 
-def test_local_image_ref_is_keyed_by_the_recipe_files(templates_copy):
+def test_local_image_ref_is_keyed_by_the_recipe_files(tmp_path, monkeypatch):
     recipe = CATALOG["postgres"].recipe
     assert recipe is not None and recipe.files
     before = local_refs("dev")["postgres"]
-    extra = templates_copy / recipe.files[0]
+    extra = use_a_copy_of_the_templates(tmp_path, monkeypatch) / recipe.files[0]
     extra.write_text(extra.read_text(encoding="utf-8") + "\n# changed\n", encoding="utf-8")
     assert local_refs("dev")["postgres"] != before
 

@@ -25,7 +25,7 @@ from ccoas.errors import Problem, StackError
 from ccoas.plan import Plan, build_plan
 from ccoas.stack import COMPONENTS, Stack, parse_stack, parse_yaml
 
-from conftest import STACKS_DIR, write_stack_file
+STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
 
 FILE = "fuzz.yaml"
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -337,7 +337,8 @@ def test_cli_plan_exits_0_or_2(cli_dir, doc):
         text = yaml.safe_dump(doc, allow_unicode=True)
     except yaml.YAMLError:
         return
-    file = write_stack_file(cli_dir, text)
+    file = cli_dir / "stack.yaml"
+    file.write_text(text, encoding="utf-8")
 
     result = CliRunner().invoke(app, ["plan", str(file), "--json"])
 
