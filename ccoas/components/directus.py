@@ -1,7 +1,8 @@
 """Directus: data studio and REST API over Postgres. On edge, auth and db.
 
-Every credential is a ``*_FILE`` variable pointing at a secret file; telemetry and
-update checks are off. Files go to MinIO when it is enabled, else to a volume.
+Every credential is a ``*_FILE`` variable pointing at a secret file; telemetry is off and
+the local image starts the API without the CLI's npm update check. Uploads go to the
+``directus-uploads`` volume (MinIO as a storage location is not wired yet: see the README).
 """
 
 from __future__ import annotations

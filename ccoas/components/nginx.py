@@ -9,7 +9,7 @@ generates; either way it is stored in Vault and reaches nginx as files.
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Secret, Service, TmpfsMount
+from ccoas.plan import Artifact, Secret, Service
 
 HTTP_PORT = 8080
 HTTPS_PORT = 8443
@@ -32,7 +32,6 @@ def service(ctx: Context) -> Service:
     return ctx.service(
         COMPONENT,
         command=("nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-g", "daemon off;"),
-        tmpfs=(TmpfsMount(target="/var/cache/nginx"), TmpfsMount(target="/var/lib/nginx"), TmpfsMount(target="/run/nginx", size="1m")),
         config_templates=("nginx/nginx.conf.j2",),
         healthcheck=check("CMD", "curl", "-fsSk", "-o", "/dev/null", f"https://127.0.0.1:{HTTPS_PORT}/healthz", interval=5),
         liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/healthz", interval=5),

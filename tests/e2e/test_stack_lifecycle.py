@@ -80,6 +80,13 @@ def test_second_up_changes_nothing(engine):
     assert engine.up().changes == 0
 
 
+def test_rendered_nginx_config_passes_nginx_t(engine):
+    """`nginx -t` on the rendered config, inside the running nginx (upstream names resolve there)."""
+    nginx = engine.client.containers.get(engine.plan.service("nginx").container_name)
+    result = nginx.exec_run(["nginx", "-t", "-c", "/etc/ccoas/nginx/nginx.conf"], user=engine.plan.service("nginx").user)
+    output = result.output.decode()
+    assert result.exit_code == 0 and "syntax is ok" in output, output
+
 def test_directus_answers_through_nginx_on_loopback(engine):
     url = nginx_url(engine)
     assert url.startswith("https://127.0.0.1:")
@@ -169,6 +176,27 @@ def test_rotating_postgres_credentials_refuses_the_old_one(engine):
     assert login(old) != 0
     assert login(new) == 0
     assert {r.service: r.health for r in engine.status()}["directus"] == "healthy"
+    # directus got a new container; nginx was restarted so it reaches the new one
+    with urllib.request.urlopen(f"{nginx_url(engine)}/directus/server/ping", context=tls_context(engine), timeout=10) as response:
+        assert response.read().decode().strip() == "pong"
+
+
+def test_a_second_stack_runs_side_by_side(engine, tmp_path):
+    """Another stack on the same host: its own prefixed resources, no collision, ours untouched."""
+    other = tmp_path / "side.yaml"
+    other.write_text(
+        "version: 1\nname: side\nenvironment: ci\nimages: {source: local}\ntls: {mode: generate}\n"
+        "components:\n" + "".join(f"  {c}: {{enabled: false}}\n" for c in ("nginx", "directus", "hasura", "postgres", "redis", "minio", "ollama"))
+    )
+    side = LocalEngine.connect(build_plan(load_stack(other), name=f"{NAME}-side"))
+    try:
+        result = side.up()
+        assert [(r.service, r.container, r.health) for r in result.status] == [("vault", f"{NAME}-side-vault", "healthy")]
+        ours = {r.service: r.health for r in engine.status()}
+        assert set(ours.values()) == {"healthy"}
+    finally:
+        side.down(purge=True)
+    assert {r.service: r.health for r in engine.status()}["vault"] == "healthy"
 
 
 def test_down_then_up_keeps_postgres_data(engine):
@@ -186,3 +214,4 @@ def test_purge_leaves_nothing_behind(engine, plan):
     assert engine.client.networks.list(filters=selector) == []
     assert engine.client.volumes.list(filters=selector) == []
     assert not engine.paths.state.exists() and not engine.paths.runtime.exists()
+
