@@ -211,3 +211,15 @@ def test_a_name_with_a_trailing_newline_is_rejected(runner):
 
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["up", "--engine", "pulumi"], ["preview"]])
+def test_pulumi_engine_without_the_cli_exits_2_with_what_to_install(runner, monkeypatch, command):
+    from ccoas import pulumi_engine
+
+    monkeypatch.setattr(pulumi_engine.shutil, "which", lambda name: None)
+    result = runner.invoke(app, [command[0], str(PROD), *command[1:]])
+
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "pulumi.com" in result.stderr and "--engine local" in result.stderr
