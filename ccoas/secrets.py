@@ -22,7 +22,10 @@ import hashlib
 import json
 import os
 import secrets as csprng
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -77,6 +80,23 @@ def ccoas_policy_hcl(plan: Plan) -> str:
     return f"# {plan.vault.ccoas_policy}: the token ccoas itself uses after bootstrap\n{body}\n"
 
 
+@contextmanager
+def deferred_interrupts():
+    """Ctrl-C (SIGINT/SIGTERM) waits until the block is done, then interrupts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            raise KeyboardInterrupt
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -120,8 +140,9 @@ class VaultBootstrap:
                     f"Vault's storage is empty but {self.paths.vault_init} exists: refusing to overwrite unseal material. "
                     "If the stack was purged, remove that file; otherwise restore the vault-data volume."
                 )
-            result = client.sys.initialize(secret_shares=1, secret_threshold=1)
-            _write_private(self.paths.vault_init, json.dumps({"keys_base64": result["keys_base64"], "root_token": result["root_token"]}))
+            with deferred_interrupts():  # the unseal key exists only in this response: keep it
+                result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+                _write_private(self.paths.vault_init, json.dumps({"keys_base64": result["keys_base64"], "root_token": result["root_token"]}))
             changes += 1
         material = self._init_material()
         if not material:
@@ -136,9 +157,10 @@ class VaultBootstrap:
             # policies changed: mint a one-off root token from the unseal key, converge, revoke it.
             root_token = self._root_from_unseal_keys(client, material["keys_base64"])
         if root_token:
-            self._first_bootstrap(vault_client(self.socket, root_token))
-            material.pop("root_token", None)
-            _write_private(self.paths.vault_init, json.dumps(material))
+            with deferred_interrupts():  # token file and init material must agree with Vault
+                self._first_bootstrap(vault_client(self.socket, root_token))
+                material.pop("root_token", None)
+                _write_private(self.paths.vault_init, json.dumps(material))
             changes += 1
         self.ccoas_client()  # renews ccoas's periodic token
         return changes
