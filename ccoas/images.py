@@ -278,7 +278,10 @@ def fetch_npm_app(layout: HostLayout, artifact: ArtifactLike, runtime_artifact: 
 def _go_binary() -> str:
     found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if found is None:
-        raise HostError("the Go toolchain is not installed on the host (needed for go artifacts)")
+        raise HostError(
+            "the Go toolchain (1.24 or newer) is not installed on the host: MinIO and Ollama images are built "
+            "from their Go modules; install Go, or disable those components, or use `image: {source: registry}`"
+        )
     return found
 
 

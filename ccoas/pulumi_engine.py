@@ -9,10 +9,10 @@ It needs the Pulumi CLI and the docker resource plugin on this host; without the
 raises :class:`~ccoas.errors.MissingToolError` saying what to install (``--engine local``
 needs neither).
 
-What the Pulumi engine does not do: render the config files, materialise secret files
-from Vault or run the plan's hooks (Vault init/unseal, the Postgres bootstrap). Those are
-steps, not resources. :func:`up` therefore refuses to start while a file the containers
-bind-mount is missing, and says how to create it.
+Rendering the config, materialising secret files from Vault and the plan's hooks (Vault
+init/unseal, the Postgres bootstrap) are steps, not resources: :func:`up_from_cli` runs them
+with the local engine's own functions around the Pulumi updates (Vault first, targeted).
+:func:`up` alone refuses to start while a file the containers bind-mount is missing.
 """
 
 from __future__ import annotations
@@ -118,10 +118,12 @@ def passphrase_env() -> dict[str, str]:
 # -- host preconditions -------------------------------------------------------------------------
 
 
-def missing_mount_sources(plan: Plan, paths: StackPaths) -> list[Path]:
-    """Host paths the plan's containers bind-mount that do not exist: Pulumi creates none of them."""
+def missing_mount_sources(plan: Plan, paths: StackPaths, only: list[str] | None = None) -> list[Path]:
+    """Host paths the plan's containers (or those of ``only``) bind-mount that do not exist."""
     wanted: list[Path] = []
     for service in plan.services:
+        if only is not None and service.name not in only:
+            continue
         if service.config is not None:
             wanted.append(paths.config_dir(service.config.source))
         wanted += [paths.secret_file(service.name, s.secret) for s in service.secrets]
@@ -173,6 +175,20 @@ def workspace_stack(plan: Plan, paths: StackPaths, docker_host: str | None, stac
     return stack
 
 
+def resource_urns(plan: Plan, services: list[str]) -> list[str]:
+    """URNs of ``services``' containers and everything they stand on (provider, networks, volumes, images)."""
+    prefix = f"urn:pulumi:{plan.stack}::{PROJECT}::"
+    urns = [f"{prefix}pulumi:providers:docker::docker"]
+    for name in services:
+        service = plan.service(name)
+        urns += [f"{prefix}docker:index/network:Network::{n}" for n in sorted(service.networks)]
+        urns += [f"{prefix}docker:index/volume:Volume::{m.volume}" for m in service.volumes]
+        if service.image.pull != "never":
+            urns.append(f"{prefix}docker:index/remoteImage:RemoteImage::{name}-image")
+        urns.append(f"{prefix}docker:index/container:Container::{name}")
+    return list(dict.fromkeys(urns))
+
+
 def up(
     plan: Plan,
     paths: StackPaths,
@@ -180,16 +196,20 @@ def up(
     stack_file: str | Path,
     *,
     preview_only: bool = False,
+    only: list[str] | None = None,
     on_output: Output = print,
 ) -> PulumiResult:
-    """Preview or apply ``plan`` with Pulumi. Raises :class:`MissingToolError` without the CLI or plugin."""
+    """Preview or apply ``plan`` (or only the services ``only``) with Pulumi.
+
+    Raises :class:`MissingToolError` without the CLI or plugin.
+    """
     from pulumi import automation as auto
 
     from ccoas.pulumi_program import unenforced
 
     require_tools()
     if not preview_only:
-        missing = missing_mount_sources(plan, paths)
+        missing = missing_mount_sources(plan, paths, only)
         if missing:
             raise HostError(
                 f"{len(missing)} host paths the containers mount do not exist (first: {missing[0]}). The Pulumi engine "
@@ -205,7 +225,7 @@ def up(
             operations = {str(_op(k)): v for k, v in previewed.change_summary.items()}
             result = PulumiResult(operations=operations, unenforced=gaps)
         else:
-            applied = stack.up(on_output=on_output)
+            applied = stack.up(on_output=on_output, target=resource_urns(plan, only) if only else None)
             operations = {str(_op(k)): v for k, v in (applied.summary.resource_changes or {}).items()}
             outputs = {k: v.value for k, v in applied.outputs.items() if not v.secret}
             result = PulumiResult(operations=operations, outputs=outputs, unenforced=gaps)
@@ -237,10 +257,27 @@ def _host(plan: Plan) -> tuple[StackPaths, str]:
 
 
 def up_from_cli(plan: Plan, stack_file: str | Path, name: str | None = None, on_output: Output = print) -> PulumiResult:
-    """``ccoas up --engine pulumi``: the host's rootless socket and stack paths, then :func:`up`."""
+    """``ccoas up --engine pulumi``: resources by Pulumi, steps by ccoas, in the plan's order.
+
+    1. ccoas makes the images present, renders the config and creates the runtime dirs;
+    2. Pulumi creates Vault alone (targeted), and ccoas initialises/unseals it and writes
+       every secret file — the other containers mount them;
+    3. Pulumi applies the whole plan;
+    4. ccoas waits for each service in start order and runs its hooks (Postgres bootstrap).
+    """
     require_tools()  # before touching the host: a missing CLI is the first thing to say
-    paths, docker_host = _host(plan)
+    passphrase_env()
+    from ccoas.engine.local import LocalEngine
+
+    local = LocalEngine.connect(plan)
+    paths, docker_host = local.paths, local.layout.base_url
+    local.prepare_files()
+    if plan.vault is not None:
+        up(plan, paths, docker_host, stack_file, only=["vault"], on_output=on_output)
+        local.settle(plan.service("vault"))
     result = up(plan, paths, docker_host, stack_file, on_output=on_output)
+    for service in plan.services:
+        local.settle(service)
     on_output(f"{result.changes} changes")
     return result
 

@@ -545,6 +545,21 @@ def test_driver_up_reports_changes_and_plain_outputs_only(automation, load_plan,
 
     plan = load_plan("dev")
     paths = stack_paths(tmp_path, tmp_path, plan.stack)
-    monkeypatch.setattr(pulumi_engine, "missing_mount_sources", lambda plan, paths: [])
+    monkeypatch.setattr(pulumi_engine, "missing_mount_sources", lambda plan, paths, only=None: [])
     result = pulumi_engine.up(plan, paths, DOCKER_HOST, "stacks/dev.yaml", on_output=lambda line: None)
     assert result.changes == 0 and result.outputs == {"secrets": {"x": "ccoas/data/dev/x"}}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_targeted_vault_update_names_resources_the_program_declares(load_plan, stack):
+    """`up --engine pulumi` first creates Vault alone: its target URNs must be real resources."""
+    from ccoas import pulumi_engine
+
+    plan, found = declared_stack(load_plan, stack)
+    prefix = f"urn:pulumi:{plan.stack}::ccoas::"
+    declared_urns = {f"{prefix}{typ}::{name}" for typ, name, _ in found.resources}
+    declared_urns.add(f"{prefix}pulumi:providers:docker::docker")
+    targets = pulumi_engine.resource_urns(plan, ["vault"])
+    assert set(targets) <= declared_urns, set(targets) - declared_urns
+    assert f"{prefix}{CONTAINER}::vault" in targets
+    assert not any(t.endswith("::postgres") for t in targets)

@@ -161,14 +161,39 @@ class LocalEngine:
 
     # -- up ---------------------------------------------------------------------------------
 
+    def prepare_files(self, build: bool = True) -> None:
+        """What every engine needs before containers: images present, config rendered, runtime dirs."""
+        self._resolve_images(build)
+        self._render()
+        self._ensure_runtime_dirs()
+
+    def settle(self, service: Service, timeout: int = 300) -> tuple[int, dict[str, str]]:
+        """Wait until ``service`` is alive, run its hooks, wait until ready; after Vault, converge secrets.
+
+        Returns the changes made and, after Vault, each service's secret fingerprint. The
+        Pulumi engine calls this too: hooks are steps, not resources.
+        """
+        changes = 0
+        fingerprints: dict[str, str] = {}
+        self._wait(service, service.liveness, "alive", timeout)
+        for hook in service.hooks:
+            if hook.stage == "alive":
+                changes += self._run_hook(service, hook)
+        self._wait(service, service.healthcheck, "ready", timeout)
+        for hook in service.hooks:
+            if hook.stage == "ready":
+                changes += self._run_hook(service, hook)
+        if service.name == "vault":
+            created, fingerprints = self._converge_secrets()
+            changes += created
+        return changes, fingerprints
+
     def up(self, build: bool = True, timeout: int = 300) -> UpResult:
         started = time.monotonic()
-        self._resolve_images(build)
+        self.prepare_files(build)
         changes = 0
-        changes += self._render()
         changes += self._ensure_networks()
         changes += self._ensure_volumes()
-        self._ensure_runtime_dirs()
         fingerprints: dict[str, str] = {}
         replaced: set[str] = set()
         timings: dict[str, float] = {}
@@ -187,23 +212,15 @@ class LocalEngine:
                 if changed:
                     replaced.add(name)
                 changes += changed
-                self._wait(service, service.liveness, "alive", timeout)
-                for hook in service.hooks:
-                    if hook.stage == "alive":
-                        changes += self._run_hook(service, hook)
-                self._wait(service, service.healthcheck, "ready", timeout)
-                for hook in service.hooks:
-                    if hook.stage == "ready":
-                        changes += self._run_hook(service, hook)
-                if service.name == "vault":
-                    created, fingerprints = self._converge_secrets()
-                    changes += created
+                settled, secrets = self.settle(service, timeout)
+                changes += settled
+                fingerprints.update(secrets)
                 timings[name] = time.monotonic() - started
                 durations[name] = time.monotonic() - began
                 self._done(f"{name} ready ({'changed' if changed else 'unchanged'})")
         return UpResult(changes=changes, status=self.status(), notes=self.host_notes(), timings=timings, durations=durations)
 
-    def _render(self) -> int:
+    def _render(self) -> None:
         from ccoas.render import render
 
         target = self.paths.render
@@ -218,7 +235,7 @@ class LocalEngine:
                 path.unlink()
             elif path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-        return 0  # a changed render shows up as recreated containers, not as a change of its own
+        # a changed render is not a change of its own: it shows up as recreated containers
 
     def _ensure_networks(self) -> int:
         changes = 0
