@@ -136,7 +136,13 @@ def test_vault_policies_allow_own_paths_only_and_audit_records(engine):
     vault = engine.client.containers.get(engine.plan.service("vault").container_name)
     audit = vault.exec_run(["cat", engine.plan.vault.audit_path], user="100:1000").output.decode()
     assert f"{prefix}/postgres/directus_password" in audit
-    assert vault_client  # the same client ccoas uses
+    # server mode, unseal material private, root token revoked after bootstrap
+    status = json.loads(vault.exec_run(["vault", "status", "-format=json"], user="100:1000").output.decode())
+    assert status["storage_type"] == "raft" and status["initialized"] and not status["sealed"]
+    material = engine.paths.vault_init
+    assert material.stat().st_mode & 0o777 == 0o600 and engine.paths.ccoas_token.stat().st_mode & 0o777 == 0o600
+    assert "root_token" not in json.loads(material.read_text())
+    assert vault_client(engine.paths.runtime_mount("vault-socket") / "vault.sock").sys.is_initialized()
 
 
 def test_no_secret_value_anywhere(engine):
