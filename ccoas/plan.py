@@ -148,7 +148,7 @@ class Dependency(Model):
 class Hook(Model):
     """Something ccoas does to a service during ``up``, declared so every engine does the same."""
 
-    kind: Literal["vault-init-unseal", "exec"]
+    kind: Literal["vault-init-unseal", "vault-secrets", "exec"]
     stage: Literal["alive", "ready"]
     """``alive``: after the liveness check passes; ``ready``: after the readiness check."""
     command: tuple[str, ...] = ()

@@ -141,6 +141,7 @@ def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
         ccoas_policy_hcl=ccoas_policy_hcl,
         secret_file=secret_file,
         secret_clients=secret_clients,
+        minio_buckets=minio_buckets,
     )
     env.filters.update(
         sql_ident=sql_ident,
@@ -152,6 +153,12 @@ def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
         mebibytes=mebibytes,
     )
     return env
+
+
+def minio_buckets(plan: Plan) -> list[dict[str, Any]]:
+    from ccoas.components.minio import buckets
+
+    return buckets(plan)
 
 
 def render_text(template: str, **context: Any) -> str:

@@ -47,7 +47,7 @@ def vault_client(socket: Path, token: str | None = None):
     import hvac
     import requests_unixsocket
 
-    return hvac.Client(url="http+unix://" + quote(str(socket), safe=""), token=token, session=requests_unixsocket.Session(), timeout=10)
+    return hvac.Client(url="http+unix://" + quote(str(socket), safe=""), token=token, session=requests_unixsocket.Session(), timeout=60)
 
 
 def service_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:

@@ -1,8 +1,8 @@
 """Directus: data studio and REST API over Postgres. On edge, auth and db.
 
 Every credential is a ``*_FILE`` variable pointing at a secret file; telemetry is off and
-the local image starts the API without the CLI's npm update check. Uploads go to the
-``directus-uploads`` volume (MinIO as a storage location is not wired yet: see the README).
+the local image starts the API without the CLI's npm update check. Uploads go to MinIO's
+``uploads`` bucket with Directus's own MinIO user when MinIO is enabled, else to a volume.
 """
 
 from __future__ import annotations
@@ -46,6 +46,21 @@ def environment(ctx: Context) -> dict[str, str]:
         "CACHE_ENABLED": "false",
         "RATE_LIMITER_ENABLED": "false",
     }
+    if "minio" in ctx.enabled:
+        for key in ("STORAGE_LOCAL_DRIVER", "STORAGE_LOCAL_ROOT"):
+            env.pop(key)
+        env.update(
+            {
+                "STORAGE_LOCATIONS": "s3",
+                "STORAGE_S3_DRIVER": "s3",
+                "STORAGE_S3_KEY_FILE": ctx.secret_file("minio_directus_access_key"),
+                "STORAGE_S3_SECRET_FILE": ctx.secret_file("minio_directus_secret_key"),
+                "STORAGE_S3_BUCKET": "uploads",
+                "STORAGE_S3_REGION": "us-east-1",
+                "STORAGE_S3_ENDPOINT": "http://minio:9000",
+                "STORAGE_S3_FORCE_PATH_STYLE": "true",
+            }
+        )
     if "redis" in ctx.enabled:
         env.update(
             {

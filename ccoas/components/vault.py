@@ -43,6 +43,11 @@ def service(ctx: Context) -> Service:
                 stage="alive",
                 description="initialise on first start, unseal, enable KV v2, audit and policies",
             ),
+            Hook(
+                kind="vault-secrets",
+                stage="ready",
+                description="generate the secrets Vault lacks; write each service's secret files",
+            ),
         ),
     )
 

@@ -73,6 +73,8 @@ class LocalEngine:
         self.paths = paths
         self.progress = progress
         self._podman: bool | None = None
+        self._fingerprints: dict[str, str] = {}
+        """Secret-version fingerprints per service, set by the ``vault-secrets`` hook."""
 
     # -- connection -------------------------------------------------------------------------
 
@@ -174,7 +176,7 @@ class LocalEngine:
         Pulumi engine calls this too: hooks are steps, not resources.
         """
         changes = 0
-        fingerprints: dict[str, str] = {}
+        self._fingerprints = {}
         self._wait(service, service.liveness, "alive", timeout)
         for hook in service.hooks:
             if hook.stage == "alive":
@@ -183,10 +185,7 @@ class LocalEngine:
         for hook in service.hooks:
             if hook.stage == "ready":
                 changes += self._run_hook(service, hook)
-        if service.name == "vault":
-            created, fingerprints = self._converge_secrets()
-            changes += created
-        return changes, fingerprints
+        return changes, self._fingerprints
 
     def up(self, build: bool = True, timeout: int = 300) -> UpResult:
         started = time.monotonic()
@@ -411,6 +410,11 @@ class LocalEngine:
         self._step(f"{service.name}: {hook.description}")
         if hook.kind == "vault-init-unseal":
             return self._vault().converge()
+        if hook.kind == "vault-secrets":
+            store = self.secrets()
+            written = store.ensure()
+            self._fingerprints = store.materialize()
+            return written
         container = self._container(service)
         result = container.exec_run(list(hook.command), user=service.user)
         if result.exit_code != 0:
@@ -432,11 +436,6 @@ class LocalEngine:
         if self.plan.vault is None:
             raise EngineError(f"stack {self.plan.stack} has no vault component")
         return SecretStore(self.plan, self.paths, self._vault().ccoas_client(), chown=self._give)
-
-    def _converge_secrets(self) -> tuple[int, dict[str, str]]:
-        store = self.secrets()
-        written = store.ensure()
-        return written, store.materialize()
 
     def rotate(self, service: str) -> list[str]:
         store = self.secrets()

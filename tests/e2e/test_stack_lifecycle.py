@@ -73,6 +73,7 @@ def tls_context(engine) -> ssl.SSLContext:
 def test_first_up_brings_every_service_to_healthy(engine):
     result = engine.first_up
     assert {r.service: r.health for r in result.status} == {s.name: "healthy" for s in engine.plan.services}
+    assert {"vault", "postgres", "redis", "minio", "directus", "nginx"} <= {s.name for s in engine.plan.services}
     assert result.changes > 0
 
 
@@ -95,6 +96,45 @@ def test_directus_answers_through_nginx_on_loopback(engine):
         assert response.read().decode().strip() == "pong"
         assert response.headers["Strict-Transport-Security"]
         assert "nginx/" not in (response.headers.get("Server") or "")
+
+
+def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engine):
+    url = nginx_url(engine)
+    password = engine.paths.secret_file("directus", "directus_admin_password").read_text()
+    login = urllib.request.Request(
+        f"{url}/directus/auth/login",
+        data=json.dumps({"email": "admin@example.com", "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(login, context=tls_context(engine), timeout=30) as response:
+        token = json.load(response)["data"]["access_token"]
+    boundary = "ccoas-e2e"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"e2e.txt\"\r\n"
+        f"Content-Type: text/plain\r\n\r\nstored in minio\r\n--{boundary}--\r\n"
+    ).encode()
+    upload = urllib.request.Request(
+        f"{url}/directus/files",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(upload, context=tls_context(engine), timeout=30) as response:
+        stored = json.load(response)["data"]
+    assert stored["storage"] == "s3"
+    minio = engine.client.containers.get(engine.plan.service("minio").container_name)
+
+    def mc(user: str, password: str, *args: str) -> tuple[int, str]:
+        script = f'MC_HOST_local="http://$(cat {user}):$(cat {password})@127.0.0.1:9000" mc --quiet "$@"'
+        result = minio.exec_run(["sh", "-c", script, "mc", *args], user="1000:1000")
+        return result.exit_code, result.output.decode()
+
+    code, listing = mc("/run/secrets/minio_root_user", "/run/secrets/minio_root_password", "ls", "local/uploads")
+    assert code == 0 and stored["filename_disk"] in listing
+    # Directus's own MinIO user reaches its bucket and nothing else
+    directus_user = ("/run/secrets/minio_directus_access_key", "/run/secrets/minio_directus_secret_key")
+    assert mc(*directus_user, "ls", "local/uploads")[0] == 0
+    assert mc(*directus_user, "mb", "local/not-allowed")[0] != 0
+    assert mc(*directus_user, "admin", "user", "list", "local")[0] != 0
 
 
 def test_compliance_controls_hold(engine):

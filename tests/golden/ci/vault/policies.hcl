@@ -10,10 +10,30 @@ path "ccoas/data/pr-42/directus/admin_password" {
 path "ccoas/data/pr-42/directus/secret" {
   capabilities = ["read"]
 }
+path "ccoas/data/pr-42/minio/directus_access_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/minio/directus_secret_key" {
+  capabilities = ["read"]
+}
 path "ccoas/data/pr-42/postgres/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/pr-42/redis/directus_password" {
+  capabilities = ["read"]
+}
+
+# pr-42-minio: what the minio service may read
+path "ccoas/data/pr-42/minio/directus_access_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/minio/directus_secret_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/minio/root_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/minio/root_user" {
   capabilities = ["read"]
 }
 

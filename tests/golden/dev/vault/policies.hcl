@@ -10,6 +10,12 @@ path "ccoas/data/dev/directus/admin_password" {
 path "ccoas/data/dev/directus/secret" {
   capabilities = ["read"]
 }
+path "ccoas/data/dev/minio/directus_access_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/minio/directus_secret_key" {
+  capabilities = ["read"]
+}
 path "ccoas/data/dev/postgres/directus_password" {
   capabilities = ["read"]
 }
@@ -18,6 +24,12 @@ path "ccoas/data/dev/redis/directus_password" {
 }
 
 # dev-minio: what the minio service may read
+path "ccoas/data/dev/minio/directus_access_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/minio/directus_secret_key" {
+  capabilities = ["read"]
+}
 path "ccoas/data/dev/minio/root_password" {
   capabilities = ["read"]
 }

@@ -10,6 +10,12 @@ path "ccoas/data/prod/directus/admin_password" {
 path "ccoas/data/prod/directus/secret" {
   capabilities = ["read"]
 }
+path "ccoas/data/prod/minio/directus_access_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/minio/directus_secret_key" {
+  capabilities = ["read"]
+}
 path "ccoas/data/prod/postgres/directus_password" {
   capabilities = ["read"]
 }
@@ -29,6 +35,12 @@ path "ccoas/data/prod/postgres/hasura_password" {
 }
 
 # prod-minio: what the minio service may read
+path "ccoas/data/prod/minio/directus_access_key" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/minio/directus_secret_key" {
+  capabilities = ["read"]
+}
 path "ccoas/data/prod/minio/root_password" {
   capabilities = ["read"]
 }
