@@ -129,7 +129,8 @@ def _subid_start(path: Path, user: str, uid: int) -> int:
 
 
 def host_layout() -> HostLayout:
-    """The layout from the environment: CCOAS_ENGINE_USER, CCOAS_STATE_DIR, CCOAS_CACHE_DIR."""
+    """The layout from the environment: CCOAS_ENGINE_USER, CCOAS_STATE_DIR, CCOAS_CACHE_DIR
+    (and CCOAS_SUBID_START, read by :func:`prepare`, for a second engine user on one host)."""
     return HostLayout(
         engine_user=os.environ.get("CCOAS_ENGINE_USER") or DEFAULT_ENGINE_USER,
         state_root=Path(os.environ.get("CCOAS_STATE_DIR") or DEFAULT_STATE_ROOT),
@@ -159,6 +160,8 @@ def prepare(target: str = "@local", ssh_user: str | None = None, layout: HostLay
         ("ccoas_cache_dir", str(layout.cache_root)),
     ):
         cmd += ["--data", f"{key}={value}"]
+    if os.environ.get("CCOAS_SUBID_START"):  # a second engine user needs a range of its own
+        cmd += ["--data", f"ccoas_subid_start={int(os.environ['CCOAS_SUBID_START'])}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
