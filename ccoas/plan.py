@@ -89,6 +89,8 @@ class Port(Model):
     host_port: int
     host_ip: str
     protocol: Literal["tcp", "udp"] = "tcp"
+    scheme: Literal["http", "https", "tcp"] = "tcp"
+    """What answers there, for the endpoints ``status`` shows."""
 
 
 class VolumeMount(Model):

@@ -64,6 +64,8 @@ class Component:
     """Components that must be enabled; this one starts after they are healthy."""
     after: tuple[str, ...] = ()
     """Components this one starts after, when they are enabled."""
+    port_schemes: dict[int, str] = field(default_factory=dict)
+    """Container port → what answers there (``https``, ``http``), for published endpoints."""
 
     def declare(self, ctx: "Context") -> "Declaration":
         service = self.declare_service(ctx)
@@ -189,6 +191,7 @@ class Context:
                 host_port=p.host_port,
                 host_ip=p.host_ip or self.stack.bind_address,
                 protocol=p.protocol,
+                scheme=component.port_schemes.get(p.container_port, "tcp"),
             )
             for p in config.publish
         )

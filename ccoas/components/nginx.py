@@ -52,4 +52,5 @@ COMPONENT = Component(
     declare_service=service,
     requires=("vault",),
     after=tuple(UPSTREAMS),
+    port_schemes={HTTP_PORT: "http", HTTPS_PORT: "https"},
 )

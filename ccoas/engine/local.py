@@ -20,7 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ccoas.engine.docker_api import SPEC_LABEL, container_create_body, spec_hash
 from ccoas.errors import EngineError, HostError
@@ -28,7 +28,6 @@ from ccoas.host import HostLayout, ensure_api_service, host_layout
 from ccoas.plan import LABEL_PREFIX, HealthCheck, Plan, Service
 from ccoas.state import StackPaths, stack_paths
 
-Progress = Callable[[str], None]
 POLL_S = 1.0
 
 
@@ -59,10 +58,6 @@ class UpResult:
     """Seconds from the start of ``up`` until each service was ready."""
     durations: dict[str, float] = field(default_factory=dict)
     """Seconds each service took on its own: container converged, alive, hooks, ready."""
-
-
-def _noop(message: str) -> None:
-    pass
 
 
 class LocalEngine:
@@ -467,8 +462,7 @@ class LocalEngine:
             for port in service.ports:
                 bound = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{port.container_port}/{port.protocol}") or []
                 for binding in bound:
-                    scheme = "https" if port.container_port == 8443 else "http"
-                    endpoints.append(f"{scheme}://{binding.get('HostIp') or port.host_ip}:{binding['HostPort']}")
+                    endpoints.append(f"{port.scheme}://{binding.get('HostIp') or port.host_ip}:{binding['HostPort']}")
             rows.append(ServiceStatus(service.name, service.container_name, container.status, health, tuple(endpoints)))
         return rows
 
