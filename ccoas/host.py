@@ -83,7 +83,12 @@ class HostLayout:
 
     @property
     def subuid_start(self) -> int:
-        return _subid_start(SUBUID_FILE, self.engine_user, self.uid)
+        return self.subuid_range[0]
+
+    @property
+    def subuid_range(self) -> range:
+        """The host uids this user's containers run as (besides the user's own uid)."""
+        return _subid_range(SUBUID_FILE, self.engine_user, self.uid)
 
     def host_uid(self, container_uid: int) -> int:
         """The host uid that ``container_uid`` is inside this user's rootless containers."""
@@ -116,15 +121,15 @@ class HostLayout:
         raise HostError(f"must run as root or as {self.engine_user} to drive the rootless engine")
 
 
-def _subid_start(path: Path, user: str, uid: int) -> int:
+def _subid_range(path: Path, user: str, uid: int) -> range:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise HostError(f"cannot read {path}: {exc}") from None
     for line in lines:
         parts = line.strip().split(":")
-        if len(parts) == 3 and parts[0] in (user, str(uid)) and parts[1].isdigit():
-            return int(parts[1])
+        if len(parts) == 3 and parts[0] in (user, str(uid)) and parts[1].isdigit() and parts[2].isdigit():
+            return range(int(parts[1]), int(parts[1]) + int(parts[2]))
     raise HostError(f"{path} has no subordinate id range for {user}: run `ccoas host prepare`")
 
 
@@ -205,9 +210,12 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
         return layout.base_url
     if shutil.which("podman") is None:
         raise HostError("podman is not installed: run `ccoas host prepare`")
+    systemd = systemd_running()
+    if not systemd:
+        _clear_stale_session(layout)
     _ensure_runtime_dir(layout)
     log_path = layout.state_root / "podman-service.log"
-    if systemd_running():
+    if systemd:
         cmd = ["systemctl", "--user", f"--machine={layout.engine_user}@", "start", "podman.socket"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -233,7 +241,61 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
     tail = ""
     if log_path.is_file():
         tail = "\n" + log_path.read_text(errors="replace")[-2000:]
+    if "podman system migrate" in tail and not systemd:
+        pids = engine_processes(layout)
+        why = (
+            f"processes {pids} of {layout.engine_user} are still alive: stop them and run ccoas again"
+            if pids
+            else f"only root can clear its stale state in {layout.runtime_dir}: run ccoas as root"
+        )
+        tail = f"\nthe engine user's Podman session is broken (its pause process is gone) and {why}" + tail
     raise HostError(f"the Podman API did not answer on {layout.socket_path} within {wait_s:.0f}s{tail}")
+
+
+def engine_processes(layout: HostLayout, proc_root: Path = Path("/proc")) -> list[int]:
+    """PIDs of live processes owned by the engine user or one of its subordinate uids
+    (the Podman service, its pause process, conmon, and the containers themselves)."""
+    owners = {layout.uid}
+    subuids = layout.subuid_range
+    pids = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # exited while we looked
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                uids = {int(field) for field in line.split()[1:]}
+                if uids & owners or any(uid in subuids for uid in uids):
+                    pids.append(int(entry.name))
+                break
+    return sorted(pids)
+
+
+def _clear_stale_session(layout: HostLayout) -> None:
+    """Stand in for logind at the engine user's last logout, on hosts without systemd.
+
+    Rootless Podman keeps per-session state in the user's runtime dir (its pause process,
+    container states, network namespaces) and locks in ``/dev/shm``. On a systemd host logind
+    removes both when the user's last process ends, and a reboot clears them. Here ccoas made
+    the runtime dir, so when every process of the engine user is gone (killed, say, with the
+    session that started them) ccoas clears that state too; otherwise Podman refuses to start
+    ("invalid internal status ... podman system migrate"). Podman then refreshes its container
+    states as after a reboot and ``ccoas up`` converges the stacks again. Volumes, images and
+    the state dir are not touched. Nothing is cleared while any engine process is alive.
+    """
+    runtime = layout.runtime_dir
+    if os.geteuid() != 0 or not (runtime / "libpod").is_dir() or engine_processes(layout):
+        return
+    shutil.rmtree(runtime)
+    for ipc in Path("/dev/shm").glob("*"):
+        try:
+            if ipc.is_file() and ipc.stat().st_uid == layout.uid:
+                ipc.unlink()
+        except OSError:
+            continue
 
 
 def _ensure_runtime_dir(layout: HostLayout) -> None:
