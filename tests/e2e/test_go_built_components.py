@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -14,24 +13,9 @@ from ccoas.stack import load_stack
 
 pytestmark = pytest.mark.e2e
 
-STACK = """\
-version: 1
-name: gobuilt
-environment: ci
-images: {source: local}
-tls: {mode: generate}
-components:
-  nginx: {enabled: false}
-  directus: {enabled: false}
-  hasura: {enabled: false}
-  postgres: {enabled: false}
-  redis: {enabled: false}
-"""
 
-
-def test_minio_and_ollama_come_up_hardened(tmp_path: Path):
-    stack = tmp_path / "gobuilt.yaml"
-    stack.write_text(STACK)
+def test_minio_and_ollama_come_up_hardened(small_stack):
+    stack = small_stack("gobuilt", "vault", "minio", "ollama")
     name = f"go-{uuid.uuid4().hex[:6]}"
     engine = LocalEngine.connect(build_plan(load_stack(stack), name=name))
     try:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -17,33 +16,10 @@ from ccoas.stack import load_stack
 
 pytestmark = pytest.mark.e2e
 
-STACK = """\
-version: 1
-name: intr
-environment: ci
-images: {source: local}
-tls: {mode: generate}
-components:
-  nginx: {enabled: false}
-  directus: {enabled: false}
-  hasura: {enabled: false}
-  redis: {enabled: false}
-  minio: {enabled: false}
-  ollama: {enabled: false}
-schema:
-  tables:
-    - name: notes
-      policy: owner-only
-      columns:
-        - {name: id, type: uuid, primary_key: true, default: gen_random_uuid()}
-        - {name: owner_id, type: uuid}
-"""
-
 
 @pytest.mark.parametrize("after_s", [2.0, 6.0])
-def test_up_interrupted_then_up_again_converges(tmp_path: Path, after_s: float):
-    stack = tmp_path / "intr.yaml"
-    stack.write_text(STACK)
+def test_up_interrupted_then_up_again_converges(small_stack, after_s: float):
+    stack = small_stack("intr", "vault", "postgres")
     name = f"intr-{uuid.uuid4().hex[:6]}"
     engine = LocalEngine.connect(build_plan(load_stack(stack), name=name))
     engine.build_images()

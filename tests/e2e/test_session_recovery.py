@@ -32,27 +32,6 @@ pytestmark = [
 
 USER = "ccoas-e2e-session"
 SUBID_START = "400000"  # clear of the main engine user's range (100000) and of CCOAS_SUBID_START users
-STACK = """\
-version: 1
-name: sess
-environment: ci
-images: {source: local}
-tls: {mode: generate}
-components:
-  nginx: {enabled: false}
-  directus: {enabled: false}
-  hasura: {enabled: false}
-  redis: {enabled: false}
-  minio: {enabled: false}
-  ollama: {enabled: false}
-schema:
-  tables:
-    - name: notes
-      policy: owner-only
-      columns:
-        - {name: id, type: uuid, primary_key: true, default: gen_random_uuid()}
-        - {name: owner_id, type: uuid}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +84,8 @@ def _kill_session(layout: HostLayout) -> None:
         time.sleep(0.2)
 
 
-def test_up_recovers_after_the_engine_users_processes_are_killed(tmp_path: Path, session_layout: HostLayout):
-    stack = tmp_path / "sess.yaml"
-    stack.write_text(STACK)
+def test_up_recovers_after_the_engine_users_processes_are_killed(small_stack, session_layout: HostLayout):
+    stack = small_stack("sess", "vault", "postgres")
     name = f"sess-{uuid.uuid4().hex[:6]}"
     plan = build_plan(load_stack(stack), name=name)
     LocalEngine.connect(plan).build_images()  # on the main engine user: cached there, usually a no-op

@@ -1,0 +1,47 @@
+"""Fixtures of the e2e tier: small stacks that enable only the components a test needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from ccoas.components import CATALOG
+
+NOTES = {
+    "name": "notes",
+    "policy": "owner-only",
+    "columns": [
+        {"name": "id", "type": "uuid", "primary_key": True, "default": "gen_random_uuid()"},
+        {"name": "owner_id", "type": "uuid"},
+    ],
+}
+
+
+def component_stack(name: str, enabled: tuple[str, ...]) -> dict:
+    """A local-image ci stack named ``name`` with only ``enabled`` (and a ``notes`` table with Postgres)."""
+    stack = {
+        "version": 1,
+        "name": name,
+        "environment": "ci",
+        "images": {"source": "local"},
+        "tls": {"mode": "generate"},
+        "components": {c: {"enabled": False} for c in sorted(CATALOG) if c not in enabled},
+    }
+    if "postgres" in enabled:
+        stack["schema"] = {"tables": [NOTES]}
+    return stack
+
+
+@pytest.fixture
+def small_stack(tmp_path: Path) -> Callable[..., Path]:
+    """``small_stack("intr", "vault", "postgres")`` → the path of such a stack file in tmp_path."""
+
+    def _small_stack(name: str, *enabled: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(component_stack(name, enabled), sort_keys=False))
+        return path
+
+    return _small_stack
