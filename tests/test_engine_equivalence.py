@@ -13,6 +13,7 @@ is compared only on the Docker side and the Pulumi program must export it as
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,11 +136,11 @@ def check_equivalent(plan: Plan, result: Declared, service_name: str) -> None:
 def _cases() -> list[tuple[str, str]]:
     from ccoas.plan import build_plan
     from ccoas.stack import load_stack
-    from conftest import stack_path
 
+    stacks_dir = Path(__file__).resolve().parent.parent / "stacks"
     cases = []
     for stack in STACKS:
-        plan = build_plan(load_stack(stack_path(stack)))
+        plan = build_plan(load_stack(stacks_dir / f"{stack}.yaml"))
         cases += [(stack, s.name) for s in plan.services]
     return cases
 
