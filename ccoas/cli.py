@@ -203,6 +203,19 @@ def images_build(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
         out.print(f"{result.name:10} {result.ref}  {'built in %.0fs' % result.seconds if result.built else 'cached'}", highlight=False)
 
 
+@images_app.command("pull")
+@reports_errors
+def images_pull(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
+    """Pull the stack's registry images (pinned by digest) that this host lacks: the only command
+    that contacts a registry; `up` never pulls."""
+    from ccoas.engine.local import LocalEngine
+    from ccoas.report import ProgressReporter
+
+    with ProgressReporter(err) as progress:
+        pulled = LocalEngine.connect(_plan(stack, name), progress=progress).pull_images()
+    out.print(f"{len(pulled)} images pulled" if pulled else "every registry image is on this host", highlight=False)
+
+
 @host_app.command("prepare")
 @reports_errors
 def host_prepare(

@@ -80,7 +80,9 @@ class LocalRecipe(Model):
 class Image(Model):
     ref: str
     source: Literal["registry", "local"]
-    pull: Literal["missing", "never"]
+    pull: Literal["never"] = "never"
+    """Provisioning never pulls: registry images are fetched by ``ccoas images pull``, an explicit
+    step of its own, and local ones built by ``ccoas images build``; ``up`` only uses what is there."""
     recipe: LocalRecipe | None = None
 
 

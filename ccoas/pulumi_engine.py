@@ -176,15 +176,13 @@ def workspace_stack(plan: Plan, paths: StackPaths, docker_host: str | None, stac
 
 
 def resource_urns(plan: Plan, services: list[str]) -> list[str]:
-    """URNs of ``services``' containers and everything they stand on (provider, networks, volumes, images)."""
+    """URNs of ``services``' containers and everything they stand on (provider, networks, volumes)."""
     prefix = f"urn:pulumi:{plan.stack}::{PROJECT}::"
     urns = [f"{prefix}pulumi:providers:docker::docker"]
     for name in services:
         service = plan.service(name)
         urns += [f"{prefix}docker:index/network:Network::{n}" for n in sorted(service.networks)]
         urns += [f"{prefix}docker:index/volume:Volume::{m.volume}" for m in service.volumes]
-        if service.image.pull != "never":
-            urns.append(f"{prefix}docker:index/remoteImage:RemoteImage::{name}-image")
         urns.append(f"{prefix}docker:index/container:Container::{name}")
     return list(dict.fromkeys(urns))
 

@@ -1,7 +1,7 @@
 """The plan as pulumi-docker resources: what ``ccoas up --engine pulumi`` declares.
 
 :func:`declare` is the whole Pulumi program. It reads a :class:`~ccoas.plan.Plan` and
-never re-derives a setting: networks, volumes, images and containers carry exactly the
+never re-derives a setting: networks, volumes and containers carry exactly the
 plan's values, translated into the arguments of ``pulumi_docker`` 5.x. The local engine
 translates the same plan into Docker Engine API bodies
 (:mod:`ccoas.engine.docker_api`); ``tests/test_engine_equivalence.py`` proves that the
@@ -117,14 +117,6 @@ def volume(vol: Volume, opts: pulumi.ResourceOptions) -> docker.Volume:
     )
 
 
-def image(service: Service, opts: pulumi.ResourceOptions) -> pulumi.Input[str]:
-    """The container's image: registry refs are pulled (pinned by digest), local refs are used as is."""
-    if service.image.pull == "never":
-        return service.image.ref  # built by ccoas on this host: referenced by name, never pulled
-    remote = docker.RemoteImage(f"{service.name}-image", name=service.image.ref, keep_locally=True, opts=opts)
-    return remote.image_id
-
-
 def healthcheck(check: HealthCheck) -> docker.ContainerHealthcheckArgs:
     return docker.ContainerHealthcheckArgs(
         tests=list(check.test),
@@ -165,14 +157,13 @@ def mounts(
 def container_args(
     service: Service,
     paths: StackPaths,
-    image_ref: pulumi.Input[str],
     networks: dict[str, docker.Network],
     volumes: dict[str, docker.Volume],
 ) -> dict[str, Any]:
     """Every plan setting of ``service`` as keyword arguments of ``pulumi_docker.Container``."""
     args: dict[str, Any] = {
         "name": service.container_name,
-        "image": image_ref,
+        "image": service.image.ref,  # present on the host before Pulumi runs: never pulled
         "user": service.user,
         "read_only": service.read_only,
         "capabilities": docker.ContainerCapabilitiesArgs(drops=list(service.cap_drop), adds=list(service.cap_add)),
@@ -243,7 +234,7 @@ def declare(plan: Plan, paths: StackPaths, docker_host: str | None) -> None:
         needs = [containers[d.service] for d in service.depends_on]
         containers[service.name] = docker.Container(
             service.name,
-            **container_args(service, paths, image(service, opts), networks, volumes),
+            **container_args(service, paths, networks, volumes),
             opts=pulumi.ResourceOptions(provider=provider, depends_on=needs),
         )
     pulumi.export(

@@ -61,7 +61,8 @@ class ImageChoice(_Strict):
     """Where a component's image comes from."""
 
     source: Literal["registry", "local"] | None = None
-    """``registry``: the official image pinned by digest; ``local``: built by ccoas (pull policy never)."""
+    """``registry``: the official image pinned by digest (fetched by ``ccoas images pull``);
+    ``local``: built by ccoas from packages. Provisioning pulls neither."""
     ref: Annotated[str, Field(pattern=DIGEST_REF_RE)] | None = None
     """Override of the official image, which must be pinned by digest (``name:tag@sha256:…``)."""
 

@@ -85,7 +85,7 @@ def normalize_pulumi(result: Declared, container: dict[str, Any]) -> dict[str, A
     capabilities = container.get("capabilities") or {}
     health = container.get("healthcheck") or {}
     return {
-        "image": result.image_ref(container),
+        "image": container["image"],
         "user": container.get("user"),
         "read_only": container.get("readOnly", False),
         "cap_drop": tuple(sorted(capabilities.get("drops") or [])),

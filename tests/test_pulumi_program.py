@@ -6,7 +6,6 @@ checks below read them. :func:`declared` is also what ``test_engine_equivalence.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ DOCKER_HOST = "unix:///run/user/1001/podman/podman.sock"
 CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
-REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 PROVIDER = "pulumi:providers:docker"
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|ACCESS_KEY|JWT|CREDENTIAL")
 
@@ -40,23 +38,15 @@ def example_paths(plan: Plan) -> StackPaths:
 # -- running the program under mocks -------------------------------------------------------------
 
 
-def image_id(ref: str) -> str:
-    """What the mock engine answers for a pulled image: an id that is not the ref."""
-    return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
-
-
 class RecordingMocks(pulumi.runtime.Mocks):
-    """Answers every registration with its own inputs (plus an image id for pulled images) and records it."""
+    """Answers every registration with its own inputs and records it."""
 
     def __init__(self) -> None:
         self.registered: list[tuple[str, str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.registered.append((args.typ, args.name, dict(args.inputs)))
-        state = dict(args.inputs)
-        if args.typ == REMOTE_IMAGE:
-            state["imageId"] = image_id(args.inputs["name"])
-        return f"{args.name}-id", state
+        return f"{args.name}-id", dict(args.inputs)
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         raise AssertionError(f"the program must not invoke anything (no image lookups, no pulls): {args.token}")
@@ -76,11 +66,6 @@ class Declared:
     @property
     def containers(self) -> dict[str, dict[str, Any]]:
         return self.of(CONTAINER)
-
-    def image_ref(self, container: dict[str, Any]) -> str:
-        """A container's image as a ref: a pulled image's id resolves to the RemoteImage that pulled it."""
-        pulled = {image_id(inputs["name"]): inputs["name"] for inputs in self.of(REMOTE_IMAGE).values()}
-        return pulled.get(container["image"], container["image"])
 
 
 Transform = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -253,25 +238,16 @@ def test_config_is_a_read_only_bind_and_volumes_are_named_by_the_plan(load_plan,
             assert (mounts[m.target]["type"], mounts[m.target]["source"]) == ("volume", plan.volume(m.volume).engine_name)
 
 
-def test_registry_images_are_pulled_pinned_and_kept(load_plan):
-    plan, result = declared_stack(load_plan, "prod")
-    images = result.of(REMOTE_IMAGE)
-    assert sorted(images) == sorted(f"{s.name}-image" for s in plan.services)
+@pytest.mark.parametrize("stack", STACKS)
+def test_images_are_used_by_name_and_never_pulled(load_plan, stack):
+    """No image resource (a RemoteImage pulls): every container names the plan's image, which
+    ccoas has built or `ccoas images pull` has fetched before Pulumi runs."""
+    plan, result = declared_stack(load_plan, stack)
+    assert {typ for typ, _, _ in result.resources} == {PROVIDER, NETWORK, VOLUME, CONTAINER}
     for service in plan.services:
-        pulled = images[f"{service.name}-image"]
-        assert pulled["name"] == service.image.ref and "@sha256:" in pulled["name"]
-        assert pulled.get("keepLocally") is True
-        assert result.image_ref(result.containers[service.name]) == service.image.ref
-
-
-def test_local_images_are_used_by_name_and_never_pulled(load_plan):
-    plan, result = declared_stack(load_plan, "dev")
-    local = [s for s in plan.services if s.image.pull == "never"]
-    assert local, "dev builds its images locally"
-    pulled = {inputs["name"] for inputs in result.of(REMOTE_IMAGE).values()}
-    for service in local:
-        assert service.image.ref not in pulled, f"{service.name}: a local image must not be pulled"
         assert result.containers[service.name]["image"] == service.image.ref
+        if service.image.source == "registry":
+            assert "@sha256:" in service.image.ref
 
 
 @pytest.mark.parametrize("stack", STACKS)

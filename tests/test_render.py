@@ -247,7 +247,7 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
     for service in plan.services:
         body = document["services"][service.name]
         assert body["image"] == service.image.ref
-        assert body["pull_policy"] == ("never" if service.image.source == "local" else "missing")
+        assert body["pull_policy"] == "never" == service.image.pull
         assert body["user"] == service.user and body["read_only"] is service.read_only
         assert body["cap_drop"] == list(service.cap_drop) == ["ALL"]
         assert body["security_opt"] == list(service.security_opt)

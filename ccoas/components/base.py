@@ -148,7 +148,6 @@ class Context:
             return Image(
                 ref=f"localhost/ccoas/{component.name}:{digest[:12]}",
                 source="local",
-                pull="never",
                 recipe=LocalRecipe(
                     component=component.name,
                     containerfile=recipe.containerfile,
@@ -157,7 +156,7 @@ class Context:
                     digest=digest,
                 ),
             )
-        return Image(ref=choice.ref or component.registry_image, source="registry", pull="missing")
+        return Image(ref=choice.ref or component.registry_image, source="registry")
 
     def service(
         self,

@@ -25,6 +25,7 @@ from typing import Any
 from ccoas.engine.docker_api import SPEC_LABEL, container_create_body, spec_hash
 from ccoas.errors import EngineError, HostError
 from ccoas.host import HostLayout, ensure_api_service, host_layout
+from ccoas.images import build_images, image_present
 from ccoas.plan import LABEL_PREFIX, HealthCheck, Plan, Service
 from ccoas.state import StackPaths, stack_paths
 
@@ -121,40 +122,45 @@ class LocalEngine:
     # -- images -----------------------------------------------------------------------------
 
     def build_images(self) -> list[Any]:
-        from ccoas.images import build_images
-
         return build_images(
             self.plan.services, self.layout, self.client, progress=lambda component, message: self._step(f"{component}: {message}")
         )
 
+    def pull_images(self) -> list[str]:
+        """Pull the stack's registry images that the engine does not have; return their refs.
+
+        The one place ccoas contacts a registry, and only when asked (``ccoas images pull``):
+        provisioning never pulls.
+        """
+        pulled = []
+        for service in self._missing("registry"):
+            self._step(f"{service.name}: pulling {service.image.ref}")
+            try:
+                self.client.images.pull(service.image.ref)
+            except Exception as exc:  # noqa: BLE001 - any failure here is "cannot be pulled"
+                raise EngineError(f"{service.name}: {service.image.ref} cannot be pulled: {exc}") from None
+            pulled.append(service.image.ref)
+        return pulled
+
+    def _missing(self, source: str) -> list[Service]:
+        return [s for s in self.plan.services if s.image.source == source and not image_present(self.client, s.image.ref)]
+
     def _resolve_images(self, build: bool) -> None:
-        """Every image present before anything is provisioned: build or pull, or stop here."""
-        missing_local = [s for s in self.plan.services if s.image.source == "local" and not self._image_exists(s.image.ref)]
+        """Every image present before anything is provisioned: build local ones, or stop here."""
+        missing_registry = self._missing("registry")
+        if missing_registry:
+            refs = ", ".join(f"{s.name} ({s.image.ref})" for s in missing_registry)
+            raise EngineError(
+                f"registry images not on this host: {refs}. ccoas never pulls while provisioning: "
+                f"run `ccoas images pull` (this host must reach the registry), or use `source: local` "
+                f"where a local recipe exists"
+            )
+        missing_local = self._missing("local")
         if missing_local:
             if not build:
                 names = ", ".join(s.name for s in missing_local)
                 raise EngineError(f"local images missing for {names}: run `ccoas images build` or drop --no-build")
             self.build_images()
-        for service in self.plan.services:
-            if service.image.source == "registry" and not self._image_exists(service.image.ref):
-                self._step(f"pulling {service.image.ref}")
-                try:
-                    self.client.images.pull(service.image.ref)
-                except Exception as exc:  # noqa: BLE001
-                    raise EngineError(
-                        f"{service.name}: image {service.image.ref} is not on this host and cannot be pulled ({exc}). "
-                        f"Without a registry, use `image: {{source: local}}` where a local recipe exists, "
-                        f"or disable {service.name}."
-                    ) from None
-
-    def _image_exists(self, ref: str) -> bool:
-        import docker.errors
-
-        try:
-            self.client.images.get(ref)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
 
     # -- up ---------------------------------------------------------------------------------
 

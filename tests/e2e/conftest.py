@@ -20,13 +20,14 @@ NOTES = {
 }
 
 
-def component_stack(name: str, enabled: tuple[str, ...]) -> dict:
-    """A local-image ci stack named ``name`` with only ``enabled`` (and a ``notes`` table with Postgres)."""
+def component_stack(name: str, enabled: tuple[str, ...], source: str = "local") -> dict:
+    """A ci stack named ``name`` with only ``enabled`` (and a ``notes`` table with Postgres),
+    its images from ``source``."""
     stack = {
         "version": 1,
         "name": name,
         "environment": "ci",
-        "images": {"source": "local"},
+        "images": {"source": source},
         "tls": {"mode": "generate"},
         "components": {c: {"enabled": False} for c in sorted(CATALOG) if c not in enabled},
     }
@@ -37,11 +38,12 @@ def component_stack(name: str, enabled: tuple[str, ...]) -> dict:
 
 @pytest.fixture
 def small_stack(tmp_path: Path) -> Callable[..., Path]:
-    """``small_stack("intr", "vault", "postgres")`` → the path of such a stack file in tmp_path."""
+    """``small_stack("intr", "vault", "postgres")`` → the path of such a stack file in tmp_path
+    (``source="registry"`` for the official images)."""
 
-    def _small_stack(name: str, *enabled: str) -> Path:
+    def _small_stack(name: str, *enabled: str, source: str = "local") -> Path:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(component_stack(name, enabled), sort_keys=False))
+        path.write_text(yaml.safe_dump(component_stack(name, enabled, source), sort_keys=False))
         return path
 
     return _small_stack
