@@ -10,13 +10,18 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from ccoas.errors import CcoasError, StackError
+
+if TYPE_CHECKING:
+    from ccoas.engine.local import LocalEngine
+    from ccoas.plan import Plan
+    from ccoas.report import ProgressReporter
 
 app = typer.Typer(
     help="Deploy the CC-OAS open stack: validate a stack into a plan, render it, run it rootless, check it.",
@@ -69,6 +74,13 @@ def _plan(stack: Path, name: str | None):
     return build_plan(load_stack(stack), name=name)
 
 
+def _engine(plan: Plan, progress: ProgressReporter | None = None) -> LocalEngine:
+    """``plan`` on the local engine (the rootless API socket, its service started if need be)."""
+    from ccoas.engine.local import LocalEngine
+
+    return LocalEngine.connect(plan, progress=progress)
+
+
 @app.command()
 @reports_errors
 def plan(
@@ -115,16 +127,14 @@ def up(
     if engine == "pulumi":
         from ccoas import pulumi_engine
 
-        pulumi_engine.up_from_cli(resolved, stack, name)
+        pulumi_engine.up_from_cli(resolved, stack)
         return
     if engine != "local":
         raise CcoasError(f"--engine: expected local or pulumi, got {engine!r}")
-    from ccoas.engine.local import LocalEngine
     from ccoas.report import ProgressReporter, status_table
 
     with ProgressReporter(err) as progress:
-        local = LocalEngine.connect(resolved, progress=progress)
-        result = local.up(build=build, timeout=timeout)
+        result = _engine(resolved, progress).up(build=build, timeout=timeout)
     out.print(status_table(result.status))
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
@@ -137,7 +147,7 @@ def preview(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     """Show what `ccoas up --engine pulumi` would change (Pulumi Automation API)."""
     from ccoas import pulumi_engine
 
-    pulumi_engine.preview_from_cli(_plan(stack, name), stack, name)
+    pulumi_engine.preview_from_cli(_plan(stack, name), stack)
 
 
 @app.command()
@@ -148,9 +158,7 @@ def down(
     purge: Annotated[bool, typer.Option("--purge", help="Also remove volumes, secrets and state: everything the stack owns.")] = False,
 ) -> None:
     """Remove the stack's containers and networks; volumes are kept unless --purge."""
-    from ccoas.engine.local import LocalEngine
-
-    removed = LocalEngine.connect(_plan(stack, name)).down(purge=purge)
+    removed = _engine(_plan(stack, name)).down(purge=purge)
     out.print(f"removed {removed}", highlight=False)
 
 
@@ -162,10 +170,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable status.")] = False,
 ) -> None:
     """Show each service's state, health and endpoints."""
-    from ccoas.engine.local import LocalEngine
     from ccoas.report import status_table
 
-    local = LocalEngine.connect(_plan(stack, name))
+    local = _engine(_plan(stack, name))
     rows = local.status()
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
@@ -194,11 +201,10 @@ def check(
 @reports_errors
 def images_build(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     """Build every local image of the stack (cached by content: unchanged inputs are not rebuilt)."""
-    from ccoas.engine.local import LocalEngine
     from ccoas.report import ProgressReporter
 
     with ProgressReporter(err) as progress:
-        results = LocalEngine.connect(_plan(stack, name), progress=progress).build_images()
+        results = _engine(_plan(stack, name), progress).build_images()
     for result in results:
         out.print(f"{result.name:10} {result.ref}  {'built in %.0fs' % result.seconds if result.built else 'cached'}", highlight=False)
 
@@ -208,11 +214,10 @@ def images_build(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
 def images_pull(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     """Pull the stack's registry images (pinned by digest) that this host lacks: the only command
     that contacts a registry; `up` never pulls."""
-    from ccoas.engine.local import LocalEngine
     from ccoas.report import ProgressReporter
 
     with ProgressReporter(err) as progress:
-        pulled = LocalEngine.connect(_plan(stack, name), progress=progress).pull_images()
+        pulled = _engine(_plan(stack, name), progress).pull_images()
     out.print(f"{len(pulled)} images pulled" if pulled else "every registry image is on this host", highlight=False)
 
 
@@ -233,10 +238,9 @@ def host_prepare(
 @reports_errors
 def secrets_list(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     """List the stack's secrets: Vault paths, versions and readers (never values)."""
-    from ccoas.engine.local import LocalEngine
     from ccoas.report import secrets_table
 
-    out.print(secrets_table(LocalEngine.connect(_plan(stack, name)).secrets().list()))
+    out.print(secrets_table(_engine(_plan(stack, name)).secrets().list()))
 
 
 @secrets_app.command("export")
@@ -247,9 +251,7 @@ def secrets_export(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the files (0400); point CCOAS_SECRETS_DIR at it.")] = Path("secrets"),
 ) -> None:
     """Write the secret files that the rendered compose.yaml mounts (for docker compose users)."""
-    from ccoas.engine.local import LocalEngine
-
-    written = LocalEngine.connect(_plan(stack, name)).secrets().export(out_dir)
+    written = _engine(_plan(stack, name)).secrets().export(out_dir)
     out.print(f"wrote {len(written)} secret files into {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
 
 
@@ -261,9 +263,7 @@ def secrets_rotate(
     name: NameOpt = None,
 ) -> None:
     """Rotate a service's credentials: new version in Vault, consumers restarted, old value refused."""
-    from ccoas.engine.local import LocalEngine
-
-    rotated = LocalEngine.connect(_plan(stack, name)).rotate(service)
+    rotated = _engine(_plan(stack, name)).rotate(service)
     for line in rotated:
         out.print(line, highlight=False)
 

@@ -254,7 +254,7 @@ def _host(plan: Plan) -> tuple[StackPaths, str]:
     return stack_paths(layout.state_root, layout.runtime_dir, plan.stack), docker_host
 
 
-def up_from_cli(plan: Plan, stack_file: str | Path, name: str | None = None, on_output: Output = print) -> PulumiResult:
+def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -> PulumiResult:
     """``ccoas up --engine pulumi``: resources by Pulumi, steps by ccoas, in the plan's order.
 
     1. ccoas makes the images present, renders the config and creates the runtime dirs;
@@ -280,7 +280,7 @@ def up_from_cli(plan: Plan, stack_file: str | Path, name: str | None = None, on_
     return result
 
 
-def preview_from_cli(plan: Plan, stack_file: str | Path, name: str | None = None, on_output: Output = print) -> PulumiResult:
+def preview_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -> PulumiResult:
     """``ccoas preview``."""
     require_tools()
     paths, docker_host = _host(plan)
