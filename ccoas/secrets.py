@@ -36,6 +36,7 @@ from ccoas.plan import Plan, Secret, VaultPolicy
 from ccoas.state import StackPaths
 
 SERVICE_TOKEN_TTL = "5m"
+TLS_GENERATORS = ("tls-cert", "tls-key")
 
 
 class VaultError(CcoasError):
@@ -106,6 +107,15 @@ def _write_private(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _write_readonly(path: Path, value: str) -> None:
+    """Replace ``path`` with a new 0400 file holding ``value`` (created exclusively, never reopened)."""
+    if path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
 
 
 @dataclass
@@ -291,8 +301,10 @@ class SecretInfo:
 class SecretStore:
     plan: Plan
     paths: StackPaths
+    socket: Path
+    """Vault's unix socket."""
     client: object
-    """hvac client with the ccoas token."""
+    """hvac client with the ccoas token, on ``socket``."""
     chown: Callable[[Path, int, int], None]
     """Give a file to a container uid/gid (mapped through the engine's user namespace)."""
 
@@ -321,21 +333,17 @@ class SecretStore:
 
         written = 0
         missing = [s for s in self.plan.secrets if self.version(s) is None]
-        names = {s.name for s in missing}
         for secret in missing:
-            if secret.generator in ("tls-cert", "tls-key"):
-                continue
-            self.put(secret, generate(secret))
-            written += 1
-        if any(s.generator in ("tls-cert", "tls-key") for s in missing):
+            if secret.generator not in TLS_GENERATORS:
+                self.put(secret, generate(secret))
+                written += 1
+        if any(s.generator in TLS_GENERATORS for s in missing):
+            # a pair is written whole, so that certificate and key always match
             assert self.plan.tls is not None
             cert, key = tls_pair(self.plan.tls)
             for secret in self.plan.secrets:
-                if secret.generator == "tls-cert" and secret.name in names | {secret.name}:
-                    self.put(secret, cert)
-                    written += 1
-                elif secret.generator == "tls-key":
-                    self.put(secret, key)
+                if secret.generator in TLS_GENERATORS:
+                    self.put(secret, cert if secret.generator == "tls-cert" else key)
                     written += 1
         return written
 
@@ -348,7 +356,7 @@ class SecretStore:
             raise CcoasError(f"{service}: owns no secrets in stack {self.plan.stack}")
         pair = None
         for secret in owned:
-            if secret.generator in ("tls-cert", "tls-key"):
+            if secret.generator in TLS_GENERATORS:
                 assert self.plan.tls is not None
                 pair = pair or tls_pair(self.plan.tls)
                 self.put(secret, pair[0] if secret.generator == "tls-cert" else pair[1])
@@ -372,11 +380,7 @@ class SecretStore:
             ttl=SERVICE_TOKEN_TTL,
             no_default_policy=True,
         )["auth"]["client_token"]
-        from ccoas.secrets import vault_client as _client  # same socket as ours
-
-        adapter_url = self.client.adapter.base_uri  # type: ignore[attr-defined]
-        socket = Path(adapter_url.removeprefix("http+unix://").replace("%2F", "/"))
-        return _client(socket, token)
+        return vault_client(self.socket, token)
 
     def _read_mounts(self, service) -> list[tuple[object, str, int]]:
         """``(mount, file content, version)`` of each of ``service``'s secrets, read with its own policy."""
@@ -424,11 +428,7 @@ class SecretStore:
         for service in self.plan.services:
             for mount, value, _ in self._read_mounts(service) if service.secrets else []:
                 path = out / Path(mount.target).name
-                if path.exists():
-                    path.unlink()
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(value)
+                _write_readonly(path, value)
                 written.append(path)
         return sorted(set(written))
 
@@ -442,9 +442,5 @@ class SecretStore:
                 return
         except (FileNotFoundError, PermissionError):
             pass
-        if path.exists():
-            path.unlink()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value)
+        _write_readonly(path, value)
         self.chown(path, uid, gid)

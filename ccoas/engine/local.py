@@ -436,7 +436,8 @@ class LocalEngine:
 
         if self.plan.vault is None:
             raise EngineError(f"stack {self.plan.stack} has no vault component")
-        return SecretStore(self.plan, self.paths, self._vault().ccoas_client(), chown=self._give)
+        vault = self._vault()
+        return SecretStore(self.plan, self.paths, vault.socket, vault.ccoas_client(), chown=self._give)
 
     def rotate(self, service: str) -> list[str]:
         store = self.secrets()
