@@ -68,8 +68,8 @@ def reports_errors(func: F) -> F:
 
 
 def _plan(stack: Path, name: str | None):
-    from ccoas.plan import build_plan
-    from ccoas.stack import load_stack
+    from ccoas.planner import build_plan
+    from ccoas.planner import load_stack
 
     return build_plan(load_stack(stack), name=name)
 

@@ -44,6 +44,7 @@ import jinja2
 from ccoas.errors import HostError
 from ccoas.host import HostLayout
 from ccoas.plan import TEMPLATES_DIR
+from ccoas.render import environment
 
 BASE_REF = "localhost/ccoas/debian:bookworm"
 BASE_SUITE = "bookworm"
@@ -118,15 +119,6 @@ def base_tarball(layout: HostLayout) -> Path:
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _environment(templates_dir: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
-
 def template_variables(recipe: Any) -> dict[str, Any]:
     """What a Containerfile template sees: the base, the component and its artifacts' context paths."""
     pypi: dict[str, str] = {}
@@ -159,7 +151,7 @@ def template_variables(recipe: Any) -> dict[str, Any]:
 
 def render_containerfile(recipe: Any, templates_dir: Path = TEMPLATES_DIR) -> str:
     try:
-        return _environment(templates_dir).get_template(recipe.containerfile).render(**template_variables(recipe))
+        return environment(templates_dir).get_template(recipe.containerfile).render(**template_variables(recipe))
     except jinja2.TemplateError as exc:
         raise HostError(f"{recipe.component}: cannot render {recipe.containerfile}: {exc}") from None
 

@@ -1,9 +1,11 @@
-"""The plan: one immutable, fully resolved description of a stack.
+"""The plan: one immutable, fully resolved description of a stack — types only.
 
-:func:`build_plan` turns a validated :class:`~ccoas.stack.Stack` into a
-:class:`Plan`. Every consumer (renderer, local engine, Pulumi program, compose
-export, compliance checks) reads the plan and never re-derives a setting; if two
-consumers would disagree about a container, the plan is missing a field.
+:func:`ccoas.planner.build_plan` builds a :class:`Plan` from a validated stack; this module
+only says what a plan is, so the components (which declare parts of it), the planner and
+every consumer (renderer, engines, Pulumi program, compose export, compliance checks)
+import it without importing each other. Every consumer reads the plan and never
+re-derives a setting; if two consumers would disagree about a container, the plan is
+missing a field.
 
 The JSON form (``ccoas plan --json``) is :meth:`Plan.to_json`; its schema is
 versioned by :data:`PLAN_SCHEMA_VERSION` and documented in the README.
@@ -11,15 +13,13 @@ versioned by :data:`PLAN_SCHEMA_VERSION` and documented in the README.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from graphlib import TopologicalSorter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ccoas.stack import COMPONENTS, Schema, Stack, parse_size
+from ccoas.stack import Schema
 
 PLAN_SCHEMA_VERSION = 1
 LABEL_PREFIX = "io.ccoas"
@@ -218,12 +218,30 @@ class Secret(Model):
     name: str
     vault_path: str
     """Path under the stack's KV v2 mount."""
+    owner: str
+    """The service that holds the credential (``postgres`` for a role's password): rotating the
+    owner's secrets rotates this one."""
+    client: str | None = None
+    """The service this credential identifies to its owner (``directus`` for the postgres role
+    ``directus``); ``None`` for the owner's own secrets."""
     generator: Literal["password", "token", "key", "username", "tls-cert", "tls-key"]
     length: int = 32
     readers: tuple[str, ...]
     reader_formats: dict[str, str] = {}
     """Reader → file content template (see :attr:`SecretMount.format`) where a reader needs one."""
     description: str
+
+
+class Bucket(Model):
+    """An object-storage bucket the storage service's provision hook creates, private."""
+
+    name: str
+    purpose: str
+    public: bool = False
+    user: str
+    """The one client service whose storage user may use the bucket."""
+    policy: dict[str, Any]
+    """The IAM-style policy of that user (S3 actions on this bucket only)."""
 
 
 class Tls(Model):
@@ -246,6 +264,10 @@ class VaultPlan(Model):
     policies: tuple[VaultPolicy, ...]
     ccoas_policy: str
     audit_path: str = "/vault/data/audit.log"
+    socket_mount: str
+    """The runtime mount (see :attr:`Service.runtime_mounts`) where Vault listens on a unix socket."""
+    socket_file: str
+    """The socket's file name in that directory: ccoas talks to Vault there, never over a port."""
 
 
 class Plan(Model):
@@ -257,6 +279,7 @@ class Plan(Model):
     networks: tuple[Network, ...]
     volumes: tuple[Volume, ...]
     secrets: tuple[Secret, ...]
+    buckets: tuple[Bucket, ...] = ()
     services: tuple[Service, ...]
     """In start order."""
     start_order: tuple[tuple[str, ...], ...]
@@ -289,110 +312,16 @@ class Plan(Model):
                 return secret
         raise KeyError(name)
 
+    def clients(self, owner: str) -> list[str]:
+        """Services holding a credential on ``owner`` (its login roles or users), sorted."""
+        return sorted({s.client for s in self.secrets if s.owner == owner and s.client and self.has(s.client)})
+
+    def owned_secrets(self, owner: str) -> list[Secret]:
+        return [s for s in self.secrets if s.owner == owner]
+
     def has(self, name: str) -> bool:
         return any(service.name == name for service in self.services)
 
     def to_json(self) -> str:
         """Stable JSON: sorted keys, two-space indent, trailing newline."""
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-
-
-NETWORK_PURPOSE = {
-    "edge": "published side: only nginx publishes ports; directus, hasura and minio are reached through it",
-    "auth": "internal: the services that authenticate users and Vault",
-    "db": "internal: data services, never reachable from the edge",
-}
-
-
-def recipe_digest(containerfile: str, files: tuple[str, ...], artifacts: tuple[Artifact, ...]) -> str:
-    digest = hashlib.sha256()
-    for rel in (containerfile, *files):
-        digest.update(rel.encode() + b"\0" + (TEMPLATES_DIR / rel).read_bytes() + b"\0")
-    for artifact in artifacts:
-        digest.update(artifact.model_dump_json().encode() + b"\0")
-    return digest.hexdigest()
-
-
-def build_plan(stack: Stack, name: str | None = None) -> Plan:
-    """Resolve a validated stack into a plan. ``name`` overrides the stack name (ephemeral stacks)."""
-    from ccoas.components import CATALOG, Context
-
-    from ccoas.stack import check_name
-
-    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name)
-    labels = {f"{LABEL_PREFIX}.stack": ctx.name}
-    enabled = [c for c in COMPONENTS if c in ctx.enabled]
-    declared = {c: CATALOG[c].declare(ctx) for c in enabled}
-    tiers = _start_tiers(stack, enabled)
-    order = [c for tier in tiers for c in tier]
-    services = tuple(declared[c].service for c in order)
-    used_networks = {n for s in services for n in s.networks}
-    networks = tuple(
-        Network(
-            name=n,
-            engine_name=f"{ctx.name}-{n}",
-            internal=n != "edge",
-            purpose=NETWORK_PURPOSE[n],
-            labels={**labels, f"{LABEL_PREFIX}.network": n},
-        )
-        for n in ("edge", "auth", "db")
-        if n in used_networks
-    )
-    volumes = tuple(v for c in order for v in declared[c].volumes)
-    secrets = tuple(sorted((s for c in order for s in declared[c].secrets), key=lambda s: s.name))
-    vault = None
-    if "vault" in enabled:
-        vault = VaultPlan(
-            prefix=ctx.name,
-            policies=tuple(
-                VaultPolicy(
-                    service=s.name,
-                    name=f"{ctx.name}-{s.name}",
-                    read_paths=tuple(sorted(sec.vault_path for sec in secrets if s.name in sec.readers)),
-                )
-                for s in services
-                if any(s.name in sec.readers for sec in secrets)
-            ),
-            ccoas_policy=f"{ctx.name}-ccoas",
-        )
-    tls = None
-    if "nginx" in enabled:
-        tls = Tls(mode=stack.tls.mode, domain=stack.domain, cert_file=stack.tls.cert, key_file=stack.tls.key)
-    return Plan(
-        stack=ctx.name,
-        environment=stack.environment,
-        domain=stack.domain,
-        labels=labels,
-        networks=networks,
-        volumes=volumes,
-        secrets=secrets,
-        services=services,
-        start_order=tuple(tuple(t) for t in tiers),
-        tls=tls,
-        vault=vault,
-        app_schema=stack.schema_,
-    )
-
-
-def dependencies(stack: Stack, component: str, enabled: set[str] | list[str]) -> tuple[str, ...]:
-    """What ``component`` waits for: its requirements, its soft order, and the stack's extras, if enabled."""
-    from ccoas.components import CATALOG
-
-    spec = CATALOG[component]
-    wanted = {*spec.requires, *spec.after, *stack.component(component).depends_on}
-    return tuple(sorted(d for d in wanted if d in enabled and d != component))
-
-
-def _start_tiers(stack: Stack, enabled: list[str]) -> list[list[str]]:
-    sorter = TopologicalSorter({c: set(dependencies(stack, c, enabled)) for c in enabled})
-    sorter.prepare()
-    tiers: list[list[str]] = []
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready())
-        tiers.append(ready)
-        sorter.done(*ready)
-    return tiers
-
-
-def size_bytes(value: str | None) -> int | None:
-    return None if value is None else parse_size(value)

@@ -75,17 +75,6 @@ def secret_file(service: Service, secret: str) -> str:
     raise RenderError(f"{service.name} does not mount the secret {secret!r}")
 
 
-def secret_clients(plan: Plan, owner: str, suffix: str = "_password") -> list[str]:
-    """Who has a credential on ``owner``: ``X`` for every secret named ``<owner>_X<suffix>`` that
-    ``X`` reads (``redis_directus_password`` → ``directus``). Sorted."""
-    clients = []
-    for secret in plan.secrets:
-        middle = secret.name.removeprefix(f"{owner}_").removesuffix(suffix)
-        if secret.name == f"{owner}_{middle}{suffix}" and middle in secret.readers and plan.has(middle):
-            clients.append(middle)
-    return sorted(clients)
-
-
 def sql_ident(name: str) -> str:
     """A Postgres identifier, always double-quoted (quotes inside doubled)."""
     return '"' + name.replace('"', '""') + '"'
@@ -109,8 +98,14 @@ def hcl_string(value: str) -> str:
 
 
 def json_text(value: Any, indent: int | None = 2) -> str:
-    """Deterministic JSON: sorted keys, ASCII only."""
-    return json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=True)
+    """Deterministic JSON: sorted keys, ASCII only; plan models as their JSON form."""
+    return json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=True, default=_plan_json)
+
+
+def _plan_json(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def yaml_text(value: Any) -> str:
@@ -127,7 +122,7 @@ def mebibytes(value: int | None, fraction: float = 1.0, default: int = 0) -> int
 
 @lru_cache(maxsize=None)
 def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
-    """The one Jinja environment of every config template."""
+    """The one Jinja environment of every template: config files and the images' Containerfiles."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
@@ -140,8 +135,6 @@ def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
         vault_policy_hcl=vault_policy_hcl,
         ccoas_policy_hcl=ccoas_policy_hcl,
         secret_file=secret_file,
-        secret_clients=secret_clients,
-        minio_buckets=minio_buckets,
     )
     env.filters.update(
         sql_ident=sql_ident,
@@ -153,12 +146,6 @@ def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
         mebibytes=mebibytes,
     )
     return env
-
-
-def minio_buckets(plan: Plan) -> list[dict[str, Any]]:
-    from ccoas.components.minio import buckets
-
-    return buckets(plan)
 
 
 def render_text(template: str, **context: Any) -> str:

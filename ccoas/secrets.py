@@ -348,10 +348,10 @@ class SecretStore:
         return written
 
     def rotate(self, service: str) -> list[Secret]:
-        """New versions of every secret ``service`` owns (its Vault path starts with it)."""
+        """New versions of every secret ``service`` owns (the plan's :attr:`Secret.owner`)."""
         from ccoas.tls import tls_pair
 
-        owned = [s for s in self.plan.secrets if s.vault_path.split("/")[0] == service]
+        owned = self.plan.owned_secrets(service)
         if not owned:
             raise CcoasError(f"{service}: owns no secrets in stack {self.plan.stack}")
         pair = None

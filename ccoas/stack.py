@@ -1,8 +1,11 @@
-"""The stack file: its schema, and the loader that validates it at the boundary.
+"""The stack file: its schema, and the reader that checks a file against it.
 
-A stack file is YAML. :func:`load_stack` returns a :class:`Stack` or raises
+A stack file is YAML. :func:`read_stack` returns a :class:`Stack` or raises
 :class:`~ccoas.errors.StackError` with one problem per defect, each naming the
-file, the field path and what was expected. Nothing downstream re-validates.
+file, the field path and what was expected. The cross-field rules (which need the
+component catalog) live in :mod:`ccoas.planner`; :func:`ccoas.planner.load_stack` runs
+schema and rules, and nothing downstream re-validates. This module imports no other
+ccoas module but :mod:`ccoas.errors`: it is the bottom layer.
 """
 
 from __future__ import annotations
@@ -226,8 +229,11 @@ def _message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def parse_stack(data: Any, file: str) -> Stack:
-    """Validate already-parsed YAML data. Raises :class:`StackError`."""
+def validate_document(data: Any, file: str) -> Stack:
+    """Validate already-parsed YAML data against the schema. Raises :class:`StackError`.
+
+    The cross-field rules (which need the component catalog) are the planner's:
+    :func:`ccoas.planner.parse_stack` runs both."""
     if not isinstance(data, dict):
         got = "an empty file" if data is None else type(data).__name__
         raise StackError([Problem(file, "", f"expected a mapping at the top level, got {got}")])
@@ -243,9 +249,6 @@ def parse_stack(data: Any, file: str) -> Stack:
     except ValidationError as exc:
         problems = list(dict.fromkeys(Problem(file, _field_path(e["loc"]), _message(e)) for e in exc.errors()))
         raise StackError(problems) from None
-    problems = [Problem(file, path, message) for path, message in semantic_problems(stack)]
-    if problems:
-        raise StackError(problems)
     return stack
 
 
@@ -256,8 +259,10 @@ def check_name(name: str, source: str = "--name") -> str:
     return name
 
 
-def load_stack(path: str | Path) -> Stack:
-    """Read and validate a stack file. Raises :class:`StackError`."""
+def read_stack(path: str | Path) -> Stack:
+    """Read a stack file and validate it against the schema. Raises :class:`StackError`.
+
+    :func:`ccoas.planner.load_stack` also runs the cross-field rules: use that one."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -265,7 +270,7 @@ def load_stack(path: str | Path) -> Stack:
         raise StackError([Problem(file, "", "no such stack file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StackError([Problem(file, "", f"cannot read the stack file: {exc}")]) from None
-    return parse_stack(parse_yaml(text, file), file)
+    return validate_document(parse_yaml(text, file), file)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -296,89 +301,3 @@ def parse_yaml(text: str, file: str) -> Any:
         raise StackError([Problem(file, where, f"invalid YAML: {exc.problem}")]) from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise StackError([Problem(file, "", f"invalid YAML: {exc}")]) from None
-
-
-# Which component needs which, whatever the stack says: the catalog's own dependencies
-# are checked here so a stack cannot enable a service without what it stands on.
-def semantic_problems(stack: Stack) -> list[tuple[str, str]]:
-    """Cross-field rules that a schema alone cannot say."""
-    from ccoas.components import CATALOG  # the catalog knows each component's needs
-
-    problems: list[tuple[str, str]] = []
-    enabled = set(stack.enabled())
-    for name in COMPONENTS:
-        config = stack.component(name)
-        base = f"components.{name}"
-        if config.publish and name != "nginx":
-            problems.append((f"{base}.publish", "only nginx may publish ports; every other service stays on internal networks"))
-        if not config.enabled:
-            continue
-        component = CATALOG[name]
-        for needed in sorted(set(component.requires) | set(config.depends_on)):
-            if needed == name:
-                problems.append((f"{base}.depends_on", f"{name} cannot depend on itself"))
-            elif needed not in enabled:
-                problems.append((base, f"{name} requires {needed}, which is not enabled"))
-        if stack.image_source(name) == "local" and component.recipe is None:
-            problems.append(
-                (f"{base}.image.source", f"{name} has no local image recipe (no package ships it); use source: registry")
-            )
-        for index, port in enumerate(config.publish):
-            if port.container_port not in component.ports:
-                problems.append(
-                    (f"{base}.publish[{index}].container_port", f"expected one of {sorted(component.ports)}, got {port.container_port}")
-                )
-    host_ports: dict[tuple[str, int, str], str] = {}
-    for index, port in enumerate(stack.components.nginx.publish):
-        if port.host_port == 0:
-            continue
-        key = (port.host_ip or stack.bind_address, port.host_port, port.protocol)
-        where = f"components.nginx.publish[{index}].host_port"
-        if key in host_ports:
-            problems.append((where, f"host port {port.host_port} is already published by {host_ports[key]}"))
-        host_ports.setdefault(key, where)
-    for path, message in _cycle_problems(stack, enabled):
-        problems.append((path, message))
-    if stack.tls.mode == "supplied" and not (stack.tls.cert and stack.tls.key):
-        problems.append(("tls", "mode supplied needs both cert and key paths"))
-    if stack.tls.mode == "generate" and stack.environment == "prod":
-        problems.append(("tls.mode", "prod stacks must supply their certificate (generate is for dev and ci)"))
-    if stack.tls.mode == "generate" and (stack.tls.cert or stack.tls.key):
-        problems.append(("tls", "cert and key are only read with mode: supplied"))
-    if stack.schema_.tables and "postgres" not in enabled:
-        problems.append(("schema.tables", "tables need postgres, which is not enabled"))
-    seen: set[str] = set()
-    for index, table in enumerate(stack.schema_.tables):
-        path = f"schema.tables[{index}]"
-        if table.name in seen:
-            problems.append((f"{path}.name", f"duplicate table {table.name!r}"))
-        seen.add(table.name)
-        columns = [c.name for c in table.columns]
-        for column in sorted({c for c in columns if columns.count(c) > 1}):
-            problems.append((f"{path}.columns", f"duplicate column {column!r}"))
-        if not any(c.primary_key for c in table.columns):
-            problems.append((f"{path}.columns", "expected one column with primary_key: true"))
-        needed = {"owner-only": table.owner_column, "tenant": table.tenant_column, "public-read": table.owner_column}[table.policy]
-        match = [c for c in table.columns if c.name == needed]
-        if not match:
-            problems.append((f"{path}.columns", f"policy {table.policy} needs a column {needed!r}"))
-        elif match[0].type not in ("uuid", "text"):
-            problems.append((f"{path}.columns", f"column {needed!r} used by policy {table.policy} must be uuid or text"))
-    return problems
-
-
-def _cycle_problems(stack: Stack, enabled: set[str]) -> list[tuple[str, str]]:
-    from graphlib import CycleError, TopologicalSorter
-
-    from ccoas.components import CATALOG
-
-    graph = {
-        name: {d for d in (*CATALOG[name].requires, *CATALOG[name].after, *stack.component(name).depends_on) if d in enabled and d != name}
-        for name in enabled
-    }
-    try:
-        tuple(TopologicalSorter(graph).static_order())
-    except CycleError as exc:
-        cycle = " -> ".join(exc.args[1])
-        return [("components", f"dependency cycle: {cycle}")]
-    return []

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccoas.plan import VaultPlan
+
 
 @dataclass(frozen=True)
 class StackPaths:
@@ -48,6 +50,10 @@ class StackPaths:
 
     def config_dir(self, source: str) -> Path:
         return self.render / source
+
+    def vault_socket(self, vault: VaultPlan) -> Path:
+        """Where Vault's unix socket is on this host (the plan says which runtime mount holds it)."""
+        return self.runtime_mount(vault.socket_mount) / vault.socket_file
 
 
 def stack_paths(state_root: Path, runtime_root: Path, stack: str) -> StackPaths:

@@ -18,8 +18,8 @@ from rich.console import Console
 
 import ccoas.cli
 from ccoas.cli import app
-from ccoas.plan import build_plan
-from ccoas.stack import load_stack
+from ccoas.planner import build_plan
+from ccoas.planner import load_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO_ROOT / "stacks"

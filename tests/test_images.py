@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ccoas.components import CATALOG
+from ccoas.planner import CATALOG
 from ccoas.errors import HostError
 from ccoas.host import HostLayout
 from ccoas.images import (
@@ -22,7 +22,8 @@ from ccoas.images import (
     spec_name,
     template_variables,
 )
-from ccoas.plan import TEMPLATES_DIR, Artifact, LocalRecipe, recipe_digest
+from ccoas.plan import TEMPLATES_DIR, Artifact, LocalRecipe
+from ccoas.components.base import recipe_digest
 
 LAYOUT = HostLayout(engine_user="nobody-in-particular", cache_root=Path("/var/cache/ccoas-test"))
 OWN_IMAGES = {"postgres": "999:999", "redis": "999:999", "nginx": "101:101", "directus": "1000:1000", "vault": "100:1000"}

@@ -21,9 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ccoas.plan
-from ccoas.components import CATALOG
-from ccoas.plan import LABEL_PREFIX, PLAN_SCHEMA_VERSION, Plan, build_plan
-from ccoas.stack import NAME_RE, load_stack
+from ccoas.planner import CATALOG
+from ccoas.plan import LABEL_PREFIX, PLAN_SCHEMA_VERSION, Plan
+from ccoas.planner import build_plan
+from ccoas.stack import NAME_RE
+from ccoas.planner import load_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_NAMES = tuple(sorted(p.stem for p in (REPO_ROOT / "stacks").glob("*.yaml")))
@@ -53,7 +55,7 @@ NETWORKS = {
 # must bump PLAN_SCHEMA_VERSION. Nested objects must keep at least the keys listed.
 PLAN_KEYS = {
     "schema_version", "stack", "environment", "domain", "labels", "networks", "volumes", "secrets",
-    "services", "start_order", "tls", "vault", "app_schema",
+    "services", "start_order", "tls", "vault", "app_schema", "buckets",
 }  # fmt: skip
 SERVICE_KEYS = {
     "name", "container_name", "summary", "image", "user", "entrypoint", "command", "environment",
@@ -63,12 +65,12 @@ SERVICE_KEYS = {
 }  # fmt: skip
 NETWORK_KEYS = {"name", "engine_name", "internal", "isolate", "dns", "purpose", "labels"}
 VOLUME_KEYS = {"name", "engine_name", "service", "labels"}
-SECRET_KEYS = {"name", "vault_path", "generator", "length", "readers", "description"}
+SECRET_KEYS = {"name", "vault_path", "owner", "client", "generator", "length", "readers", "description"}
 IMAGE_KEYS = {"ref", "source", "pull", "recipe"}
 HEALTHCHECK_KEYS = {"test", "interval_s", "timeout_s", "retries", "start_period_s"}
 SECRET_MOUNT_KEYS = {"secret", "target", "uid", "gid", "mode"}
 LIMITS_KEYS = {"memory_bytes", "nano_cpus", "pids"}
-VAULT_KEYS = {"kv_mount", "prefix", "policies", "ccoas_policy", "audit_path"}
+VAULT_KEYS = {"kv_mount", "prefix", "policies", "ccoas_policy", "audit_path", "socket_mount", "socket_file"}
 TLS_KEYS = {"mode", "domain", "cert_file", "key_file"}
 
 DIGEST_PINNED = re.compile(r"^[a-z0-9][^\s@]*@sha256:[0-9a-f]{64}$")
@@ -314,8 +316,8 @@ def test_plan_json_is_byte_identical_across_builds(stack, load_plan):
 
 PRINT_PLANS = (
     "import sys\n"
-    "from ccoas.plan import build_plan\n"
-    "from ccoas.stack import load_stack\n"
+    "from ccoas.planner import build_plan\n"
+    "from ccoas.planner import load_stack\n"
     "for path in sys.argv[1:]:\n"
     "    sys.stdout.write(build_plan(load_stack(path)).to_json() + '\\0')\n"
 )

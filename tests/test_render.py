@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 from ccoas.compose import compose_document
-from ccoas.plan import Plan, build_plan
+from ccoas.plan import Plan
+from ccoas.planner import build_plan
 from ccoas.render import RenderError, ccoas_policy_hcl, render, render_text, rendered_files, vault_policy_hcl
-from ccoas.stack import load_stack, parse_stack
+from ccoas.planner import load_stack, parse_stack
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -17,8 +17,9 @@ import pytest
 import testinfra
 
 from ccoas.host import host_layout
-from ccoas.plan import Plan, build_plan
-from ccoas.stack import load_stack
+from ccoas.plan import Plan
+from ccoas.planner import build_plan
+from ccoas.planner import load_stack
 
 
 @lru_cache(maxsize=1)

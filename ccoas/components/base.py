@@ -9,13 +9,16 @@ restart policy, labels) is applied here, once, by :meth:`Context.service`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
+from ccoas import plan as plan_types
 from ccoas.plan import (
     LABEL_PREFIX,
     Artifact,
+    Bucket,
     ConfigMount,
     Dependency,
     HealthCheck,
@@ -28,11 +31,8 @@ from ccoas.plan import (
     Service,
     TmpfsMount,
     Volume,
-    dependencies,
-    recipe_digest,
-    size_bytes,
 )
-from ccoas.stack import COMPONENTS, Stack
+from ccoas.stack import COMPONENTS, Stack, parse_size
 
 SECRETS_DIR = "/run/secrets"
 
@@ -66,6 +66,8 @@ class Component:
     """Components this one starts after, when they are enabled."""
     port_schemes: dict[int, str] = field(default_factory=dict)
     """Container port → what answers there (``https``, ``http``), for published endpoints."""
+    declare_buckets: Callable[["Context"], list[Bucket]] | None = None
+    """Object-storage buckets this component's clients need (the storage service creates them)."""
 
     def declare(self, ctx: "Context") -> "Declaration":
         service = self.declare_service(ctx)
@@ -78,7 +80,8 @@ class Component:
             )
             for m in service.volumes
         )
-        return Declaration(service=service, volumes=volumes, secrets=tuple(ctx.owned_secrets(self.name)))
+        buckets = tuple(self.declare_buckets(ctx)) if self.declare_buckets else ()
+        return Declaration(service=service, volumes=volumes, secrets=tuple(ctx.owned_secrets(self.name)), buckets=buckets)
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,19 @@ class Declaration:
     service: Service
     volumes: tuple[Volume, ...]
     secrets: tuple[Secret, ...]
+    buckets: tuple[Bucket, ...] = ()
 
 
 @dataclass
 class Context:
-    """What a component may look at while declaring itself: the stack and its resolved name."""
+    """What a component may look at while declaring itself: the stack, its resolved name, the
+    catalog and the dependency graph (both given by :mod:`ccoas.planner`)."""
 
     stack: Stack
     name: str
+    components: dict[str, Component]
+    graph: dict[str, tuple[str, ...]]
+    """Component → what it waits for (the planner's one dependency graph)."""
     _owned: dict[str, list[Secret]] = field(default_factory=dict)
 
     @cached_property
@@ -105,7 +113,7 @@ class Context:
         secrets: list[Secret] = []
         for name in COMPONENTS:
             if name in self.enabled:
-                owned = catalog()[name].declare_secrets(self)
+                owned = self.components[name].declare_secrets(self)
                 self._owned[name] = owned
                 secrets.extend(owned)
         return tuple(secrets)
@@ -126,11 +134,16 @@ class Context:
         description: str,
         length: int = 32,
         reader_formats: dict[str, str] | None = None,
+        client: str | None = None,
     ) -> Secret:
+        """A secret ``<owner>_<what>`` held by ``owner``; ``client`` when it is another service's
+        credential on ``owner`` (a Postgres role, a Redis or MinIO user)."""
         return Secret(
             reader_formats=reader_formats or {},
             name=f"{owner}_{what}",
             vault_path=f"{owner}/{what}",
+            owner=owner,
+            client=client,
             generator=generator,
             length=length,
             readers=tuple(sorted(set(readers))),
@@ -215,16 +228,24 @@ class Context:
             ),
             healthcheck=healthcheck,
             liveness=liveness,
-            depends_on=tuple(Dependency(service=d) for d in dependencies(self.stack, name, self.enabled)),
+            depends_on=tuple(Dependency(service=d) for d in self.graph.get(name, ())),
             labels=self.labels(name),
             **fields,
         )
 
 
-def catalog() -> dict[str, Component]:
-    from ccoas.components import CATALOG
+def recipe_digest(containerfile: str, files: tuple[str, ...], artifacts: tuple[Artifact, ...]) -> str:
+    """sha256 over a recipe's Containerfile, files and artifact specs: the local image's content key."""
+    digest = hashlib.sha256()
+    for rel in (containerfile, *files):
+        digest.update(rel.encode() + b"\0" + (plan_types.TEMPLATES_DIR / rel).read_bytes() + b"\0")
+    for artifact in artifacts:
+        digest.update(artifact.model_dump_json().encode() + b"\0")
+    return digest.hexdigest()
 
-    return CATALOG
+
+def size_bytes(value: str | None) -> int | None:
+    return None if value is None else parse_size(value)
 
 
 def check(test: str, *args: str, interval: int = 10, timeout: int = 5, retries: int = 5, start: int = 10) -> HealthCheck:

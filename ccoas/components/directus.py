@@ -15,7 +15,7 @@ PORT = 8055
 
 def secrets(ctx: Context) -> list[Secret]:
     return [
-        ctx.secret("postgres", "directus_password", "password", ("directus", "postgres"), "password of the postgres role directus"),
+        ctx.secret("postgres", "directus_password", "password", ("directus", "postgres"), "password of the postgres role directus", client="directus"),
         ctx.secret("directus", "secret", "token", ("directus",), "Directus SECRET (signs access tokens)", length=48),
         ctx.secret("directus", "admin_password", "password", ("directus",), "password of the first Directus admin"),
     ]

@@ -17,7 +17,7 @@ PORT = 8080
 
 def secrets(ctx: Context) -> list[Secret]:
     return [
-        ctx.secret("postgres", "hasura_password", "password", ("hasura", "postgres"), "password of the postgres role hasura"),
+        ctx.secret("postgres", "hasura_password", "password", ("hasura", "postgres"), "password of the postgres role hasura", client="hasura"),
         ctx.secret("hasura", "admin_secret", "token", ("hasura",), "Hasura admin secret", length=48),
         ctx.secret("hasura", "jwt_key", "token", ("hasura",), "HS256 key of the Hasura JWT secret", length=64),
     ]

@@ -12,7 +12,7 @@ reaches only its bucket. Clients never see the root credentials.
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Hook, Plan, Secret, Service, VolumeMount
+from ccoas.plan import Artifact, Bucket, Hook, Secret, Service, VolumeMount
 
 PORT = 9000
 CONSOLE_PORT = 9001
@@ -27,18 +27,19 @@ def clients(ctx: Context) -> list[str]:
     return [c for c in CLIENTS if c in ctx.enabled]
 
 
-def buckets(plan: Plan) -> list[dict]:
+def buckets(ctx: Context) -> list[Bucket]:
     """The buckets the provision hook creates, each private, with the policy of the one client
-    user that may use it (rendered into ``buckets.json`` and applied by ``provision.sh``)."""
+    user that may use it (the plan's ``buckets``, rendered into ``buckets.json`` and applied by
+    ``provision.sh``)."""
     layout = []
-    if plan.has("directus"):
+    if "directus" in ctx.enabled:
         layout.append(
-            {
-                "name": "uploads",
-                "purpose": "files uploaded through Directus",
-                "public": False,
-                "user": "directus",
-                "policy": {
+            Bucket(
+                name="uploads",
+                purpose="files uploaded through Directus",
+                public=False,
+                user="directus",
+                policy={
                     "Version": "2012-10-17",
                     "Statement": [
                         {
@@ -61,7 +62,7 @@ def buckets(plan: Plan) -> list[dict]:
                         },
                     ],
                 },
-            }
+            )
         )
     return layout
 
@@ -74,8 +75,8 @@ def secrets(ctx: Context) -> list[Secret]:
             secret
             for client in clients(ctx)
             for secret in (
-                ctx.secret("minio", f"{client}_access_key", "username", ("minio", client), f"MinIO access key of {client}", length=20),
-                ctx.secret("minio", f"{client}_secret_key", "password", ("minio", client), f"MinIO secret key of {client}", length=40),
+                ctx.secret("minio", f"{client}_access_key", "username", ("minio", client), f"MinIO access key of {client}", length=20, client=client),
+                ctx.secret("minio", f"{client}_secret_key", "password", ("minio", client), f"MinIO secret key of {client}", length=40, client=client),
             )
         ),
     ]
@@ -133,5 +134,6 @@ COMPONENT = Component(
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
     declare_secrets=secrets,
     declare_service=service,
+    declare_buckets=buckets,
     requires=("vault",),
 )

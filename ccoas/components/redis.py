@@ -29,6 +29,7 @@ def secrets(ctx: Context) -> list[Secret]:
             f"password of the redis ACL user {client}",
             # clients get a connection URL: Directus reads no username outside one
             reader_formats={client: f"redis://{client}:{{value}}@redis:{COMPONENT_PORT}"},
+            client=client,
         )
         for client in clients(ctx)
     ]

@@ -14,7 +14,8 @@ from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Hook, RuntimeMount, Secret, Service, VolumeMount
 
 SOCKET_DIR = "/run/vault"
-SOCKET = f"{SOCKET_DIR}/vault.sock"
+SOCKET_FILE = "vault.sock"
+SOCKET = f"{SOCKET_DIR}/{SOCKET_FILE}"
 
 
 def secrets(ctx: Context) -> list[Secret]:

@@ -423,13 +423,11 @@ class LocalEngine:
         return 0
 
     def _vault(self):
-        from ccoas.components.vault import SOCKET
-
         from ccoas.secrets import VaultBootstrap
 
-        mount = self.plan.service("vault").runtime_mounts[0]
-        socket = self.paths.runtime_mount(mount.name) / Path(SOCKET).name
-        return VaultBootstrap(self.plan, self.paths, socket)
+        if self.plan.vault is None:
+            raise EngineError(f"stack {self.plan.stack} has no vault component")
+        return VaultBootstrap(self.plan, self.paths, self.paths.vault_socket(self.plan.vault))
 
     def secrets(self):
         from ccoas.secrets import SecretStore

@@ -14,8 +14,9 @@ import argparse
 import time
 
 from ccoas.engine.local import LocalEngine
-from ccoas.plan import Plan, build_plan
-from ccoas.stack import load_stack
+from ccoas.plan import Plan
+from ccoas.planner import build_plan
+from ccoas.planner import load_stack
 
 
 def longest_chain(plan: Plan, durations: dict[str, float]) -> tuple[float, list[str]]:

@@ -8,7 +8,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from ccoas.components import CATALOG
+from ccoas.planner import CATALOG
 
 NOTES = {
     "name": "notes",

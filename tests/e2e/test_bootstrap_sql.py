@@ -30,9 +30,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoas.plan import Plan, build_plan
+from ccoas.plan import Plan
+from ccoas.planner import build_plan
 from ccoas.render import rendered_files
-from ccoas.stack import parse_stack
+from ccoas.planner import parse_stack
 
 pytestmark = pytest.mark.e2e
 

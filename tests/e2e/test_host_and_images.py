@@ -22,10 +22,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ccoas.components import CATALOG
+from ccoas.planner import CATALOG
 from ccoas.host import HostLayout, ensure_api_service, host_layout, prepare
 from ccoas.images import build_images
-from ccoas.plan import Image, LocalRecipe, recipe_digest
+from ccoas.plan import Image, LocalRecipe
+from ccoas.components.base import recipe_digest
 
 pytestmark = [
     pytest.mark.e2e,

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from ccoas.engine.local import LocalEngine
-from ccoas.plan import build_plan
-from ccoas.stack import load_stack
+from ccoas.planner import build_plan
+from ccoas.planner import load_stack
 
 pytestmark = pytest.mark.e2e
 

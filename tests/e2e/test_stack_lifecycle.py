@@ -19,8 +19,8 @@ import pytest
 
 from ccoas.compliance import run_checks
 from ccoas.engine.local import LocalEngine
-from ccoas.plan import build_plan
-from ccoas.stack import load_stack
+from ccoas.planner import build_plan
+from ccoas.planner import load_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,281 @@
+"""The planner: turns a stack file into the :class:`~ccoas.plan.Plan` every consumer reads.
+
+It is the one module that knows every component. It holds
+
+- :data:`CATALOG`, the component modules (``ccoas/components/<name>.py``);
+- the cross-field rules, each a small named function in :data:`RULES` returning its problems;
+- :func:`dependency_graph`, the ONE dependency graph, used both to reject cycles
+  (:func:`ensure_no_cycles`) and to order start-up (:func:`start_tiers`, ``depends_on``).
+
+:func:`load_stack`/:func:`parse_stack` validate a stack file (schema, then rules) and
+:func:`build_plan` resolves a validated stack. Layers, lowest first: ``stack`` (schema) →
+``plan`` (types) → ``components`` (declarations, import only the types) → ``planner``.
+Adding a component: write ``ccoas/components/<name>.py`` (see ``components/base.py``), add
+it to :data:`CATALOG` and to ``ccoas.stack.COMPONENTS``.
+"""
+
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any, Callable
+
+from ccoas.components import directus, hasura, minio, nginx, ollama, postgres, redis, vault
+from ccoas.components.base import Component, Context
+from ccoas.errors import Problem, StackError
+from ccoas.plan import LABEL_PREFIX, Bucket, Network, Plan, Tls, VaultPlan, VaultPolicy
+from ccoas.stack import COMPONENTS, Stack, check_name, read_stack, validate_document
+
+CATALOG: dict[str, Component] = {
+    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgres, redis, minio, ollama, vault)
+}
+"""Every component ccoas knows, by name."""
+
+NETWORK_PURPOSE = {
+    "edge": "published side: only nginx publishes ports; directus, hasura and minio are reached through it",
+    "auth": "internal: the services that authenticate users and Vault",
+    "db": "internal: data services, never reachable from the edge",
+}
+
+Graph = dict[str, tuple[str, ...]]
+
+
+# -- the one dependency graph -------------------------------------------------------------------
+
+
+def dependency_graph(stack: Stack) -> Graph:
+    """Enabled component → what it waits for: its requirements, its soft order and the stack's
+    extra ``depends_on``, when enabled. Validation and start order both read this graph."""
+    enabled = set(stack.enabled())
+    graph: Graph = {}
+    for name in stack.enabled():
+        spec = CATALOG[name]
+        wanted = {*spec.requires, *spec.after, *stack.component(name).depends_on}
+        graph[name] = tuple(sorted(d for d in wanted if d in enabled and d != name))
+    return graph
+
+
+def start_tiers(graph: Graph) -> list[list[str]]:
+    """Tiers of a graph without cycles: every node of a tier depends only on earlier tiers."""
+    sorter = TopologicalSorter({name: set(deps) for name, deps in graph.items()})
+    sorter.prepare()
+    tiers: list[list[str]] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        tiers.append(ready)
+        sorter.done(*ready)
+    return tiers
+
+
+# -- the cross-field rules ----------------------------------------------------------------------
+
+Rule = Callable[[Stack], list[tuple[str, str]]]
+
+
+def ensure_only_nginx_publishes(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (f"components.{name}.publish", "only nginx may publish ports; every other service stays on internal networks")
+        for name in COMPONENTS
+        if stack.component(name).publish and name != "nginx"
+    ]
+
+
+def ensure_requirements_enabled(stack: Stack) -> list[tuple[str, str]]:
+    problems = []
+    enabled = set(stack.enabled())
+    for name in stack.enabled():
+        config = stack.component(name)
+        for needed in sorted(set(CATALOG[name].requires) | set(config.depends_on)):
+            if needed == name:
+                problems.append((f"components.{name}.depends_on", f"{name} cannot depend on itself"))
+            elif needed not in enabled:
+                problems.append((f"components.{name}", f"{name} requires {needed}, which is not enabled"))
+    return problems
+
+
+def ensure_local_recipe_exists(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (f"components.{name}.image.source", f"{name} has no local image recipe (no package ships it); use source: registry")
+        for name in stack.enabled()
+        if stack.image_source(name) == "local" and CATALOG[name].recipe is None
+    ]
+
+
+def ensure_published_ports_exist(stack: Stack) -> list[tuple[str, str]]:
+    problems = []
+    for name in stack.enabled():
+        ports = CATALOG[name].ports
+        for index, port in enumerate(stack.component(name).publish):
+            if port.container_port not in ports:
+                problems.append(
+                    (f"components.{name}.publish[{index}].container_port", f"expected one of {sorted(ports)}, got {port.container_port}")
+                )
+    return problems
+
+
+def ensure_host_ports_unique(stack: Stack) -> list[tuple[str, str]]:
+    problems = []
+    host_ports: dict[tuple[str, int, str], str] = {}
+    for index, port in enumerate(stack.components.nginx.publish):
+        if port.host_port == 0:
+            continue
+        key = (port.host_ip or stack.bind_address, port.host_port, port.protocol)
+        where = f"components.nginx.publish[{index}].host_port"
+        if key in host_ports:
+            problems.append((where, f"host port {port.host_port} is already published by {host_ports[key]}"))
+        host_ports.setdefault(key, where)
+    return problems
+
+
+def ensure_no_cycles(stack: Stack) -> list[tuple[str, str]]:
+    try:
+        tuple(TopologicalSorter({n: set(d) for n, d in dependency_graph(stack).items()}).static_order())
+    except CycleError as exc:
+        return [("components", f"dependency cycle: {' -> '.join(exc.args[1])}")]
+    return []
+
+
+def ensure_tls_consistent(stack: Stack) -> list[tuple[str, str]]:
+    problems = []
+    if stack.tls.mode == "supplied" and not (stack.tls.cert and stack.tls.key):
+        problems.append(("tls", "mode supplied needs both cert and key paths"))
+    if stack.tls.mode == "generate" and stack.environment == "prod":
+        problems.append(("tls.mode", "prod stacks must supply their certificate (generate is for dev and ci)"))
+    if stack.tls.mode == "generate" and (stack.tls.cert or stack.tls.key):
+        problems.append(("tls", "cert and key are only read with mode: supplied"))
+    return problems
+
+
+def ensure_tables_have_postgres(stack: Stack) -> list[tuple[str, str]]:
+    if stack.schema_.tables and "postgres" not in stack.enabled():
+        return [("schema.tables", "tables need postgres, which is not enabled")]
+    return []
+
+
+def ensure_tables_well_formed(stack: Stack) -> list[tuple[str, str]]:
+    problems = []
+    seen: set[str] = set()
+    for index, table in enumerate(stack.schema_.tables):
+        path = f"schema.tables[{index}]"
+        if table.name in seen:
+            problems.append((f"{path}.name", f"duplicate table {table.name!r}"))
+        seen.add(table.name)
+        columns = [c.name for c in table.columns]
+        for column in sorted({c for c in columns if columns.count(c) > 1}):
+            problems.append((f"{path}.columns", f"duplicate column {column!r}"))
+        if not any(c.primary_key for c in table.columns):
+            problems.append((f"{path}.columns", "expected one column with primary_key: true"))
+        needed = {"owner-only": table.owner_column, "tenant": table.tenant_column, "public-read": table.owner_column}[table.policy]
+        match = [c for c in table.columns if c.name == needed]
+        if not match:
+            problems.append((f"{path}.columns", f"policy {table.policy} needs a column {needed!r}"))
+        elif match[0].type not in ("uuid", "text"):
+            problems.append((f"{path}.columns", f"column {needed!r} used by policy {table.policy} must be uuid or text"))
+    return problems
+
+
+RULES: tuple[Rule, ...] = (
+    ensure_only_nginx_publishes,
+    ensure_requirements_enabled,
+    ensure_local_recipe_exists,
+    ensure_published_ports_exist,
+    ensure_host_ports_unique,
+    ensure_no_cycles,
+    ensure_tls_consistent,
+    ensure_tables_have_postgres,
+    ensure_tables_well_formed,
+)
+"""Cross-field rules that a schema alone cannot say; each returns ``(field path, message)`` pairs."""
+
+
+def semantic_problems(stack: Stack) -> list[tuple[str, str]]:
+    """Every rule's problems, in rule order."""
+    return [problem for rule in RULES for problem in rule(stack)]
+
+
+def validate(stack: Stack, file: str) -> Stack:
+    """Raise :class:`StackError` naming ``file`` if any rule fails; otherwise return ``stack``."""
+    problems = [Problem(file, path, message) for path, message in semantic_problems(stack)]
+    if problems:
+        raise StackError(problems)
+    return stack
+
+
+def parse_stack(data: Any, file: str) -> Stack:
+    """Validate already-parsed YAML data: the schema, then the rules. Raises :class:`StackError`."""
+    return validate(validate_document(data, file), file)
+
+
+def load_stack(path: str | Path) -> Stack:
+    """Read and validate a stack file: the schema, then the rules. Raises :class:`StackError`."""
+    return validate(read_stack(path), str(path))
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+
+def build_plan(stack: Stack, name: str | None = None) -> Plan:
+    """Resolve a validated stack into a plan. ``name`` overrides the stack name (ephemeral stacks)."""
+    graph = dependency_graph(stack)
+    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name, components=CATALOG, graph=graph)
+    labels = {f"{LABEL_PREFIX}.stack": ctx.name}
+    tiers = start_tiers(graph)
+    order = [c for tier in tiers for c in tier]
+    declared = {c: CATALOG[c].declare(ctx) for c in order}
+    services = tuple(declared[c].service for c in order)
+    used_networks = {n for s in services for n in s.networks}
+    networks = tuple(
+        Network(
+            name=n,
+            engine_name=f"{ctx.name}-{n}",
+            internal=n != "edge",
+            purpose=NETWORK_PURPOSE[n],
+            labels={**labels, f"{LABEL_PREFIX}.network": n},
+        )
+        for n in ("edge", "auth", "db")
+        if n in used_networks
+    )
+    volumes = tuple(v for c in order for v in declared[c].volumes)
+    secrets = tuple(sorted((s for c in order for s in declared[c].secrets), key=lambda s: s.name))
+    buckets: tuple[Bucket, ...] = tuple(sorted((b for c in order for b in declared[c].buckets), key=lambda b: b.name))
+    vault_plan = None
+    if "vault" in ctx.enabled:
+        vault_service = declared["vault"].service
+        vault_plan = VaultPlan(
+            prefix=ctx.name,
+            policies=tuple(
+                VaultPolicy(
+                    service=s.name,
+                    name=f"{ctx.name}-{s.name}",
+                    read_paths=tuple(sorted(sec.vault_path for sec in secrets if s.name in sec.readers)),
+                )
+                for s in services
+                if any(s.name in sec.readers for sec in secrets)
+            ),
+            ccoas_policy=f"{ctx.name}-ccoas",
+            socket_mount=vault_service.runtime_mounts[0].name,
+            socket_file=vault.SOCKET_FILE,
+        )
+    tls = None
+    if "nginx" in ctx.enabled:
+        tls = Tls(mode=stack.tls.mode, domain=stack.domain, cert_file=stack.tls.cert, key_file=stack.tls.key)
+    return Plan(
+        stack=ctx.name,
+        environment=stack.environment,
+        domain=stack.domain,
+        labels=labels,
+        networks=networks,
+        volumes=volumes,
+        secrets=secrets,
+        buckets=buckets,
+        services=services,
+        start_order=tuple(tuple(t) for t in tiers),
+        tls=tls,
+        vault=vault_plan,
+        app_schema=stack.schema_,
+    )
+
+
+def load_plan(path: str | Path, name: str | None = None) -> Plan:
+    """``build_plan(load_stack(path), name)``: what most callers want."""
+    return build_plan(load_stack(path), name=name)
