@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccoas.errors import HostError
+from ccoas.requirements import ENGINE_PATH
 
 DEFAULT_ENGINE_USER = "ccoas"
 DEFAULT_STATE_ROOT = Path("/var/lib/ccoas")
@@ -105,7 +106,7 @@ class HostLayout:
             "USER": self.engine_user,
             "LOGNAME": self.engine_user,
             "XDG_RUNTIME_DIR": str(self.runtime_dir),
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": ENGINE_PATH,
             # Docker image format, not OCI: OCI image configs have no HEALTHCHECK, and the
             # plan's images rely on theirs (builds through the API inherit this).
             "BUILDAH_FORMAT": "docker",

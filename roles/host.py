@@ -5,9 +5,9 @@
 
 What it leaves behind, every piece idempotent (a second run reports no changes):
 
-- Debian packages: rootless Podman (podman, runc, uidmap, slirp4netns, fuse-overlayfs,
-  netavark and aardvark-dns for container DNS and isolated networks),
-  mmdebstrap for the local base image, and the tools local image builds run on the host
+- Debian packages: every program the rootless engine executes at run time
+  (``ccoas.requirements.ENGINE_PACKAGES``: podman, conmon, runc, slirp4netns, netavark,
+  aardvark-dns, iptables, uidmap, fuse-overlayfs), mmdebstrap for the local base image, and the tools local image builds run on the host
   (a C toolchain and python3 for node-gyp, xz/tar; npm when the host has none).
 - An unprivileged engine user (data ``ccoas_engine_user``, default ``ccoas``) with a
   subordinate uid/gid range in /etc/subuid and /etc/subgid.
@@ -33,10 +33,8 @@ from pyinfra.api import FactBase
 from pyinfra.facts.server import Command, Users, Which
 from pyinfra.operations import apt, files, server
 
-# netavark + aardvark-dns: name resolution between containers and isolate=true networks
-# (Debian's podman only recommends them; without them it falls back to CNI without DNS).
-ENGINE_PACKAGES = ["podman", "runc", "uidmap", "slirp4netns", "fuse-overlayfs", "netavark", "aardvark-dns"]
-BUILD_PACKAGES = ["mmdebstrap", "ca-certificates", "build-essential", "python3", "xz-utils", "tar"]
+from ccoas.requirements import BUILD_PACKAGES, ENGINE_PACKAGES
+
 
 user = host.data.get("ccoas_engine_user", "ccoas")
 subid_start = int(host.data.get("ccoas_subid_start", 100000))
