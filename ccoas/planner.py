@@ -174,6 +174,41 @@ def ensure_tables_well_formed(stack: Stack) -> list[tuple[str, str]]:
     return problems
 
 
+def ensure_embedded_columns_valid(stack: Stack) -> list[tuple[str, str]]:
+    """An embedded column: one per table, a vector of its model's size, a text source of the same
+    table, names short enough for its index and function, and Ollama from its local image."""
+    problems = []
+    for table_index, table in enumerate(stack.schema_.tables):
+        path = f"schema.tables[{table_index}]"
+        embedded = [i for i, c in enumerate(table.columns) if c.embed is not None]
+        if len(embedded) > 1:
+            problems.append((f"{path}.columns", "expected at most one column with embed per table (one retrieval function per table)"))
+        for index in embedded:
+            column = table.columns[index]
+            embed = column.embed
+            assert embed is not None
+            where = f"{path}.columns[{index}].embed"
+            if column.dimensions is None:
+                problems.append((where, f"embed needs a vector(N) column, got {column.type!r}"))
+            model = ollama.MODELS.get(embed.model)
+            if model is None:
+                problems.append((f"{where}.model", f"expected one of {', '.join(sorted(ollama.MODELS))}, got {embed.model!r}"))
+            elif column.dimensions is not None and column.dimensions != model.dimensions:
+                problems.append((where, f"model {model.name} makes vector({model.dimensions}), the column is {column.type}"))
+            sources = [c for c in table.columns if c.name == embed.source]
+            if not sources:
+                problems.append((f"{where}.source", f"expected a text column of table {table.name!r}, got {embed.source!r}"))
+            elif sources[0].type != "text":
+                problems.append((f"{where}.source", f"column {embed.source!r} must be text, got {sources[0].type!r}"))
+            if len(f"{table.name}_nearest") > 63 or len(f"{table.name}_{column.name}_hnsw") > 63:
+                problems.append((where, "table and column names too long for the <table>_nearest function and <table>_<column>_hnsw index (63 characters)"))
+            if "ollama" not in stack.enabled():
+                problems.append((where, "embedded columns need ollama, which is not enabled"))
+            elif stack.image_source("ollama") != "local":
+                problems.append((where, "embedded columns need ollama's local image (it carries the model files); set components.ollama.image.source: local"))
+    return problems
+
+
 RULES: tuple[Rule, ...] = (
     ensure_only_nginx_publishes,
     ensure_requirements_enabled,
@@ -184,6 +219,7 @@ RULES: tuple[Rule, ...] = (
     ensure_tls_consistent,
     ensure_tables_have_postgres,
     ensure_tables_well_formed,
+    ensure_embedded_columns_valid,
 )
 """Cross-field rules that a schema alone cannot say; each returns ``(field path, message)`` pairs."""
 

@@ -100,12 +100,30 @@ class ComponentConfig(_Strict):
     """Extra start-order dependencies beyond the ones the component declares itself."""
 
 
+class Embed(_Strict):
+    """How a ``vector(N)`` column is filled: the embedding of another column's text, by a model."""
+
+    source: Annotated[str, Field(pattern=IDENT_RE)]
+    """The text column of the same table whose content is embedded."""
+    model: str
+    """An embedding model ccoas imports into Ollama from a package (``all-minilm-l6-v2``)."""
+
+
 class Column(_Strict):
     name: Annotated[str, Field(pattern=IDENT_RE)]
     type: str
     nullable: bool = True
     primary_key: bool = False
     default: Literal["gen_random_uuid()", "now()", "true", "false", "0"] | None = None
+    embed: Embed | None = None
+    """On a ``vector(N)`` column: filled by the embedding worker, indexed (HNSW, cosine), searched
+    by the table's ``<table>_nearest`` function."""
+
+    @property
+    def dimensions(self) -> int | None:
+        """N of a ``vector(N)`` column, else None."""
+        match = COLUMN_TYPE_RE.match(self.type)
+        return int(match.group(2)) if match and match.group(2) else None
 
     @field_validator("type")
     @classmethod
@@ -129,10 +147,28 @@ class Table(_Strict):
     tenant_column: Annotated[str, Field(pattern=IDENT_RE)] = "tenant_id"
     columns: Annotated[tuple[Column, ...], Field(min_length=1)]
 
+    @property
+    def embedded(self) -> tuple[Column, ...]:
+        """Its columns that carry ``embed`` (at most one: the stack rules say so)."""
+        return tuple(c for c in self.columns if c.embed is not None)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def key_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.primary_key)
+
 
 class Schema(_Strict):
     name: Annotated[str, Field(pattern=IDENT_RE)] = "app"
     tables: tuple[Table, ...] = ()
+
+    def embedded_tables(self) -> tuple[Table, ...]:
+        return tuple(t for t in self.tables if t.embedded)
+
+    def embedding_models(self) -> tuple[str, ...]:
+        """The models the stack's embedded columns name, sorted: what Ollama must serve."""
+        return tuple(sorted({c.embed.model for t in self.tables for c in t.embedded if c.embed is not None}))
 
 
 class Tls(_Strict):

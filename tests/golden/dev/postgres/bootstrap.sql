@@ -152,4 +152,41 @@ CREATE POLICY ccoas_owner_update ON "app"."articles" FOR UPDATE
 CREATE POLICY ccoas_owner_delete ON "app"."articles" FOR DELETE
     USING ("owner_id" = NULLIF(current_setting('ccoas.user_id', true), '')::uuid);
 
+-- app.documents.embedding: embedding of title by all-minilm-l6-v2
+CREATE INDEX IF NOT EXISTS "documents_embedding_hnsw"
+    ON "app"."documents" USING hnsw ("embedding" public.vector_cosine_ops);
+CREATE OR REPLACE FUNCTION "app"."documents_nearest"(
+    query public.vector(384),
+    k_max integer DEFAULT 10,
+    dynamic_k boolean DEFAULT false,
+    min_gap double precision DEFAULT 0.1,
+    k_min integer DEFAULT 1
+)
+RETURNS TABLE ("id" uuid, "title" text, distance double precision)
+LANGUAGE sql STABLE SECURITY INVOKER PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = strict_order
+AS $ccoas$
+    WITH nearest AS (
+        SELECT t."id", t."title", (t."embedding" OPERATOR(public.<=>) $1)::double precision AS distance
+        FROM "app"."documents" AS t
+        WHERE t."embedding" IS NOT NULL
+        ORDER BY t."embedding" OPERATOR(public.<=>) $1
+        LIMIT greatest($2, 0)
+    ), ranked AS (
+        SELECT n.*, row_number() OVER (ORDER BY n.distance) AS rank,
+               lead(n.distance) OVER (ORDER BY n.distance) - n.distance AS gap
+        FROM nearest AS n
+    ), cut AS (
+        SELECT min(r.rank) AS at FROM ranked AS r WHERE $3 AND r.rank >= $5 AND r.gap >= $4
+    )
+    SELECT r."id", r."title", r.distance
+    FROM ranked AS r CROSS JOIN cut AS c
+    WHERE c.at IS NULL OR r.rank <= c.at
+    ORDER BY r.rank
+$ccoas$;
+ALTER FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) OWNER TO "app_owner";
+REVOKE ALL ON FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) TO "directus";
+
 COMMIT;
