@@ -39,15 +39,17 @@ STACK_LABEL = f"{LABEL_PREFIX}.stack"
 SERVICE_LABEL = f"{LABEL_PREFIX}.service"
 
 # The design's network placement: which networks each component sits on, exactly.
+# Each service on the networks it uses, no more: Directus and Hasura never call Vault (their
+# secrets are files), so they are off auth; MinIO's clients (Directus, nginx) are on edge.
 NETWORKS = {
     "nginx": {"edge"},
-    "directus": {"edge", "auth", "db"},
-    "hasura": {"edge", "auth", "db"},
+    "directus": {"edge", "db"},
+    "hasura": {"edge", "db"},
     "vault": {"auth"},
     "postgres": {"db"},
     "redis": {"db"},
     "ollama": {"db"},
-    "minio": {"db", "edge"},
+    "minio": {"edge"},
 }
 
 # The stable JSON schema (schema_version 1). The plan's and each service's keys must match

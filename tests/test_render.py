@@ -28,6 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 STACKS = {"dev": ("stacks/dev.yaml", None), "ci": ("stacks/ci.yaml", "pr-42"), "prod": ("stacks/prod.yaml", None)}
 UPSTREAMS = ("directus", "hasura", "minio")
+
+
+def routed_upstreams(plan: Plan) -> set[str]:
+    """The upstreams nginx proxies to: MinIO only when a bucket is public."""
+    public = plan.has("minio") and any(b.public for b in plan.buckets)
+    return {name for name in UPSTREAMS if plan.has(name) and (name != "minio" or public)}
 SECRETS_DIR = "/run/secrets/"
 
 
@@ -187,7 +193,7 @@ def test_compose_secrets_are_files_under_the_secrets_dir_and_mounted_at_the_plan
 def test_nginx_routes_only_to_enabled_upstreams_that_share_its_network(key):
     plan = ALL_PLANS[key]
     conf = rendered_files(plan)["nginx/nginx.conf"]
-    enabled = {name for name in UPSTREAMS if plan.has(name)}
+    enabled = routed_upstreams(plan)
     assert set(re.findall(r"^\s*upstream (\w+) \{", conf, re.M)) == enabled
     assert set(re.findall(r"proxy_pass http://(\w+)", conf)) == enabled
     servers = dict(re.findall(r"^\s*server (\w+):(\d+);", conf, re.M))
@@ -202,7 +208,44 @@ def test_nginx_routes_only_to_enabled_upstreams_that_share_its_network(key):
     else:
         assert "location / {\n            return 404;" in conf
     assert ("location /v1/graphql" in conf) == ("hasura" in enabled)
-    assert ("location /storage/" in conf) == ("minio" in enabled)
+    # /storage/ is refused at the edge; only public buckets would be routed (none are)
+    assert ("location /storage/ {\n            return 404;" in conf) == plan.has("minio")
+    assert not re.search(r"location /storage/\w", conf)
+
+
+def test_nginx_routes_a_public_bucket_read_only_and_nothing_else_of_minio(load_plan):
+    plan = load_plan("dev")
+    public = plan.buckets[0].model_copy(update={"name": "assets", "public": True})
+    conf = rendered_files(plan.model_copy(update={"buckets": (*plan.buckets, public)}))["nginx/nginx.conf"]
+    assert "location /storage/assets/ {\n            limit_except GET {\n                deny all;" in conf
+    assert "proxy_pass http://minio/assets/;" in conf
+    assert "location /storage/uploads/" not in conf  # private stays unrouted
+    assert "location /storage/ {\n            return 404;" in conf
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_nginx_serves_only_the_domain_and_redirects_only_to_it(key):
+    plan = PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    defaults = re.findall(r"listen (\d+)( ssl http2)? default_server;\n\s+server_name _;\n(?:\n.*\n.*\n)?\s+return (\d+);", conf)
+    assert sorted(defaults) == [("8080", "", "400"), ("8443", " ssl http2", "421")]
+    assert "$host" not in "".join(re.findall(r"return 30\d ([^;]+);", conf))
+    assert re.search(rf"return 308 https://{re.escape(plan.domain)}(:\d+)?\$request_uri;", conf)
+    assert conf.count(f"server_name {plan.domain};") == 2
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_nginx_tls_and_header_hardening(key):
+    plan = PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in conf
+    hsts = int(re.search(r"Strict-Transport-Security \"max-age=(\d+)", conf).group(1))
+    assert hsts == (300 if plan.environment == "dev" else 63072000)
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf and "$proxy_add_x_forwarded_for" not in conf
+    assert "proxy_hide_header X-Powered-By;" in conf
+    if plan.has("directus"):
+        assert "location ~* ^/(directus/)?server/specs(/|$) {\n            return 404;" in conf
+        assert plan.service("directus").environment["IP_TRUST_PROXY"] == "uniquelocal"
 
 
 @pytest.mark.parametrize("key", sorted(PLANS))
@@ -349,9 +392,12 @@ def test_redis_acl_users_are_the_clients_with_a_redis_password(key):
     if not plan.has("redis"):
         pytest.skip("no redis")
     script = rendered_files(plan)["redis/entrypoint.sh"]
-    clients = sorted(s.name.removeprefix("redis_").removesuffix("_password") for s in plan.secrets if s.name.startswith("redis_"))
-    assert re.findall(r"' (\w+) \"\$\w+_password\"", script) == clients
-    assert "'user default on nopass -@all +ping'" in script and "umask 077" in script
+    clients = sorted(
+        s.name.removeprefix("redis_").removesuffix("_password") for s in plan.secrets if s.name.startswith("redis_") and s.name != "redis_health_password"
+    )
+    assert re.findall(r"' (\w+) \"\$\{?\w+\}?\"\n", script) == clients
+    assert "'user default off resetpass -@all'" in script and "umask 077" in script
+    assert ">%s" not in script  # a password is only ever written as its #<sha256>
 
 
 @pytest.mark.parametrize("key", sorted(ALL_PLANS))
@@ -459,6 +505,6 @@ def test_every_valid_combination_of_components_renders_consistently():
         expected = {t.removesuffix(".j2") for s in plan.services for t in s.config_templates}
         assert set(files) == expected | {"compose.yaml", "plan.json"}
         if plan.has("nginx"):
-            assert set(re.findall(r"proxy_pass http://(\w+)", files["nginx/nginx.conf"])) == {n for n in UPSTREAMS if plan.has(n)}
+            assert set(re.findall(r"proxy_pass http://(\w+)", files["nginx/nginx.conf"])) == routed_upstreams(plan)
         if plan.has("hasura"):
             assert isinstance(yaml.safe_load(files["hasura/metadata/databases/default/tables/tables.yaml"]), list)

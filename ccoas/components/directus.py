@@ -1,4 +1,4 @@
-"""Directus: data studio and REST API over Postgres. On edge, auth and db.
+"""Directus: data studio and REST API over Postgres. On edge and db (it never calls Vault: its secrets are files).
 
 Every credential is a ``*_FILE`` variable pointing at a secret file; telemetry is off and
 the local image starts the API without the CLI's npm update check. Uploads go to MinIO's
@@ -36,6 +36,9 @@ def environment(ctx: Context) -> dict[str, str]:
         "ADMIN_EMAIL": f"admin@{ctx.stack.domain}" if "." in ctx.stack.domain else "admin@example.com",
         "ADMIN_PASSWORD_FILE": ctx.secret_file("directus_admin_password"),
         "TELEMETRY": "false",
+        # Trust X-Forwarded-For only from a private-network peer (nginx on the edge network),
+        # which sets it to the address it saw: a client cannot choose its logged address.
+        "IP_TRUST_PROXY": "uniquelocal",
         "MARKETPLACE_TRUST": "sandbox",
         "MARKETPLACE_REGISTRY": "http://127.0.0.1:9",
         "LOG_STYLE": "raw",
@@ -100,7 +103,7 @@ COMPONENT = Component(
     uid=1000,
     gid=1000,
     ports=(PORT,),
-    networks=("edge", "auth", "db"),
+    networks=("edge", "db"),
     registry_image="docker.io/directus/directus:12.4.1@sha256:9cc8ab88e6f1fc98d860416d89d53dd15838860c315a66c6d8ee68cb72f6b3a6",
     recipe=Recipe(
         containerfile="directus/Containerfile.j2",

@@ -1,4 +1,4 @@
-"""Hasura GraphQL engine over Postgres. On edge, auth and db. Registry image only.
+"""Hasura GraphQL engine over Postgres. On edge and db (it never calls Vault: its secrets are files). Registry image only.
 
 No package ships Hasura, so there is no local recipe: on hosts without a registry
 ccoas renders and validates its configuration (metadata from the stack's tables, with
@@ -57,7 +57,7 @@ COMPONENT = Component(
     uid=1001,
     gid=1001,
     ports=(PORT,),
-    networks=("edge", "auth", "db"),
+    networks=("edge", "db"),
     registry_image="docker.io/hasura/graphql-engine:v2.33.1.cli-migrations-v3@sha256:02577c5e456726cbe1888e377d21c464979ed888636047adf3aae678d9ab70e6",
     recipe=None,
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},

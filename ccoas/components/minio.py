@@ -1,4 +1,5 @@
-"""MinIO: S3-compatible object storage. On db, and on edge so nginx can route ``/storage/``.
+"""MinIO: S3-compatible object storage. On edge only: its clients are Directus and nginx
+(``/storage/<bucket>/`` for public buckets); it needs nothing on db.
 
 It is never published; the console is off. Root credentials are secret files
 (``MINIO_ROOT_USER_FILE``/``MINIO_ROOT_PASSWORD_FILE``); update checks and call-home
@@ -122,7 +123,7 @@ COMPONENT = Component(
     uid=1000,
     gid=1000,
     ports=(PORT, CONSOLE_PORT),
-    networks=("edge", "db"),
+    networks=("edge",),
     registry_image="quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e",
     recipe=Recipe(
         containerfile="minio/Containerfile.j2",

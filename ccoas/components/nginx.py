@@ -1,7 +1,8 @@
 """Nginx: the only published service. On the edge network only; terminates TLS.
 
 It routes ``/`` and ``/directus/`` to Directus, ``/v1/graphql`` to Hasura and
-``/storage/`` to MinIO's S3 API, each only when that component is enabled. The
+``/storage/<bucket>/`` to MinIO's S3 API for public buckets only, each only when that
+component is enabled. Only the stack's domain is served: other Host names are refused. The
 certificate is the user's (``tls.mode: supplied``) or, for dev and ci stacks, one ccoas
 generates; either way it is stored in Vault and reaches nginx as files.
 """
@@ -33,7 +34,11 @@ def service(ctx: Context) -> Service:
         COMPONENT,
         command=("nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-g", "daemon off;"),
         config_templates=("nginx/nginx.conf.j2",),
-        healthcheck=check("CMD", "curl", "-fsSk", "-o", "/dev/null", f"https://127.0.0.1:{HTTPS_PORT}/healthz", interval=5),
+        # through the named server (the default one refuses unknown names), on loopback
+        healthcheck=check(
+            "CMD", "curl", "-fsSk", "-o", "/dev/null", "--resolve", f"{ctx.stack.domain}:{HTTPS_PORT}:127.0.0.1",
+            f"https://{ctx.stack.domain}:{HTTPS_PORT}/healthz", interval=5,
+        ),
         liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/healthz", interval=5),
     )
 

@@ -1,18 +1,21 @@
 """Redis: cache and rate-limit store for Directus. On the db network only.
 
-Authentication is by ACL: the ``default`` user may only PING (health checks); each
-client service gets its own user whose password is a secret file. A small entrypoint,
-rendered beside the config, writes the ACL file to a tmpfs at start, so it works the
-same with the official image and the local one.
+Authentication is by ACL: the ``default`` user is off; the health checks authenticate as
+``health``, which may only PING; each client service gets its own user. Every password is a
+secret file. A small entrypoint, rendered beside the config, writes the ACL file to a tmpfs
+at start, holding each password only as its SHA-256 (``#<hex>``), so it works the same with
+the official image and the local one.
 """
 
 from __future__ import annotations
 
-from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.components.base import SECRETS_DIR, Component, Context, Recipe, check
 from ccoas.plan import Artifact, Secret, Service, TmpfsMount, VolumeMount
 
 CLIENTS = ("directus",)
 COMPONENT_PORT = 6379
+HEALTH_USER = "health"
+HEALTH_PASSWORD_FILE = "redis_health_password"
 
 
 def clients(ctx: Context) -> list[str]:
@@ -21,18 +24,28 @@ def clients(ctx: Context) -> list[str]:
 
 def secrets(ctx: Context) -> list[Secret]:
     return [
-        ctx.secret(
-            "redis",
-            f"{client}_password",
-            "password",
-            ("redis", client),
-            f"password of the redis ACL user {client}",
-            # clients get a connection URL: Directus reads no username outside one
-            reader_formats={client: f"redis://{client}:{{value}}@redis:{COMPONENT_PORT}"},
-            client=client,
-        )
-        for client in clients(ctx)
+        ctx.secret("redis", "health_password", "password", ("redis",), f"password of the redis ACL user {HEALTH_USER} (PING only)"),
+        *(
+            ctx.secret(
+                "redis",
+                f"{client}_password",
+                "password",
+                ("redis", client),
+                f"password of the redis ACL user {client}",
+                # clients get a connection URL: Directus reads no username outside one
+                reader_formats={client: f"redis://{client}:{{value}}@redis:{COMPONENT_PORT}"},
+                client=client,
+            )
+            for client in clients(ctx)
+        ),
     ]
+
+
+# The password travels in REDISCLI_AUTH, never on a command line.
+PING = (
+    f'REDISCLI_AUTH="$(cat {SECRETS_DIR}/{HEALTH_PASSWORD_FILE})" '
+    f"redis-cli --no-auth-warning --user {HEALTH_USER} -h 127.0.0.1 ping"
+)
 
 
 def service(ctx: Context) -> Service:
@@ -43,8 +56,8 @@ def service(ctx: Context) -> Service:
         volumes=(VolumeMount(volume="redis-data", target="/data"),),
         tmpfs=(TmpfsMount(target="/run/redis", size="1m"),),
         config_templates=("redis/redis.conf.j2", "redis/entrypoint.sh.j2"),
-        healthcheck=check("CMD-SHELL", "redis-cli -h 127.0.0.1 ping | grep -q PONG", interval=5),
-        liveness=check("CMD", "redis-cli", "-h", "127.0.0.1", "ping", interval=5),
+        healthcheck=check("CMD-SHELL", f"{PING} | grep -q PONG", interval=5),
+        liveness=check("CMD-SHELL", PING, interval=5),
     )
 
 

@@ -63,6 +63,11 @@ def nginx_url(engine) -> str:
     return https[0]
 
 
+def edge(engine, path: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> urllib.request.Request:
+    """A request to nginx's published HTTPS port for the stack's domain (other Host names get 421)."""
+    return urllib.request.Request(f"{nginx_url(engine)}{path}", data=data, headers={"Host": engine.plan.domain, **(headers or {})})
+
+
 def tls_context(engine) -> ssl.SSLContext:
     cert = engine.paths.secret_file("nginx", "nginx_tls_cert")
     context = ssl.create_default_context(cafile=str(cert))
@@ -91,7 +96,7 @@ def test_rendered_nginx_config_passes_nginx_t(engine):
 def test_directus_answers_through_nginx_on_loopback(engine):
     url = nginx_url(engine)
     assert url.startswith("https://127.0.0.1:")
-    with urllib.request.urlopen(f"{url}/directus/server/ping", context=tls_context(engine), timeout=10) as response:
+    with urllib.request.urlopen(edge(engine, "/directus/server/ping"), context=tls_context(engine), timeout=10) as response:
         assert response.status == 200
         assert response.read().decode().strip() == "pong"
         assert response.headers["Strict-Transport-Security"]
@@ -99,10 +104,10 @@ def test_directus_answers_through_nginx_on_loopback(engine):
 
 
 def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engine):
-    url = nginx_url(engine)
     password = engine.paths.secret_file("directus", "directus_admin_password").read_text()
-    login = urllib.request.Request(
-        f"{url}/directus/auth/login",
+    login = edge(
+        engine,
+        "/directus/auth/login",
         data=json.dumps({"email": "admin@example.com", "password": password}).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -113,8 +118,9 @@ def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engi
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"e2e.txt\"\r\n"
         f"Content-Type: text/plain\r\n\r\nstored in minio\r\n--{boundary}--\r\n"
     ).encode()
-    upload = urllib.request.Request(
-        f"{url}/directus/files",
+    upload = edge(
+        engine,
+        "/directus/files",
         data=body,
         headers={"Authorization": f"Bearer {token}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
@@ -223,7 +229,7 @@ def test_rotating_postgres_credentials_refuses_the_old_one(engine):
     assert login(new) == 0
     assert {r.service: r.health for r in engine.status()}["directus"] == "healthy"
     # directus got a new container; nginx was restarted so it reaches the new one
-    with urllib.request.urlopen(f"{nginx_url(engine)}/directus/server/ping", context=tls_context(engine), timeout=10) as response:
+    with urllib.request.urlopen(edge(engine, "/directus/server/ping"), context=tls_context(engine), timeout=10) as response:
         assert response.read().decode().strip() == "pong"
 
 

@@ -57,6 +57,9 @@ path "ccoas/data/pr-42/postgres/superuser_password" {
 path "ccoas/data/pr-42/redis/directus_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/pr-42/redis/health_password" {
+  capabilities = ["read"]
+}
 
 # pr-42-ccoas: the token ccoas itself uses after bootstrap
 path "ccoas/data/pr-42/*" {

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Rendered by ccoas from the plan of stack dev (dev): do not edit.
 # Writes Redis's ACL file to the tmpfs /run/redis, then runs the command. The default user
-# may only PING (health checks); each client service has its own user, whose password is
-# read from its secret file here, at run time: it is never in a rendered file.
+# is off; `health` may only PING (health checks); each client service has its own user.
+# Passwords are read from their secret files here, at run time (never in a rendered file),
+# and the ACL file holds only their SHA-256 (`#<hex>`).
 set -eu
 umask 077
 
@@ -17,11 +18,19 @@ password() {
 	cat "$1"
 }
 
+# The SHA-256 of a secret file's content, as Redis's ACL wants it. Assigned before use, so
+# that a missing file stops the script (set -e) instead of writing an empty hash.
+digest() {
+	password "$1" >/dev/null
+	sha256sum "$1" | cut -d' ' -f1
+}
+health=$(digest /run/secrets/redis_health_password)
+directus=$(digest /run/secrets/redis_directus_password)
+
 {
-	printf '%s\n' 'user default on nopass -@all +ping'
-	directus_password=$(password /run/secrets/redis_directus_password)
-	printf 'user %s on ~* &* +@all -@admin -@dangerous +info >%s\n' directus "$directus_password"
-	unset directus_password
+	printf '%s\n' 'user default off resetpass -@all'
+	printf 'user health on #%s -@all +ping\n' "$health"
+	printf 'user %s on ~* &* +@all -@admin -@dangerous +info #%s\n' directus "$directus"
 } >"$tmp"
 mv -f "$tmp" "$acl"
 

@@ -57,6 +57,9 @@ path "ccoas/data/dev/postgres/superuser_password" {
 path "ccoas/data/dev/redis/directus_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/dev/redis/health_password" {
+  capabilities = ["read"]
+}
 
 # dev-ccoas: the token ccoas itself uses after bootstrap
 path "ccoas/data/dev/*" {

@@ -71,6 +71,9 @@ path "ccoas/data/prod/postgres/superuser_password" {
 path "ccoas/data/prod/redis/directus_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/prod/redis/health_password" {
+  capabilities = ["read"]
+}
 
 # prod-ccoas: the token ccoas itself uses after bootstrap
 path "ccoas/data/prod/*" {
