@@ -43,12 +43,23 @@ class VaultError(CcoasError):
     """Vault refused or failed a bootstrap step."""
 
 
-def vault_client(socket: Path, token: str | None = None):
+VAULT_TIMEOUT_S = 60
+
+
+def vault_client(socket: Path, token: str | None = None, timeout: float = VAULT_TIMEOUT_S):
     """An hvac client that talks to Vault over its unix socket (no published port)."""
     import hvac
     import requests_unixsocket
 
-    return hvac.Client(url="http+unix://" + quote(str(socket), safe=""), token=token, session=requests_unixsocket.Session(), timeout=60)
+    return hvac.Client(url="http+unix://" + quote(str(socket), safe=""), token=token, session=requests_unixsocket.Session(), timeout=timeout)
+
+
+def _vault_failures() -> tuple[type[BaseException], ...]:
+    """What a Vault call raises when Vault refuses or cannot be reached (not a bug of ours)."""
+    import hvac.exceptions
+    import requests
+
+    return (hvac.exceptions.VaultError, requests.RequestException)
 
 
 def service_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
@@ -123,6 +134,8 @@ class VaultBootstrap:
     plan: Plan
     paths: StackPaths
     socket: Path
+    timeout: float = VAULT_TIMEOUT_S
+    """Seconds each Vault call may take before it fails (and stops the bootstrap)."""
 
     def _init_material(self) -> dict:
         try:
@@ -132,17 +145,14 @@ class VaultBootstrap:
 
     def converge(self) -> int:
         """Initialise, unseal and configure Vault; returns the number of changes made."""
-        import hvac.exceptions
-        import requests
-
         try:
             return self._converge()
-        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise VaultError(f"Vault bootstrap failed: {exc}") from None
+        except _vault_failures() as exc:
+            raise VaultError(f"Vault bootstrap failed ({type(exc).__name__}): {exc}") from None
 
     def _converge(self) -> int:
         assert self.plan.vault is not None
-        client = vault_client(self.socket)
+        client = vault_client(self.socket, timeout=self.timeout)
         changes = 0
         if not client.sys.is_initialized():
             if self.paths.vault_init.exists():
@@ -168,7 +178,7 @@ class VaultBootstrap:
             root_token = self._root_from_unseal_keys(client, material["keys_base64"])
         if root_token:
             with deferred_interrupts():  # token file and init material must agree with Vault
-                self._first_bootstrap(vault_client(self.socket, root_token))
+                self._first_bootstrap(vault_client(self.socket, root_token, self.timeout))
                 material.pop("root_token", None)
                 _write_private(self.paths.vault_init, json.dumps(material))
             changes += 1
@@ -176,22 +186,26 @@ class VaultBootstrap:
         return changes
 
     def _ccoas_token_valid(self) -> bool:
+        """False only when Vault says the token is not valid (403: expired, revoked, unknown).
+
+        Anything else (a timeout, a 5xx) raises: this answer decides whether a root token is
+        minted, and an unrelated failure must never lead there.
+        """
+        import hvac.exceptions
+
         try:
             token = self.paths.ccoas_token.read_text().strip()
         except FileNotFoundError:
             return False
         try:
-            vault_client(self.socket, token).auth.token.lookup_self()
+            vault_client(self.socket, token, self.timeout).auth.token.lookup_self()
             return True
-        except Exception:  # noqa: BLE001 - any refusal means "not usable"
+        except hvac.exceptions.Forbidden:
             return False
 
     def _root_from_unseal_keys(self, client, keys: list[str]) -> str:
         """The generate-root flow with the unseal keys ccoas holds; the token is revoked right after use."""
-        try:
-            client.sys.cancel_root_generation()
-        except Exception:  # noqa: BLE001 - nothing in progress
-            pass
+        client.sys.cancel_root_generation()  # an interrupted attempt; a no-op (204) when none is in progress
         attempt = client.sys.start_root_token_generation()
         otp, nonce = attempt["otp"], attempt["nonce"]
         result: dict = {}
@@ -223,7 +237,7 @@ class VaultBootstrap:
             # declares the device instead. HashiCorp Vault takes it here.
             try:
                 root.sys.enable_audit_device("file", path="file", options={"file_path": vault.audit_path})
-            except Exception as exc:  # noqa: BLE001
+            except _vault_failures() as exc:
                 raise VaultError(f"the file audit device is neither declared in the config nor enabled over the API: {exc}") from None
         for name, text in self.wanted_policies().items():
             root.sys.create_or_update_policy(name, text)
@@ -254,7 +268,7 @@ class VaultBootstrap:
             token = self.paths.ccoas_token.read_text().strip()
         except FileNotFoundError:
             raise VaultError(f"ccoas's Vault token {self.paths.ccoas_token} is missing") from None
-        client = vault_client(self.socket, token)
+        client = vault_client(self.socket, token, self.timeout)
         client.auth.token.renew_self()
         return client
 
@@ -266,12 +280,16 @@ class VaultBootstrap:
         return wanted
 
     def _policies_outdated(self) -> bool:
+        """True when a wanted policy is absent (404) or differs. Any other failure raises: a
+        True here mints a root token, which a 403 or a timeout must never do."""
+        import hvac.exceptions
+
         client = self.ccoas_client()
         for name, text in self.wanted_policies().items():
             try:
                 if client.sys.read_policy(name)["data"]["rules"] != text:
                     return True
-            except Exception:  # noqa: BLE001 - an absent policy reads as an error
+            except hvac.exceptions.InvalidPath:
                 return True
         return False
 
@@ -316,11 +334,22 @@ class SecretStore:
         return f"{self.plan.vault.prefix}/{secret.vault_path}"
 
     def version(self, secret: Secret) -> int | None:
+        """The current version, or None when Vault says the secret does not exist (404).
+
+        Any other failure (403, timeout, 5xx) raises :class:`VaultError`: a failed read must
+        never be taken for "absent", or :meth:`ensure` would write a new credential over a
+        live one.
+        """
+        import hvac.exceptions
+
         assert self.plan.vault is not None
+        path = f"{self.plan.vault.kv_mount}/metadata/{self._full(secret)}"
         try:
             meta = self._kv().read_secret_metadata(self._full(secret), mount_point=self.plan.vault.kv_mount)
-        except Exception:  # noqa: BLE001 - hvac raises InvalidPath for an absent secret
+        except hvac.exceptions.InvalidPath:
             return None
+        except _vault_failures() as exc:
+            raise VaultError(f"reading {path} failed ({type(exc).__name__}: {exc}); nothing was written") from exc
         return int(meta["data"]["current_version"])
 
     def put(self, secret: Secret, value: str) -> None:
@@ -400,7 +429,7 @@ class SecretStore:
         finally:
             try:
                 reader.auth.token.revoke_self()
-            except Exception:  # noqa: BLE001 - the token expires in minutes anyway
+            except _vault_failures():  # the token expires in minutes anyway
                 pass
         return result
 
