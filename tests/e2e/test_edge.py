@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoas.components import CATALOG
 from ccoas.engine.local import LocalEngine
-from ccoas.plan import build_plan
-from ccoas.stack import load_stack
+from ccoas.planner import CATALOG, build_plan, load_stack
 
 pytestmark = pytest.mark.e2e
 
