@@ -1,7 +1,8 @@
 """The ``ccoas`` command line: parses arguments, calls the library, prints results.
 
 Every :class:`~ccoas.errors.CcoasError` becomes a one-line-per-problem message on
-stderr and exit code 2, never a traceback.
+stderr and its exit code (2 bad input or failed preflight, 1 failed apply), never a traceback;
+so does any engine failure that reaches the command line unnamed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ccoas.errors import CcoasError, StackError
+from ccoas.errors import (
+    EXIT_APPLY_FAILED,
+    EXIT_NOT_HEALTHY,
+    CcoasError,
+    PreflightError,
+    StackError,
+    engine_step,
+    engine_words,
+    is_engine_failure,
+)
 
 if TYPE_CHECKING:
     from ccoas.engine.local import LocalEngine
@@ -47,7 +57,7 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def reports_errors(func: F) -> F:
-    """Turn ccoas errors into a message and exit code 2."""
+    """Turn ccoas errors into a message and their exit code; engine failures into exit code 1."""
 
     @functools.wraps(func)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -56,10 +66,19 @@ def reports_errors(func: F) -> F:
         except StackError as exc:
             for problem in exc.problems:
                 err.print(f"[red]error:[/red] {escape(str(problem))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None
+        except PreflightError as exc:
+            for failure in exc.failures:
+                err.print(f"[red]preflight:[/red] {escape(failure)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
         except CcoasError as exc:
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:
+            if not is_engine_failure(exc):
+                raise
+            err.print(f"[red]error:[/red] the container engine failed: {escape(engine_words(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_APPLY_FAILED) from None
         except KeyboardInterrupt:
             err.print("interrupted: the next `ccoas up` converges whatever was left", highlight=False)
             raise typer.Exit(130) from None
@@ -74,11 +93,50 @@ def _plan(stack: Path, name: str | None):
     return build_plan(load_stack(stack), name=name)
 
 
-def _engine(plan: Plan, progress: ProgressReporter | None = None) -> LocalEngine:
-    """``plan`` on the local engine (the rootless API socket, its service started if need be)."""
+def _engine(plan: Plan, progress: ProgressReporter | None = None, recover: bool = False) -> LocalEngine:
+    """``plan`` on the local engine (the rootless API socket, its service started if need be;
+    ``recover``, for ``up`` only, clears a dead engine session first)."""
     from ccoas.engine.local import LocalEngine
 
-    return LocalEngine.connect(plan, progress=progress)
+    return LocalEngine.connect(plan, progress=progress, recover=recover)
+
+
+def _preflight(plan: Plan | None, stack: Path | None, recover: bool = False) -> LocalEngine | None:
+    """Every preflight rule; raises :class:`PreflightError` (exit 2) listing each failure.
+    Returns the connected engine when there is a plan."""
+    from ccoas.host import host_layout
+    from ccoas.preflight import check_engine, check_host
+
+    layout = host_layout()
+    failures = check_host(plan, layout, str(stack) if stack else None)
+    if failures:
+        raise PreflightError(failures)
+    if plan is None:
+        return None
+    engine = _engine(plan, recover=recover)
+    with engine_step(f"stack {plan.stack}", "preflight"):
+        failures = check_engine(plan, layout, engine.client)
+    if failures:
+        raise PreflightError(failures)
+    return engine
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ccoas import __version__
+
+        out.print(f"ccoas {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Exit codes: 0 done; 1 an apply failed (the engine's words are shown); 2 bad input or a
+    failed preflight (nothing built or created); 3 `status` saw a service not running and healthy."""
 
 
 @app.command()
@@ -131,13 +189,17 @@ def up(
         return
     if engine != "local":
         raise CcoasError(f"--engine: expected local or pulumi, got {engine!r}")
-    from ccoas.report import ProgressReporter, status_table
+    from ccoas.report import ProgressReporter, login_hints, status_table
 
+    engine_ = _preflight(resolved, stack, recover=True)
     with ProgressReporter(err) as progress:
-        result = _engine(resolved, progress).up(build=build, timeout=timeout)
+        engine_.progress = progress
+        result = engine_.up(build=build, timeout=timeout)
     out.print(status_table(result.status))
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    for hint in login_hints(resolved, result.status, stack, name):
+        out.print(hint, highlight=False, soft_wrap=True)
     out.print(f"{result.changes} changes", highlight=False)
 
 
@@ -158,7 +220,9 @@ def down(
     purge: Annotated[bool, typer.Option("--purge", help="Also remove volumes, secrets and state: everything the stack owns.")] = False,
 ) -> None:
     """Remove the stack's containers and networks; volumes are kept unless --purge."""
-    removed = _engine(_plan(stack, name)).down(purge=purge)
+    resolved = _plan(stack, name)
+    with engine_step(f"stack {resolved.stack}", "remove"):
+        removed = _engine(resolved).down(purge=purge)
     out.print(f"removed {removed}", highlight=False)
 
 
@@ -169,17 +233,26 @@ def status(
     name: NameOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable status.")] = False,
 ) -> None:
-    """Show each service's state, health and endpoints."""
+    """Show each service's state, health and endpoints (observes only; changes nothing).
+
+    Exit code 3 when a service is not running and healthy, so a CI job can gate on it."""
     from ccoas.report import status_table
 
-    local = _engine(_plan(stack, name))
-    rows = local.status()
+    resolved = _plan(stack, name)
+    local = _engine(resolved)
+    with engine_step(f"stack {resolved.stack}", "status"):
+        rows = local.status()
+        notes = local.host_notes()
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
     else:
         out.print(status_table(rows))
-    for note in local.host_notes():
+    for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    unwell = [r.service for r in rows if (r.state, r.health) != ("running", "healthy")]
+    if unwell:
+        err.print(f"not running and healthy: {', '.join(unwell)}", highlight=False)
+        raise typer.Exit(EXIT_NOT_HEALTHY)
 
 
 @app.command()
@@ -203,8 +276,9 @@ def images_build(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     """Build every local image of the stack (cached by content: unchanged inputs are not rebuilt)."""
     from ccoas.report import ProgressReporter
 
-    with ProgressReporter(err) as progress:
-        results = _engine(_plan(stack, name), progress).build_images()
+    resolved = _plan(stack, name)
+    with ProgressReporter(err) as progress, engine_step(f"stack {resolved.stack} images", "build"):
+        results = _engine(resolved, progress).build_images()
     for result in results:
         out.print(f"{result.name:10} {result.ref}  {'built in %.0fs' % result.seconds if result.built else 'cached'}", highlight=False)
 
@@ -224,23 +298,65 @@ def images_pull(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
 @host_app.command("prepare")
 @reports_errors
 def host_prepare(
+    stack: Annotated[Optional[Path], typer.Argument(help="Stack file: ports below 1024 it publishes become bindable rootless.")] = None,
+    name: NameOpt = None,
     target: Annotated[str, typer.Option(help="pyinfra target: @local or an SSH host name.")] = "@local",
     ssh_user: Annotated[Optional[str], typer.Option(help="SSH user for a remote target.")] = None,
 ) -> None:
-    """Install and configure rootless Podman for the engine user (idempotent)."""
+    """Install and configure rootless Podman, its runtime programs and the build toolchains (idempotent)."""
     from ccoas.host import prepare
+    from ccoas.preflight import lowest_published_port
 
-    result = prepare(target=target, ssh_user=ssh_user)
+    port = lowest_published_port(_plan(stack, name)) if stack else None
+    result = prepare(target=target, ssh_user=ssh_user, unprivileged_port_start=port)
+    for change in result.changes:
+        out.print(f"changed: {change}", highlight=False)
     out.print(f"host prepared: {result.changed} changes", highlight=False)
+
+
+@host_app.command("check")
+@reports_errors
+def host_check(
+    stack: Annotated[Optional[Path], typer.Argument(help="Stack file: also check the ports it publishes and disk for its builds.")] = None,
+    name: NameOpt = None,
+) -> None:
+    """The preflight `up` runs: every binary, package and toolchain, subordinate ids, /dev/net/tun,
+    the runtime dir and API socket, the stack's ports, free disk. Exit 2 on any failure."""
+    _preflight(_plan(stack, name) if stack else None, stack)
+    out.print("host check passed", highlight=False)
 
 
 @secrets_app.command("list")
 @reports_errors
-def secrets_list(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
-    """List the stack's secrets: Vault paths, versions and readers (never values)."""
+def secrets_list(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Names, paths, versions and readers as JSON.")] = False,
+) -> None:
+    """List the stack's secrets: OWNER/NAME, Vault paths, versions and readers (never values)."""
     from ccoas.report import secrets_table
 
-    out.print(secrets_table(_engine(_plan(stack, name)).secrets().list()))
+    rows = _engine(_plan(stack, name)).secrets().list()
+    if as_json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
+        return
+    table = secrets_table(rows, wrap=out.is_terminal)
+    if out.is_terminal:
+        out.print(table)
+    else:  # a log or a pipe: whole names and paths, never folded or cut
+        Console(width=100_000, file=sys.stdout).print(table, soft_wrap=True)
+
+
+@secrets_app.command("get")
+@reports_errors
+def secrets_get(
+    secret: Annotated[str, typer.Argument(help="OWNER/NAME as `secrets list` shows it, e.g. directus/admin_password.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+) -> None:
+    """Print ONE secret's value, asked for by name: the one command that shows a value."""
+    value = _engine(_plan(stack, name)).secrets().get(secret)
+    sys.stdout.write(value + "\n")
 
 
 @secrets_app.command("export")

@@ -1,12 +1,25 @@
-"""Typed errors. The CLI turns every :class:`CcoasError` into a message and exit code 2."""
+"""Typed errors. The CLI turns every :class:`CcoasError` into a message and its exit code.
+
+Exit codes: 2 for bad input or a failed preflight (nothing was built or created), 1 for an
+apply the engine failed (:class:`EngineError`), and 3 for ``ccoas status`` when a service
+is not running and healthy.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
+
+EXIT_APPLY_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOT_HEALTHY = 3
 
 
 class CcoasError(Exception):
-    """Base of every error ccoas reports to a user (exit code 2, no traceback)."""
+    """Base of every error ccoas reports to a user (no traceback)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,44 @@ class HostError(CcoasError):
 
 
 class EngineError(CcoasError):
-    """The container engine refused or failed an operation."""
+    """The container engine refused or failed an operation: an apply failed (exit code 1)."""
+
+    exit_code = EXIT_APPLY_FAILED
+
+
+class PreflightError(HostError):
+    """The host lacks what ``up`` needs; one line per failure, each naming its fix."""
+
+    def __init__(self, failures: list[str]):
+        self.failures = list(failures)
+        super().__init__("\n".join(self.failures))
+
+
+def engine_words(exc: BaseException) -> str:
+    """What the engine said, without the client library's wrapping."""
+    explanation = getattr(exc, "explanation", None)
+    if explanation:
+        return str(explanation).strip()
+    return str(exc).strip() or type(exc).__name__
+
+
+def is_engine_failure(exc: BaseException) -> bool:
+    """An error raised by the Docker SDK or its HTTP transport (API error, connection, build)."""
+    import docker.errors
+    import requests.exceptions
+
+    return isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError))
+
+
+@contextmanager
+def engine_step(service: str, step: str) -> Iterator[None]:
+    """Name the service and step (build, create, start, health, hook, ...) in any engine failure."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_engine_failure(exc):
+            raise
+        raise EngineError(f"{service}: {step} failed: {engine_words(exc)}") from None
 
 
 class MissingToolError(CcoasError):

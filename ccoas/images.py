@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import jinja2
 
-from ccoas.errors import HostError
+from ccoas.errors import EngineError, HostError
 from ccoas.host import HostLayout
 from ccoas.plan import TEMPLATES_DIR
 from ccoas.render import environment
@@ -162,7 +162,7 @@ def render_containerfile(recipe: Any, templates_dir: Path = TEMPLATES_DIR) -> st
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
-        raise HostError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise EngineError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
     return proc.stdout
 
 
@@ -267,14 +267,21 @@ def fetch_npm_app(layout: HostLayout, artifact: ArtifactLike, runtime_artifact: 
     return _fill(artifact_dir(layout, artifact, runtime_artifact), fill) / "tree"
 
 
-def _go_binary() -> str:
-    found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
-    if found is None:
-        raise HostError(
-            "the Go toolchain (1.24 or newer) is not installed on the host: MinIO and Ollama images are built "
-            "from their Go modules; install Go, or disable those components, or use `image: {source: registry}`"
-        )
+def toolchain_program(layout: HostLayout, toolchain: str, program: str) -> Path:
+    """A program of a toolchain host preparation installed (never one found on the PATH)."""
+    found = layout.toolchain_bin(toolchain) / program
+    if not os.access(found, os.X_OK):
+        raise HostError(f"the {toolchain} toolchain is not installed in {found.parent}: run `ccoas host prepare`")
     return found
+
+
+def toolchain_env(layout: HostLayout, toolchain: str) -> dict[str, str]:
+    """The host environment with ``toolchain`` first on the PATH and no other Go/Rust settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOROOT", "GOTOOLCHAIN", "CARGO_HOME", "RUSTUP_HOME", "RUSTC")}
+    env["PATH"] = f"{layout.toolchain_bin(toolchain)}{os.pathsep}/usr/sbin:/usr/bin:/sbin:/bin"
+    if toolchain == "go":
+        env["GOTOOLCHAIN"] = "local"  # never download another Go
+    return env
 
 
 def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
@@ -282,7 +289,7 @@ def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
     binary = artifact.binary or spec_name("go", artifact.spec)
 
     def fill(scratch: Path) -> None:
-        env = dict(os.environ)
+        env = toolchain_env(layout, "go")
         env.update(
             GOBIN=str(scratch / "bin"),
             GOMODCACHE=str(layout.cache_root / "go" / "mod"),
@@ -292,7 +299,7 @@ def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
             GOFLAGS="-trimpath -modcacherw",
         )
         ldflags = list(getattr(artifact, "ldflags", ()))
-        cmd = [_go_binary(), "install", *(["-ldflags", " ".join(ldflags)] if ldflags else []), artifact.spec]
+        cmd = [str(toolchain_program(layout, "go", "go")), "install", *(["-ldflags", " ".join(ldflags)] if ldflags else []), artifact.spec]
         _run(cmd, f"go install {artifact.spec}", env=env)
         built = scratch / "bin" / binary
         if not built.is_file():
@@ -401,7 +408,7 @@ def _imported_id(reply: Any) -> str:
         except ValueError:
             continue
         if "error" in message:
-            raise HostError(f"image import failed: {message['error']}")
+            raise EngineError(f"image import failed: {message['error']}")
         image_id = message.get("id") or message.get("status", "")
         if image_id.startswith("sha256:"):
             return image_id
@@ -431,16 +438,16 @@ def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress
             labels={"io.ccoas.component": recipe.component, "io.ccoas.digest": recipe.digest},
         ):
             if "error" in chunk:
-                raise HostError(f"{recipe.component}: build failed: {chunk['error']}\n{''.join(log[-40:])}")
+                raise EngineError(f"{recipe.component}: build failed: {chunk['error']}\n{''.join(log[-40:])}")
             line = chunk.get("stream", "")
             if line:
                 log.append(line)
                 if line.strip():
                     progress(recipe.component, line.rstrip())
-    except docker.errors.APIError as exc:
-        raise HostError(f"{recipe.component}: build failed: {exc}\n{''.join(log[-40:])}") from None
+    except (docker.errors.APIError, docker.errors.BuildError) as exc:
+        raise EngineError(f"{recipe.component}: build failed: {exc}\n{''.join(log[-40:])}") from None
     if not image_present(client, ref):
-        raise HostError(f"{recipe.component}: build ended without producing {ref}\n{''.join(log[-40:])}")
+        raise EngineError(f"{recipe.component}: build ended without producing {ref}\n{''.join(log[-40:])}")
     shutil.rmtree(context, ignore_errors=True)
 
 

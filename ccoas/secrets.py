@@ -310,9 +310,13 @@ def generate(secret: Secret) -> str:
 @dataclass(frozen=True)
 class SecretInfo:
     name: str
+    """OWNER/NAME, what ``ccoas secrets get`` takes."""
     path: str
     version: int | None
     readers: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "path": self.path, "version": self.version, "readers": list(self.readers)}
 
 
 @dataclass
@@ -396,9 +400,31 @@ class SecretStore:
     def list(self) -> list[SecretInfo]:
         assert self.plan.vault is not None
         return [
-            SecretInfo(s.name, f"{self.plan.vault.kv_mount}/data/{self._full(s)}", self.version(s), s.readers)
+            SecretInfo(s.vault_path, f"{self.plan.vault.kv_mount}/data/{self._full(s)}", self.version(s), s.readers)
             for s in self.plan.secrets
         ]
+
+    def get(self, name: str) -> str:
+        """The current value of the secret named ``name`` (OWNER/NAME), read with the policy of
+        a service that reads it (ccoas's own token cannot read values)."""
+        assert self.plan.vault is not None
+        secret = next((s for s in self.plan.secrets if s.vault_path == name), None)
+        if secret is None:
+            known = ", ".join(sorted(s.vault_path for s in self.plan.secrets))
+            raise CcoasError(f"no secret {name!r} in stack {self.plan.stack}; `ccoas secrets list` shows: {known}")
+        if not secret.readers:
+            raise CcoasError(f"{name}: no service reads it, so no policy may read its value")
+        reader = self.service_client(secret.readers[0])
+        try:
+            response = reader.secrets.kv.v2.read_secret_version(
+                self._full(secret), mount_point=self.plan.vault.kv_mount, raise_on_deleted_version=True
+            )
+        finally:
+            try:
+                reader.auth.token.revoke_self()
+            except Exception:  # noqa: BLE001 - the token expires in minutes anyway
+                pass
+        return response["data"]["data"]["value"]
 
     def service_client(self, service: str):
         """A short-lived token carrying only ``service``'s policy."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ccoas.engine.docker_api import SPEC_LABEL, container_create_body, spec_hash
-from ccoas.errors import EngineError, HostError
+from ccoas.errors import EngineError, HostError, engine_step
 from ccoas.host import HostLayout, ensure_api_service, host_layout
 from ccoas.images import build_images, image_present
 from ccoas.plan import LABEL_PREFIX, HealthCheck, Plan, Service
@@ -75,11 +75,13 @@ class LocalEngine:
     # -- connection -------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, plan: Plan, progress: Any = None, layout: HostLayout | None = None) -> "LocalEngine":
+    def connect(cls, plan: Plan, progress: Any = None, layout: HostLayout | None = None, recover: bool = False) -> "LocalEngine":
+        """Connect to the engine user's API socket, starting the service if need be; ``recover``
+        (``up`` only) also clears a dead session's stale runtime dir first."""
         import docker
 
         layout = layout or host_layout()
-        base_url = ensure_api_service(layout)
+        base_url = ensure_api_service(layout, recover=recover)
         try:
             client = docker.DockerClient(base_url=base_url, timeout=600)
             client.ping()
@@ -150,7 +152,7 @@ class LocalEngine:
         missing_registry = self._missing("registry")
         if missing_registry:
             refs = ", ".join(f"{s.name} ({s.image.ref})" for s in missing_registry)
-            raise EngineError(
+            raise HostError(
                 f"registry images not on this host: {refs}. ccoas never pulls while provisioning: "
                 f"run `ccoas images pull` (this host must reach the registry), or use `source: local` "
                 f"where a local recipe exists"
@@ -159,7 +161,7 @@ class LocalEngine:
         if missing_local:
             if not build:
                 names = ", ".join(s.name for s in missing_local)
-                raise EngineError(f"local images missing for {names}: run `ccoas images build` or drop --no-build")
+                raise HostError(f"local images missing for {names}: run `ccoas images build` or drop --no-build")
             self.build_images()
 
     # -- up ---------------------------------------------------------------------------------
@@ -178,22 +180,29 @@ class LocalEngine:
         """
         changes = 0
         self._fingerprints = {}
-        self._wait(service, service.liveness, "alive", timeout)
+        with engine_step(service.name, "health"):
+            self._wait(service, service.liveness, "alive", timeout)
         for hook in service.hooks:
             if hook.stage == "alive":
-                changes += self._run_hook(service, hook)
-        self._wait(service, service.healthcheck, "ready", timeout)
+                with engine_step(service.name, f"hook {hook.kind}"):
+                    changes += self._run_hook(service, hook)
+        with engine_step(service.name, "health"):
+            self._wait(service, service.healthcheck, "ready", timeout)
         for hook in service.hooks:
             if hook.stage == "ready":
-                changes += self._run_hook(service, hook)
+                with engine_step(service.name, f"hook {hook.kind}"):
+                    changes += self._run_hook(service, hook)
         return changes, self._fingerprints
 
     def up(self, build: bool = True, timeout: int = 300) -> UpResult:
         started = time.monotonic()
-        self.prepare_files(build)
+        with engine_step("images", "build"):
+            self.prepare_files(build)
         changes = 0
-        changes += self._ensure_networks()
-        changes += self._ensure_volumes()
+        with engine_step(f"stack {self.plan.stack} networks", "create"):
+            changes += self._ensure_networks()
+        with engine_step(f"stack {self.plan.stack} volumes", "create"):
+            changes += self._ensure_volumes()
         fingerprints: dict[str, str] = {}
         replaced: set[str] = set()
         timings: dict[str, float] = {}
@@ -202,12 +211,13 @@ class LocalEngine:
             for name in tier:
                 began = time.monotonic()
                 service = self.plan.service(name)
-                changed = self._ensure_container(service, fingerprints.get(name, ""))
+                changed = self._ensure_container(service, fingerprints.get(name, ""))  # names its steps
                 if not changed and any(d.service in replaced for d in service.depends_on):
                     # its dependency got a new container (and address): restart it so it
                     # resolves and connects afresh, without recreating it
                     self._step(f"restarting {service.container_name}: a dependency was replaced")
-                    self._container(service).restart()
+                    with engine_step(name, "start"):
+                        self._container(service).restart()
                     changed = 1
                 if changed:
                     replaced.add(name)
@@ -332,27 +342,29 @@ class LocalEngine:
         return body
 
     def _ensure_container(self, service: Service, fingerprint: str) -> int:
-        body = self.desired_body(service, fingerprint)
+        with engine_step(service.name, "create"):
+            body = self.desired_body(service, fingerprint)
         current = self._container(service)
         if current is not None and current.labels.get(SPEC_LABEL) == body["Labels"][SPEC_LABEL]:
             if current.status == "running":
                 return 0
             self._step(f"starting {service.container_name}")
-            self._connect_other_networks(service, current)
-            current.start()
+            with engine_step(service.name, "start"):
+                self._connect_other_networks(service, current)
+                current.start()
             return 1
-        if current is not None:
-            self._step(f"recreating {service.container_name} (its desired state changed)")
-            current.remove(force=True)
-        else:
-            self._step(f"creating {service.container_name}")
-        try:
+        with engine_step(service.name, "create"):
+            if current is not None:
+                self._step(f"recreating {service.container_name} (its desired state changed)")
+                current.remove(force=True)
+            else:
+                self._step(f"creating {service.container_name}")
             created = self.client.api.create_container_from_config(body, name=service.container_name)
-        except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"{service.name}: the engine refused the container: {exc}") from None
-        container = self.client.containers.get(created["Id"])
-        self._connect_other_networks(service, container)
-        container.start()
+            container = self.client.containers.get(created["Id"])
+            self._connect_other_networks(service, container)
+        self._step(f"starting {service.container_name}")
+        with engine_step(service.name, "start"):
+            container.start()
         return 1
 
     def _connect_other_networks(self, service: Service, container: Any) -> None:
