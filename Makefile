@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 host: setup
-	$(CCOAS) host prepare
+	$(CCOAS) host prepare $(STACK)
 
 up: host
 	$(CCOAS) up $(STACK)

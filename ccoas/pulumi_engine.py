@@ -267,7 +267,7 @@ def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -
     passphrase_env()
     from ccoas.engine.local import LocalEngine
 
-    local = LocalEngine.connect(plan)
+    local = LocalEngine.connect(plan, recover=True)  # an `up`: may clear a dead engine session
     paths, docker_host = local.paths, local.layout.base_url
     local.prepare_files()
     if plan.vault is not None:
