@@ -270,6 +270,36 @@ class VaultPlan(Model):
     """The socket's file name in that directory: ccoas talks to Vault there, never over a port."""
 
 
+class TableChanges(Model):
+    """How one application table announces its changes."""
+
+    schema_name: str
+    table: str
+    channel: str
+    """The NOTIFY channel (a plain identifier, at most 63 bytes: ``LISTEN <channel>``)."""
+    key: tuple[str, ...]
+    """The primary key columns: the only values a notification or a log entry carries."""
+
+
+class ChangeFeed(Model):
+    """Data change as an event stream: a trigger per table writes the change log and notifies.
+
+    Payload on the table's channel: ``{"schema", "table", "op", "key", "seq"}`` (op is INSERT,
+    UPDATE, DELETE or TRUNCATE; a key longer than :attr:`payload_key_bytes` is sent as null and
+    read from the log by its seq). Never a row value."""
+
+    log_table: str = "ccoas.change_log"
+    resume_function: str = "ccoas.changes_since"
+    """``ccoas.changes_since(after_seq, max_entries)``: the entries after a watermark, in order,
+    each row re-read through the caller's own row-level security."""
+    resync_sqlstate: str = "CC001"
+    """What ``changes_since`` raises when the watermark is older than the retained log."""
+    payload_key_bytes: int = 1024
+    max_entries: int
+    max_age_hours: int
+    tables: tuple[TableChanges, ...]
+
+
 class Plan(Model):
     schema_version: int = PLAN_SCHEMA_VERSION
     stack: str
@@ -287,6 +317,8 @@ class Plan(Model):
     tls: Tls | None
     vault: VaultPlan | None
     app_schema: Schema
+    changes: ChangeFeed | None = None
+    """The change feed of the application tables (with postgres only)."""
 
     def service(self, name: str) -> Service:
         for service in self.services:

@@ -16,6 +16,7 @@ it to :data:`CATALOG` and to ``ccoas.stack.COMPONENTS``.
 
 from __future__ import annotations
 
+import hashlib
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Callable
@@ -23,8 +24,8 @@ from typing import Any, Callable
 from ccoas.components import directus, hasura, minio, nginx, ollama, postgres, redis, vault
 from ccoas.components.base import Component, Context
 from ccoas.errors import Problem, StackError
-from ccoas.plan import LABEL_PREFIX, Bucket, Network, Plan, Tls, VaultPlan, VaultPolicy
-from ccoas.stack import COMPONENTS, Stack, check_name, read_stack, validate_document
+from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy
+from ccoas.stack import COMPONENTS, RESERVED_SCHEMAS, Schema, Stack, check_name, read_stack, validate_document
 
 CATALOG: dict[str, Component] = {
     m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgres, redis, minio, ollama, vault)
@@ -146,6 +147,13 @@ def ensure_tls_consistent(stack: Stack) -> list[tuple[str, str]]:
     return problems
 
 
+def ensure_schema_name_free(stack: Stack) -> list[tuple[str, str]]:
+    name = stack.schema_.name
+    if name in RESERVED_SCHEMAS or name.startswith("pg_"):
+        return [("schema.name", f"{name!r} is reserved (ccoas, public, information_schema and pg_*): choose another schema name")]
+    return []
+
+
 def ensure_tables_have_postgres(stack: Stack) -> list[tuple[str, str]]:
     if stack.schema_.tables and "postgres" not in stack.enabled():
         return [("schema.tables", "tables need postgres, which is not enabled")]
@@ -217,6 +225,7 @@ RULES: tuple[Rule, ...] = (
     ensure_host_ports_unique,
     ensure_no_cycles,
     ensure_tls_consistent,
+    ensure_schema_name_free,
     ensure_tables_have_postgres,
     ensure_tables_well_formed,
     ensure_embedded_columns_valid,
@@ -309,6 +318,37 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
         tls=tls,
         vault=vault_plan,
         app_schema=stack.schema_,
+        changes=change_feed(stack.schema_) if "postgres" in ctx.enabled else None,
+    )
+
+
+CHANNEL_BYTES = 63
+"""Postgres truncates identifiers (and so channel names) to NAMEDATALEN - 1 bytes."""
+
+
+def change_channel(schema: str, table: str) -> str:
+    """``ccoas_<schema>_<table>``; past 63 bytes a hash of the full name keeps it unique."""
+    channel = f"ccoas_{schema}_{table}"
+    if len(channel) <= CHANNEL_BYTES:
+        return channel
+    suffix = hashlib.sha256(channel.encode()).hexdigest()[:8]
+    return f"{channel[: CHANNEL_BYTES - 9]}_{suffix}"
+
+
+def change_feed(schema: Schema) -> ChangeFeed:
+    """Every application table's channel and key, and the log's retention."""
+    return ChangeFeed(
+        max_entries=schema.changes.max_entries,
+        max_age_hours=schema.changes.max_age_hours,
+        tables=tuple(
+            TableChanges(
+                schema_name=schema.name,
+                table=table.name,
+                channel=change_channel(schema.name, table.name),
+                key=tuple(c.name for c in table.columns if c.primary_key),
+            )
+            for table in schema.tables
+        ),
     )
 
 

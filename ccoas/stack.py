@@ -159,9 +159,20 @@ class Table(_Strict):
         return tuple(c for c in self.columns if c.primary_key)
 
 
+class ChangeRetention(_Strict):
+    """How long the change log keeps entries: an entry goes when it is older than ``max_age_hours``
+    or when ``max_entries`` newer ones follow it, whichever comes first. A subscriber whose
+    watermark falls before what is kept is told to resync."""
+
+    max_entries: Annotated[int, Field(ge=100, le=100_000_000)] = 100_000
+    max_age_hours: Annotated[int, Field(ge=1, le=24 * 366)] = 168
+
+
 class Schema(_Strict):
     name: Annotated[str, Field(pattern=IDENT_RE)] = "app"
     tables: tuple[Table, ...] = ()
+    changes: ChangeRetention = ChangeRetention()
+    """Retention of the change log every table's trigger writes to (see :class:`ccoas.plan.ChangeFeed`)."""
 
     def embedded_tables(self) -> tuple[Table, ...]:
         return tuple(t for t in self.tables if t.embedded)
@@ -214,6 +225,9 @@ class Stack(_Strict):
         return self.component(name).image.source or self.images.source or "registry"
 
 
+RESERVED_SCHEMAS = ("ccoas", "public", "information_schema")
+"""``ccoas`` holds the change log and the identity functions; the others belong to Postgres or Directus."""
+
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -236,7 +250,8 @@ def _expected_keys(loc: tuple[Any, ...]) -> list[str]:
     for item in loc[:-1]:
         if isinstance(item, int):
             continue
-        field = model.model_fields.get(item) if hasattr(model, "model_fields") else None
+        fields = getattr(model, "model_fields", {})
+        field = fields.get(item) or next((f for f in fields.values() if f.alias == item), None)
         if field is None:
             return []
         annotation = field.annotation

@@ -57,7 +57,7 @@ NETWORKS = {
 # must bump PLAN_SCHEMA_VERSION. Nested objects must keep at least the keys listed.
 PLAN_KEYS = {
     "schema_version", "stack", "environment", "domain", "labels", "networks", "volumes", "secrets",
-    "services", "start_order", "tls", "vault", "app_schema", "buckets",
+    "services", "start_order", "tls", "vault", "app_schema", "buckets", "changes",
 }  # fmt: skip
 SERVICE_KEYS = {
     "name", "container_name", "summary", "image", "user", "entrypoint", "command", "environment",
@@ -73,6 +73,8 @@ HEALTHCHECK_KEYS = {"test", "interval_s", "timeout_s", "retries", "start_period_
 SECRET_MOUNT_KEYS = {"secret", "target", "uid", "gid", "mode"}
 LIMITS_KEYS = {"memory_bytes", "nano_cpus", "pids"}
 VAULT_KEYS = {"kv_mount", "prefix", "policies", "ccoas_policy", "audit_path", "socket_mount", "socket_file"}
+CHANGES_KEYS = {"log_table", "resume_function", "resync_sqlstate", "payload_key_bytes", "max_entries", "max_age_hours", "tables"}
+TABLE_CHANGES_KEYS = {"schema_name", "table", "channel", "key"}
 TLS_KEYS = {"mode", "domain", "cert_file", "key_file"}
 
 DIGEST_PINNED = re.compile(r"^[a-z0-9][^\s@]*@sha256:[0-9a-f]{64}$")
@@ -363,6 +365,10 @@ def test_plan_json_schema(stack, load_plan):
         assert "value" not in secret
     assert VAULT_KEYS <= set(data["vault"])
     assert TLS_KEYS <= set(data["tls"])
+    assert CHANGES_KEYS <= set(data["changes"])
+    assert [t["table"] for t in data["changes"]["tables"]] == [t["name"] for t in data["app_schema"]["tables"]]
+    for table in data["changes"]["tables"]:
+        assert TABLE_CHANGES_KEYS <= set(table)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -547,3 +553,28 @@ def test_local_image_ref_is_keyed_by_the_recipe_files(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_every_component_is_registry_pinned(name):
     assert DIGEST_PINNED.fullmatch(CATALOG[name].registry_image), CATALOG[name].registry_image
+
+
+@pytest.mark.parametrize(
+    ("schema", "table", "channel"),
+    [
+        ("app", "notes", "ccoas_app_notes"),
+        ("a" * 63, "t", None),
+        ("app", "b" * 63, None),
+    ],
+)
+def test_change_channels_are_identifiers_of_at_most_63_bytes(schema, table, channel):
+    from ccoas.planner import change_channel
+
+    got = change_channel(schema, table)
+    assert len(got.encode()) <= 63 and re.fullmatch(r"[a-z_][a-z0-9_]*", got)
+    if channel is not None:
+        assert got == channel
+    assert change_channel(schema, table + "x") != got
+
+
+def test_change_retention_comes_from_the_stack(stack_document, write_stack, tmp_path, load_plan):
+    document = stack_document("dev")
+    document["schema"]["changes"] = {"max_entries": 500, "max_age_hours": 2}
+    plan = load_plan(write_stack(tmp_path, document))
+    assert (plan.changes.max_entries, plan.changes.max_age_hours) == (500, 2)

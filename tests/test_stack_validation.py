@@ -140,6 +140,9 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
     ("tls-supplied-without-key", "prod", drop("tls", "key"), "tls", "key"),
     ("tls-generate-in-prod", "prod", put("tls", value={"mode": "generate"}), "tls.mode", "prod"),
     ("tls-generate-with-cert", "dev", put("tls", "cert", value="/x.pem"), "tls", "supplied"),
+    ("schema-name-reserved", "prod", put("schema", "name", value="ccoas"), "schema.name", "reserved"),
+    ("change-log-too-short", "prod", put("schema", "changes", value={"max_entries": 10}), "schema.changes.max_entries", "100"),
+    ("change-log-unknown-key", "prod", put("schema", "changes", value={"max_rows": 10}), "schema.changes.max_rows", "max_entries"),
     ("tables-without-postgres", "dev", both(put("components", "postgres", "enabled", value=False), put("components", "directus", "enabled", value=False)), "schema.tables", "postgres"),
 ]
 
