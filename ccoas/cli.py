@@ -7,6 +7,7 @@ so does any engine failure that reaches the command line unnamed.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -56,6 +57,16 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", help="Override the sta
 F = TypeVar("F", bound=Callable[..., object])
 
 
+class Engine(str, enum.Enum):
+    """Which engine provisions the plan: the Docker Engine API on the rootless socket, or Pulumi."""
+
+    local = "local"
+    pulumi = "pulumi"
+
+
+EngineOpt = Annotated[Engine, typer.Option("--engine", help="local (Docker Engine API on the rootless socket) or pulumi.")]
+
+
 def reports_errors(func: F) -> F:
     """Turn ccoas errors into a message and their exit code; engine failures into exit code 1."""
 
@@ -87,8 +98,7 @@ def reports_errors(func: F) -> F:
 
 
 def _plan(stack: Path, name: str | None):
-    from ccoas.planner import build_plan
-    from ccoas.planner import load_stack
+    from ccoas.planner import build_plan, load_stack
 
     return build_plan(load_stack(stack), name=name)
 
@@ -176,19 +186,24 @@ def render(
 def up(
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
-    engine: Annotated[str, typer.Option(help="local (Docker Engine API on the rootless socket) or pulumi.")] = "local",
+    engine: EngineOpt = Engine.local,
     build: Annotated[bool, typer.Option(help="Build missing local images first.")] = True,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for each service to become healthy.")] = 300,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the operations `up` would apply, one per line; change nothing.")] = False,
 ) -> None:
     """Provision the stack in rootless containers and wait until everything is healthy."""
     resolved = _plan(stack, name)
-    if engine == "pulumi":
+    if engine is Engine.pulumi:
         from ccoas import pulumi_engine
 
-        pulumi_engine.up_from_cli(resolved, stack)
+        if dry_run:
+            pulumi_engine.preview_from_cli(resolved, stack)
+        else:
+            pulumi_engine.up_from_cli(resolved, stack)
         return
-    if engine != "local":
-        raise CcoasError(f"--engine: expected local or pulumi, got {engine!r}")
+    if dry_run:
+        _print_operations(_engine(resolved).up(dry_run=True).operations)
+        return
     from ccoas.report import ProgressReporter, login_hints, status_table
 
     engine_ = _preflight(resolved, stack, recover=True)
@@ -203,13 +218,27 @@ def up(
     out.print(f"{result.changes} changes", highlight=False)
 
 
+def _print_operations(operations: list) -> None:
+    for operation in operations:
+        out.print(str(operation), highlight=False, soft_wrap=True)
+    out.print(f"{len(operations)} operations", highlight=False)
+
+
 @app.command()
 @reports_errors
-def preview(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
-    """Show what `ccoas up --engine pulumi` would change (Pulumi Automation API)."""
+def preview(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    engine: Annotated[Engine, typer.Option("--engine", help="pulumi (the default here) or local (same as `up --dry-run`).")] = Engine.pulumi,
+) -> None:
+    """Show what `ccoas up --engine ENGINE` would change; changes nothing."""
+    resolved = _plan(stack, name)
+    if engine is Engine.local:
+        _print_operations(_engine(resolved).up(dry_run=True).operations)
+        return
     from ccoas import pulumi_engine
 
-    pulumi_engine.preview_from_cli(_plan(stack, name), stack)
+    pulumi_engine.preview_from_cli(resolved, stack)
 
 
 @app.command()
@@ -218,9 +247,15 @@ def down(
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
     purge: Annotated[bool, typer.Option("--purge", help="Also remove volumes, secrets and state: everything the stack owns.")] = False,
+    engine: EngineOpt = Engine.local,
 ) -> None:
     """Remove the stack's containers and networks; volumes are kept unless --purge."""
     resolved = _plan(stack, name)
+    if engine is Engine.pulumi:
+        from ccoas import pulumi_engine
+
+        pulumi_engine.down_from_cli(resolved, stack, purge=purge)
+        return
     with engine_step(f"stack {resolved.stack}", "remove"):
         removed = _engine(resolved).down(purge=purge)
     out.print(f"removed {removed}", highlight=False)
@@ -232,13 +267,19 @@ def status(
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable status.")] = False,
+    engine: EngineOpt = Engine.local,
 ) -> None:
-    """Show each service's state, health and endpoints (observes only; changes nothing).
+    """Show each service's state, health and endpoints (observes only; changes nothing; the
+    containers are read from the engine whichever engine made them).
 
     Exit code 3 when a service is not running and healthy, so a CI job can gate on it."""
     from ccoas.report import status_table
 
     resolved = _plan(stack, name)
+    if engine is Engine.pulumi:
+        from ccoas import pulumi_engine
+
+        pulumi_engine.require_tools()  # the stack is Pulumi's: without its tools, say so first
     local = _engine(resolved)
     with engine_step(f"stack {resolved.stack}", "status"):
         rows = local.status()

@@ -11,7 +11,8 @@ needs neither).
 
 Rendering the config, materialising secret files from Vault and the plan's hooks (Vault
 init/unseal, the Postgres bootstrap) are steps, not resources: :func:`up_from_cli` runs them
-with the local engine's own functions around the Pulumi updates (Vault first, targeted).
+through :class:`ccoas.steps.Steps`, the same steps the local engine runs, around the Pulumi
+updates (Vault first, targeted). It never touches the local engine.
 :func:`up` alone refuses to start while a file the containers bind-mount is missing.
 """
 
@@ -265,17 +266,46 @@ def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -
     """
     require_tools()  # before touching the host: a missing CLI is the first thing to say
     passphrase_env()
-    from ccoas.engine.local import LocalEngine
+    from ccoas.engine.runtime import Runtime
+    from ccoas.state import stack_paths
+    from ccoas.steps import Steps
 
-    local = LocalEngine.connect(plan, recover=True)  # an `up`: may clear a dead engine session
-    paths, docker_host = local.paths, local.layout.base_url
-    local.prepare_files()
+    runtime = Runtime.connect(recover=True)  # an `up`: may clear a dead engine session
+    paths, docker_host = stack_paths(runtime.layout.state_root, runtime.layout.runtime_dir, plan.stack), runtime.layout.base_url
+    steps = Steps(plan, paths, runtime)
+    steps.prepare()
     if plan.vault is not None:
         up(plan, paths, docker_host, stack_file, only=["vault"], on_output=on_output)
-        local.settle(plan.service("vault"))
+        steps.settle(plan.service("vault"))
     result = up(plan, paths, docker_host, stack_file, on_output=on_output)
     for service in plan.services:
-        local.settle(service)
+        steps.settle(service)
+    on_output(f"{result.changes} changes")
+    return result
+
+
+def down_from_cli(plan: Plan, stack_file: str | Path, purge: bool = False, on_output: Output = print) -> PulumiResult:
+    """``ccoas down --engine pulumi``: destroy the containers and networks (volumes too with
+    ``purge``, and then the stack's state and secret files, as the local engine's purge does)."""
+    from pulumi import automation as auto
+
+    require_tools()
+    passphrase_env()
+    paths, docker_host = _host(plan)
+    stack = workspace_stack(plan, paths, docker_host, stack_file)
+    prefix = f"urn:pulumi:{plan.stack}::{PROJECT}::"
+    targets = [f"{prefix}docker:index/container:Container::{s.name}" for s in plan.services]
+    targets += [f"{prefix}docker:index/network:Network::{n.name}" for n in plan.networks]
+    try:
+        destroyed = stack.destroy(on_output=on_output) if purge else stack.destroy(on_output=on_output, target=targets)
+    except auto.CommandError as exc:
+        raise CcoasError(f"pulumi destroy failed: {_last_line(exc)}") from None
+    operations = {str(_op(k)): v for k, v in (destroyed.summary.resource_changes or {}).items()}
+    if purge:
+        for directory in (paths.runtime, paths.state):
+            if directory.exists():
+                shutil.rmtree(directory)
+    result = PulumiResult(operations=operations)
     on_output(f"{result.changes} changes")
     return result
 

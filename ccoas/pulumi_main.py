@@ -25,9 +25,8 @@ def setting(config: pulumi.Config, key: str, env: str) -> str | None:
 
 def main() -> None:
     from ccoas.host import host_layout
-    from ccoas.planner import build_plan
+    from ccoas.planner import build_plan, load_stack
     from ccoas.pulumi_program import declare
-    from ccoas.planner import load_stack
     from ccoas.state import stack_paths
 
     config = pulumi.Config("ccoas")

@@ -20,6 +20,7 @@ rendered ``policies.hcl`` is the live policy text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -32,7 +33,8 @@ import jinja2
 import yaml
 
 from ccoas.errors import CcoasError
-from ccoas.plan import TEMPLATES_DIR, Plan, Service, VaultPolicy
+from ccoas import plan as plan_types
+from ccoas.plan import Plan, Service, VaultPolicy
 
 TEMPLATE_SUFFIX = ".j2"
 FILE_MODE = 0o644
@@ -120,9 +122,14 @@ def mebibytes(value: int | None, fraction: float = 1.0, default: int = 0) -> int
     return max(1, int(value * fraction) // 1024**2)
 
 
+def environment(templates_dir: Path | None = None) -> jinja2.Environment:
+    """The one Jinja environment of every template: config files and the images' Containerfiles
+    (``templates_dir``: :data:`ccoas.plan.TEMPLATES_DIR`, read at each call)."""
+    return _environment(templates_dir or plan_types.TEMPLATES_DIR)
+
+
 @lru_cache(maxsize=None)
-def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
-    """The one Jinja environment of every template: config files and the images' Containerfiles."""
+def _environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
@@ -199,14 +206,39 @@ def rendered_files(plan: Plan) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def render(plan: Plan, out: Path) -> list[Path]:
-    """Write every rendered file under ``out``; returns their paths, sorted.
+def config_digest(files: dict[str, str], source: str) -> str:
+    """The content hash of one service's rendered config directory (paths, modes, bytes), from
+    :func:`rendered_files` alone: equal to hashing the directory :func:`render` writes."""
+    prefix = f"{source}/"
+    entries: dict[tuple[str, ...], str | None] = {}
+    for relative, text in files.items():
+        if not relative.startswith(prefix):
+            continue
+        parts = tuple(relative[len(prefix) :].split("/"))
+        for depth in range(1, len(parts)):
+            entries.setdefault(parts[:depth], None)
+        entries[parts] = relative
+    if not entries:
+        return ""
+    digest = hashlib.sha256()
+    for parts in sorted(entries):
+        rel, relative = "/".join(parts), entries[parts]
+        if relative is None:
+            digest.update(f"{rel}/\0".encode())
+        else:
+            digest.update(f"{rel}\0{file_mode(relative):o}\0".encode() + files[relative].encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def render(plan: Plan, out: Path, files: dict[str, str] | None = None) -> list[Path]:
+    """Write every rendered file under ``out`` (``files``: :func:`rendered_files` of ``plan``,
+    when the caller has them already); returns their paths, sorted.
 
     Files are replaced atomically (a symlink in ``out`` is replaced, never followed);
     directories this call creates get mode 0755. Nothing is removed.
     """
     out = Path(out)
-    files = rendered_files(plan)
+    files = rendered_files(plan) if files is None else files
     _make_dirs(out)
     written: list[Path] = []
     for relative, text in files.items():

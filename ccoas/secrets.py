@@ -28,11 +28,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 from urllib.parse import quote
 
 from ccoas.errors import CcoasError
-from ccoas.plan import Plan, Secret, VaultPolicy
+from ccoas.plan import Plan, Secret, Service, VaultPolicy
 from ccoas.state import StackPaths
 
 SERVICE_TOKEN_TTL = "5m"
@@ -294,6 +294,13 @@ class VaultBootstrap:
         return False
 
 
+def secrets_fingerprint(service: Service, versions: Mapping[str, int | None]) -> str:
+    """A hash of the versions (never the values) of the secrets ``service`` mounts: it goes into
+    the container's spec hash, so a rotated secret recreates exactly the services that read it."""
+    lines = [f"{mount.secret}:{versions.get(mount.secret)}" for mount in service.secrets]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def generate(secret: Secret) -> str:
     """A fresh value for ``secret`` from the CSPRNG (TLS pairs are made by :func:`ccoas.tls.tls_pair`)."""
     if secret.generator == "password":
@@ -355,6 +362,10 @@ class SecretStore:
         except _vault_failures() as exc:
             raise VaultError(f"reading {path} failed ({type(exc).__name__}: {exc}); nothing was written") from exc
         return int(meta["data"]["current_version"])
+
+    def versions(self) -> dict[str, int | None]:
+        """Every plan secret's current version in Vault (``None``: not written yet)."""
+        return {s.name: self.version(s) for s in self.plan.secrets}
 
     def put(self, secret: Secret, value: str) -> None:
         assert self.plan.vault is not None
@@ -469,11 +480,11 @@ class SecretStore:
         for service in self.plan.services:
             if not service.secrets:
                 continue
-            versions = []
+            versions: dict[str, int | None] = {}
             for mount, value, version in self._read_mounts(service):
-                versions.append(f"{mount.secret}:{version}")
+                versions[mount.secret] = version
                 self._write_file(self.paths.secret_file(service.name, mount.secret), value, mount.uid, mount.gid)
-            fingerprints[service.name] = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
+            fingerprints[service.name] = secrets_fingerprint(service, versions)
         return fingerprints
 
     def export(self, out: Path) -> list[Path]:

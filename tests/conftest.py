@@ -32,8 +32,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def load_plan() -> Callable[..., Any]:
     """``load_plan("prod")``, ``load_plan("ci", name="pr-42")`` or ``load_plan(path)``: a fresh plan."""
-    from ccoas.planner import build_plan
-    from ccoas.planner import load_stack
+    from ccoas.planner import build_plan, load_stack
 
     def _load_plan(stack: str | Path, name: str | None = None):
         return build_plan(load_stack(stack_path(stack)), name=name)

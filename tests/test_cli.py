@@ -18,8 +18,7 @@ from rich.console import Console
 
 import ccoas.cli
 from ccoas.cli import app
-from ccoas.planner import build_plan
-from ccoas.planner import load_stack
+from ccoas.planner import build_plan, load_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO_ROOT / "stacks"
@@ -166,8 +165,9 @@ def test_check_rejects_a_bad_stack_before_running_controls(write_stack, tmp_path
     assert "StackError" not in result.stdout + result.stderr
 
 
-def test_up_rejects_an_unknown_engine_before_anything_runs(runner):
-    result = runner.invoke(app, ["up", str(PROD), "--engine", "nomad"])
+@pytest.mark.parametrize("command", ["up", "down", "status", "preview"])
+def test_engine_is_a_choice_checked_before_anything_runs(runner, command):
+    result = runner.invoke(app, [command, str(PROD), "--engine", "nomad"])
 
     assert result.exit_code == 2, result.output
     assert "--engine" in result.stderr
@@ -213,3 +213,18 @@ def test_pulumi_engine_without_the_cli_exits_2_with_what_to_install(runner, monk
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert "pulumi.com" in result.stderr and "--engine local" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["up", "--dry-run"], ["preview", "--engine", "local"]])
+def test_dry_run_prints_one_operation_a_line_then_the_count(runner, monkeypatch, command):
+    from types import SimpleNamespace
+
+    from ccoas.engine.diff import Operation
+
+    operations = [Operation("recreate", "container", "postgres", "image changed"), Operation("create", "network", "prod-db", "missing")]
+    fake = SimpleNamespace(up=lambda dry_run=False, **_: SimpleNamespace(operations=operations if dry_run else None))
+    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None: fake)
+    result = runner.invoke(app, [command[0], str(PROD), *command[1:]])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["recreate postgres: image changed", "create network prod-db: missing", "2 operations"]

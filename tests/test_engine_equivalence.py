@@ -134,8 +134,7 @@ def check_equivalent(plan: Plan, result: Declared, service_name: str) -> None:
 
 
 def _cases() -> list[tuple[str, str]]:
-    from ccoas.planner import build_plan
-    from ccoas.planner import load_stack
+    from ccoas.planner import build_plan, load_stack
 
     stacks_dir = Path(__file__).resolve().parent.parent / "stacks"
     cases = []

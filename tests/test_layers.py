@@ -53,7 +53,7 @@ def test_the_import_walk_sees_the_modules():
     # a walk that found nothing would pass the cycle test below vacuously
     assert {"ccoas.plan", "ccoas.planner", "ccoas.stack", "ccoas.engine.local", "ccoas.components.postgres"} <= set(MODULES)
     assert "ccoas.plan" in GRAPH["ccoas.planner"]
-    assert "ccoas.engine.local" in GRAPH["ccoas.pulumi_engine"] or "ccoas.steps" in GRAPH["ccoas.pulumi_engine"]
+    assert "ccoas.steps" in GRAPH["ccoas.pulumi_engine"] and "ccoas.engine.runtime" in GRAPH["ccoas.steps"]
 
 
 def test_no_module_imports_one_that_imports_it_back():
@@ -75,3 +75,14 @@ def test_components_import_only_the_plan_types_and_their_base(name):
 
 def test_the_component_base_imports_only_the_plan_and_the_schema():
     assert GRAPH["ccoas.components.base"] <= {"ccoas.plan", "ccoas.stack"}, GRAPH["ccoas.components.base"]
+
+
+def test_the_pulumi_engine_never_reaches_into_the_local_engine():
+    assert "ccoas.engine.local" not in GRAPH["ccoas.pulumi_engine"]
+    assert "ccoas.steps" in GRAPH["ccoas.pulumi_engine"]
+
+
+def test_the_diff_is_pure():
+    """It reads the plan and the observed state; it imports no engine, host or file code."""
+    assert GRAPH["ccoas.engine.diff"] <= {"ccoas.plan", "ccoas.engine.observed", "ccoas.errors"}, GRAPH["ccoas.engine.diff"]
+    assert GRAPH["ccoas.engine.observed"] == set()

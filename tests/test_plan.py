@@ -21,11 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ccoas.plan
-from ccoas.planner import CATALOG
+from ccoas.planner import CATALOG, build_plan, load_stack
 from ccoas.plan import LABEL_PREFIX, PLAN_SCHEMA_VERSION, Plan
-from ccoas.planner import build_plan
 from ccoas.stack import NAME_RE
-from ccoas.planner import load_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_NAMES = tuple(sorted(p.stem for p in (REPO_ROOT / "stacks").glob("*.yaml")))

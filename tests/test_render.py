@@ -20,9 +20,8 @@ import yaml
 
 from ccoas.compose import compose_document
 from ccoas.plan import Plan
-from ccoas.planner import build_plan
+from ccoas.planner import build_plan, load_stack, parse_stack
 from ccoas.render import RenderError, ccoas_policy_hcl, render, render_text, rendered_files, vault_policy_hcl
-from ccoas.planner import load_stack, parse_stack
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -508,3 +507,28 @@ def test_every_valid_combination_of_components_renders_consistently():
             assert set(re.findall(r"proxy_pass http://(\w+)", files["nginx/nginx.conf"])) == routed_upstreams(plan)
         if plan.has("hasura"):
             assert isinstance(yaml.safe_load(files["hasura/metadata/databases/default/tables/tables.yaml"]), list)
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_config_digest_from_memory_equals_the_digest_of_the_rendered_directory(key, tmp_path):
+    """The engine hashes a service's config without writing it (``up --dry-run``): the hash must
+    be the one of the directory ``render`` writes (paths, modes, bytes)."""
+    import hashlib
+
+    from ccoas.render import config_digest
+
+    plan = PLANS[key]
+    render(plan, tmp_path)
+    files = rendered_files(plan)
+    for service in plan.services:
+        if service.config is None:
+            continue
+        root = tmp_path / service.config.source
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file():
+                digest.update(f"{rel}\0{path.stat().st_mode & 0o777:o}\0".encode() + path.read_bytes() + b"\0")
+            else:
+                digest.update(f"{rel}/\0".encode())
+        assert config_digest(files, service.config.source) == digest.hexdigest(), service.name

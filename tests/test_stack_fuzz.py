@@ -23,9 +23,8 @@ from typer.testing import CliRunner
 from ccoas.cli import app
 from ccoas.errors import Problem, StackError
 from ccoas.plan import Plan
-from ccoas.planner import build_plan
+from ccoas.planner import build_plan, parse_stack
 from ccoas.stack import COMPONENTS, Stack, parse_yaml
-from ccoas.planner import parse_stack
 
 STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
 

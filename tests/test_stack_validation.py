@@ -17,10 +17,9 @@ from typing import Any, Callable
 import pytest
 
 from ccoas.cli import app
-from ccoas.planner import CATALOG
+from ccoas.planner import CATALOG, load_stack
 from ccoas.errors import StackError
 from ccoas.stack import Stack
-from ccoas.planner import load_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_NAMES = tuple(sorted(p.stem for p in (REPO_ROOT / "stacks").glob("*.yaml")))

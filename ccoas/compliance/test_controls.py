@@ -18,8 +18,7 @@ import testinfra
 
 from ccoas.host import host_layout
 from ccoas.plan import Plan
-from ccoas.planner import build_plan
-from ccoas.planner import load_stack
+from ccoas.planner import build_plan, load_stack
 
 
 @lru_cache(maxsize=1)

@@ -1,35 +1,52 @@
-"""The local engine: applies a plan through the Docker Engine API on a rootless socket.
+"""The local engine: applies a plan through the Docker Engine API on a rootless socket, in
+three steps.
 
-It converges rather than recreates. Each container carries a label with the hash of
-its desired state (the exact create body, the rendered config it mounts, the versions
-of the secrets it reads and the image id); a container whose hash matches and that is
-running is left alone, so a second ``up`` on an unchanged plan makes no changes.
+1. :meth:`LocalEngine.observe` reads the engine once into an
+   :class:`~ccoas.engine.observed.ObservedState` (containers and their spec labels,
+   networks, volumes, images, Vault's seal and secret versions, the inputs each step last
+   ran with);
+2. :func:`ccoas.engine.diff.diff` turns (plan, desired hashes, observed) into
+   :class:`~ccoas.engine.diff.Operation`\\ s, each with its cause — ``ccoas up --dry-run``
+   prints them;
+3. :meth:`LocalEngine.apply` carries them out, service by service in start order, and
+   settles what it touched (:class:`ccoas.steps.Steps`: health gating and hooks).
 
-Podman has no timer for health checks without systemd, so ccoas runs them itself
-through the libpod endpoint while it waits; on Docker the daemon runs them and ccoas
-only reads the result.
+Each container carries the hash of its desired state (the exact create body, the rendered
+config it mounts, the versions of the secrets it reads and the image id) and of each
+part, so an unchanged plan makes no operation and a changed one names its cause. Podman
+has no timer for health checks without systemd: ccoas runs them itself while it waits.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ccoas.engine.diff import (
+    VAULT_BOOTSTRAP,
+    VAULT_SECRETS,
+    Desired,
+    DesiredService,
+    Operation,
+    container_operation,
+    diff,
+    hook_step,
+)
 from ccoas.engine.docker_api import SPEC_LABEL, container_create_body, spec_hash
-from ccoas.errors import EngineError, HostError, engine_step
-from ccoas.host import HostLayout, ensure_api_service, host_layout
-from ccoas.images import build_images, image_present
-from ccoas.plan import LABEL_PREFIX, HealthCheck, Plan, Service
+from ccoas.engine.observed import ObservedContainer, ObservedNetwork, ObservedState, ObservedVault
+from ccoas.engine.runtime import Runtime
+from ccoas.errors import EngineError, engine_step
+from ccoas.host import HostLayout
+from ccoas.plan import LABEL_PREFIX, Plan, Service
 from ccoas.state import StackPaths, stack_paths
+from ccoas.steps import StepRecord, Steps, input_hash
 
-POLL_S = 1.0
+PART_LABEL = f"{SPEC_LABEL}."
+"""``io.ccoas.spec.<part>``: the hash of each part of a container's desired state."""
 
 
 @dataclass(frozen=True)
@@ -53,42 +70,32 @@ class ServiceStatus:
 @dataclass
 class UpResult:
     changes: int
+    """Operations applied (``0``: the stack was converged)."""
     status: list[ServiceStatus]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds from the start of ``up`` until each service was ready."""
     durations: dict[str, float] = field(default_factory=dict)
     """Seconds each service took on its own: container converged, alive, hooks, ready."""
+    operations: list[Operation] = field(default_factory=list)
 
 
 class LocalEngine:
-    def __init__(self, plan: Plan, layout: HostLayout, client: Any, paths: StackPaths, progress: Any = None):
+    def __init__(self, plan: Plan, runtime: Runtime, paths: StackPaths, progress: Any = None):
         self.plan = plan
-        self.layout = layout
-        self.client = client
+        self.runtime = runtime
+        self.client = runtime.client
+        self.layout: HostLayout = runtime.layout
         self.paths = paths
         self.progress = progress
-        self._podman: bool | None = None
-        self._fingerprints: dict[str, str] = {}
-        """Secret-version fingerprints per service, set by the ``vault-secrets`` hook."""
-
-    # -- connection -------------------------------------------------------------------------
+        self.steps = Steps(plan, paths, runtime, progress)
 
     @classmethod
     def connect(cls, plan: Plan, progress: Any = None, layout: HostLayout | None = None, recover: bool = False) -> "LocalEngine":
         """Connect to the engine user's API socket, starting the service if need be; ``recover``
         (``up`` only) also clears a dead session's stale runtime dir first."""
-        import docker
-
-        layout = layout or host_layout()
-        base_url = ensure_api_service(layout, recover=recover)
-        try:
-            client = docker.DockerClient(base_url=base_url, timeout=600)
-            client.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure here is "engine unreachable"
-            raise HostError(f"the container engine at {base_url} does not answer: {exc}") from None
-        paths = stack_paths(layout.state_root, layout.runtime_dir, plan.stack)
-        return cls(plan, layout, client, paths, progress)
+        runtime = Runtime.connect(layout, recover=recover)
+        return cls(plan, runtime, stack_paths(runtime.layout.state_root, runtime.layout.runtime_dir, plan.stack), progress)
 
     def _step(self, message: str) -> None:
         if self.progress is not None:
@@ -100,14 +107,16 @@ class LocalEngine:
 
     @property
     def is_podman(self) -> bool:
-        if self._podman is None:
-            version = self.client.version()
-            self._podman = any("podman" in c.get("Name", "").lower() for c in version.get("Components", []))
-        return self._podman
+        return self.runtime.is_podman
 
     def host_notes(self) -> list[str]:
-        """Plan settings this host cannot enforce, said plainly."""
-        info = self.client.info()
+        """Plan settings this host cannot enforce, said plainly. Rootless Podman runs on this
+        host (its socket is local): the cgroup version is read from ``/sys/fs/cgroup`` rather
+        than from Podman's ``/info``, which takes seconds."""
+        if self.is_podman:
+            info: dict[str, Any] = {"CgroupVersion": "2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "1"}
+        else:
+            info = self.client.info()
         notes = []
         cgroup = str(info.get("CgroupVersion") or info.get("host", {}).get("cgroupVersion", ""))
         rootless = self.is_podman or "rootless" in json.dumps(info.get("SecurityOptions", []))
@@ -124,9 +133,7 @@ class LocalEngine:
     # -- images -----------------------------------------------------------------------------
 
     def build_images(self) -> list[Any]:
-        return build_images(
-            self.plan.services, self.layout, self.client, progress=lambda component, message: self._step(f"{component}: {message}")
-        )
+        return self.steps.build_images()
 
     def pull_images(self) -> list[str]:
         """Pull the stack's registry images that the engine does not have; return their refs.
@@ -135,7 +142,7 @@ class LocalEngine:
         provisioning never pulls.
         """
         pulled = []
-        for service in self._missing("registry"):
+        for service in self.steps.missing_images("registry"):
             self._step(f"{service.name}: pulling {service.image.ref}")
             try:
                 self.client.images.pull(service.image.ref)
@@ -144,66 +151,193 @@ class LocalEngine:
             pulled.append(service.image.ref)
         return pulled
 
-    def _missing(self, source: str) -> list[Service]:
-        return [s for s in self.plan.services if s.image.source == source and not image_present(self.client, s.image.ref)]
+    # -- observe ----------------------------------------------------------------------------
 
-    def _resolve_images(self, build: bool) -> None:
-        """Every image present before anything is provisioned: build local ones, or stop here."""
-        missing_registry = self._missing("registry")
-        if missing_registry:
-            refs = ", ".join(f"{s.name} ({s.image.ref})" for s in missing_registry)
-            raise HostError(
-                f"registry images not on this host: {refs}. ccoas never pulls while provisioning: "
-                f"run `ccoas images pull` (this host must reach the registry), or use `source: local` "
-                f"where a local recipe exists"
-            )
-        missing_local = self._missing("local")
-        if missing_local:
-            if not build:
-                names = ", ".join(s.name for s in missing_local)
-                raise HostError(f"local images missing for {names}: run `ccoas images build` or drop --no-build")
-            self.build_images()
+    def observe(self) -> ObservedState:
+        """Read everything the diff needs from the engine (and the stack's state dir), once."""
+        selector = {"label": [f"{LABEL_PREFIX}.stack={self.plan.stack}"]}
+        containers = {}
+        for container in self.client.containers.list(all=True, filters=selector):
+            containers[container.name] = observed_container(container)
+        networks = {}
+        for network in self.client.networks.list(filters=selector):
+            attrs = network.attrs
+            networks[network.name] = ObservedNetwork(network.name, bool(attrs.get("Internal", attrs.get("internal"))))
+        volumes = tuple(sorted(v.name for v in self.client.volumes.list(filters=selector)))
+        images = {}
+        for service in self.plan.services:
+            image = self._image(service.image.ref)
+            if image is not None:
+                images[service.image.ref] = image.id
+        secret_files = {
+            s.name: all(self.paths.secret_file(s.name, m.secret).exists() for m in s.secrets) for s in self.plan.services if s.secrets
+        }
+        return ObservedState(
+            stack=self.plan.stack,
+            containers=containers,
+            networks=networks,
+            volumes=volumes,
+            images=images,
+            vault=self._observe_vault(containers),
+            secret_files=secret_files,
+            steps=dict(StepRecord.load(self.paths).entries),
+        )
 
-    # -- up ---------------------------------------------------------------------------------
+    def _image(self, ref: str) -> Any | None:
+        import docker.errors
 
-    def prepare_files(self, build: bool = True) -> None:
-        """What every engine needs before containers: images present, config rendered, runtime dirs."""
-        self._resolve_images(build)
-        self._render()
-        self._ensure_runtime_dirs()
+        try:
+            return self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
 
-    def settle(self, service: Service, timeout: int = 300) -> tuple[int, dict[str, str]]:
-        """Wait until ``service`` is alive, run its hooks, wait until ready; after Vault, converge secrets.
+    def _observe_vault(self, containers: dict[str, ObservedContainer]) -> ObservedVault | None:
+        """Vault's seal status and the secrets' versions, over its socket (no published port)."""
+        import hvac.exceptions
+        import requests
 
-        Returns the changes made and, after Vault, each service's secret fingerprint. The
-        Pulumi engine calls this too: hooks are steps, not resources.
-        """
-        changes = 0
-        self._fingerprints = {}
-        with engine_step(service.name, "health"):
-            self._wait(service, service.liveness, "alive", timeout)
-        for hook in service.hooks:
-            if hook.stage == "alive":
-                with engine_step(service.name, f"hook {hook.kind}"):
-                    changes += self._run_hook(service, hook)
-        with engine_step(service.name, "health"):
-            self._wait(service, service.healthcheck, "ready", timeout)
-        for hook in service.hooks:
-            if hook.stage == "ready":
-                with engine_step(service.name, f"hook {hook.kind}"):
-                    changes += self._run_hook(service, hook)
-        return changes, self._fingerprints
+        from ccoas.secrets import SecretStore, VaultError, vault_client
 
-    def up(self, build: bool = True, timeout: int = 300) -> UpResult:
+        if self.plan.vault is None:
+            return None
+        vault = self.plan.service("vault")
+        socket = self.paths.vault_socket(self.plan.vault)
+        running = containers.get(vault.container_name)
+        if running is None or running.state != "running" or not socket.exists():
+            return ObservedVault(sealed=None, token_valid=False, versions={})
+        try:
+            sealed = bool(vault_client(socket).sys.read_seal_status()["sealed"])
+        except (hvac.exceptions.VaultError, requests.RequestException, OSError, KeyError):
+            return ObservedVault(sealed=None, token_valid=False, versions={})
+        if sealed:
+            return ObservedVault(sealed=True, token_valid=False, versions={})
+        try:
+            client = self.steps.vault().ccoas_client()  # renews ccoas's periodic token
+            versions = SecretStore(self.plan, self.paths, socket, client, chown=self.runtime.give).versions()
+        except (VaultError, hvac.exceptions.VaultError, requests.RequestException):
+            return ObservedVault(sealed=False, token_valid=False, versions={})
+        return ObservedVault(sealed=False, token_valid=True, versions=versions)
+
+    # -- desired state ----------------------------------------------------------------------
+
+    def desired(self, observed: ObservedState, fingerprints: dict[str, str] | None = None, files: dict[str, str] | None = None) -> Desired:
+        """The hashes a converged stack would carry, from the plan, the rendered config (in
+        memory), the image ids and the secret versions (observed, or ``fingerprints`` once the
+        secret files were written)."""
+        from ccoas.render import config_digest, rendered_files
+        from ccoas.secrets import secrets_fingerprint
+
+        files = rendered_files(self.plan) if files is None else files
+        readable = observed.vault is not None and observed.vault.token_valid
+        versions = observed.vault.versions if observed.vault else {}
+        services: dict[str, DesiredService] = {}
+        steps: dict[str, str] = {}
+        for service in self.plan.services:
+            current = observed.containers.get(service.container_name)
+            if fingerprints is not None and service.name in fingerprints:
+                secrets = fingerprints[service.name]
+            elif not service.secrets:
+                secrets = ""
+            elif readable:
+                secrets = secrets_fingerprint(service, versions)
+            else:
+                # Vault cannot be read now: assume the versions the container was made with;
+                # apply decides again once the secret files were written
+                secrets = current.parts.get("secrets", "") if current else ""
+            config = config_digest(files, service.config.source) if service.config else ""
+            services[service.name] = self._desired_service(service, observed.images.get(service.image.ref, ""), config, secrets)
+        for service in self.plan.services:
+            current = observed.containers.get(service.container_name)
+            container_id = current.id if current else ""
+            for index, hook in enumerate(service.hooks):
+                steps[hook_step(service.name, index)] = input_hash(hook.model_dump(mode="json"), services[service.name].spec, container_id)
+            if service.name == "vault":
+                steps[VAULT_BOOTSTRAP] = input_hash(services["vault"].spec, container_id)
+                steps[VAULT_SECRETS] = input_hash(container_id, fingerprints if fingerprints is not None else self._fingerprints(versions))
+        return Desired(services=services, steps=steps)
+
+    def _fingerprints(self, versions: dict[str, int | None]) -> dict[str, str]:
+        from ccoas.secrets import secrets_fingerprint
+
+        return {s.name: secrets_fingerprint(s, versions) for s in self.plan.services if s.secrets}
+
+    def _desired_service(self, service: Service, image_id: str, config: str, secrets: str) -> DesiredService:
+        body = container_create_body(self.plan, service, self.paths)
+        spec = spec_hash(body, {"image": image_id, "config": config, "secrets": secrets})
+        parts = {"body": spec_hash(body), "image": image_id[-16:], "config": config[:16], "secrets": secrets}
+        return DesiredService(spec=spec, parts=parts)
+
+    def desired_body(self, service: Service, desired: DesiredService) -> dict[str, Any]:
+        body = container_create_body(self.plan, service, self.paths)
+        labels = {**body["Labels"], SPEC_LABEL: desired.spec}
+        labels.update({f"{PART_LABEL}{part}": value for part, value in desired.parts.items()})
+        body["Labels"] = labels
+        return body
+
+    # -- up: observe, diff, apply -----------------------------------------------------------
+
+    def plan_operations(self, files: dict[str, str] | None = None) -> tuple[ObservedState, Desired, list[Operation]]:
+        """Observe and diff; changes nothing on the engine (``up --dry-run``)."""
+        observed = self.observe()
+        desired = self.desired(observed, files=files)
+        return observed, desired, diff(self.plan, desired, observed)
+
+    def up(self, build: bool = True, timeout: int = 300, dry_run: bool = False) -> UpResult:
         started = time.monotonic()
+        if dry_run:
+            _, _, operations = self.plan_operations()
+            return UpResult(changes=0, status=[], operations=operations)
+        from ccoas.render import rendered_files
+
+        files = rendered_files(self.plan)
         with engine_step("images", "build"):
-            self.prepare_files(build)
-        changes = 0
-        with engine_step(f"stack {self.plan.stack} networks", "create"):
-            changes += self._ensure_networks()
-        with engine_step(f"stack {self.plan.stack} volumes", "create"):
-            changes += self._ensure_volumes()
-        fingerprints: dict[str, str] = {}
+            self.steps.resolve_images(build)
+        self.steps.render(files)
+        self.steps.runtime_dirs()
+        observed, desired, operations = self.plan_operations(files)
+        result = self.apply(operations, observed, desired, timeout, started, files)
+        result.notes = self.host_notes()
+        return result
+
+    def apply(
+        self,
+        operations: list[Operation],
+        observed: ObservedState,
+        desired: Desired,
+        timeout: int = 300,
+        started: float | None = None,
+        files: dict[str, str] | None = None,
+    ) -> UpResult:
+        """Carry out ``operations``: resources first, then each service in start order."""
+        import docker.errors
+
+        started = time.monotonic() if started is None else started
+        record = StepRecord.load(self.paths)
+        applied: list[Operation] = []
+        for op in operations:
+            if op.kind == "image":
+                continue  # resolved before observing: build_images made them present
+            if op.kind == "network":
+                with engine_step(f"stack {self.plan.stack} networks", "create"):
+                    self._create_network(self.plan.network(next(n.name for n in self.plan.networks if n.engine_name == op.resource)))
+            elif op.kind == "volume":
+                volume = next(v for v in self.plan.volumes if v.engine_name == op.resource)
+                with engine_step(f"stack {self.plan.stack} volumes", "create"):
+                    self.client.volumes.create(volume.engine_name, labels=volume.labels)
+            elif op.kind == "container" and op.action == "remove":
+                self._step(f"removing {op.resource}: {op.cause}")
+                try:
+                    with engine_step(op.resource, "remove"):
+                        self.client.containers.get(op.resource).remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+            else:
+                continue
+            applied.append(op)
+        steps_of = {}
+        for op in operations:
+            if op.kind == "step":
+                steps_of.setdefault(op.resource if op.resource != "secrets" else "vault", []).append(op)
         replaced: set[str] = set()
         timings: dict[str, float] = {}
         durations: dict[str, float] = {}
@@ -211,161 +345,82 @@ class LocalEngine:
             for name in tier:
                 began = time.monotonic()
                 service = self.plan.service(name)
-                changed = self._ensure_container(service, fingerprints.get(name, ""))  # names its steps
-                if not changed and any(d.service in replaced for d in service.depends_on):
-                    # its dependency got a new container (and address): restart it so it
-                    # resolves and connects afresh, without recreating it
-                    self._step(f"restarting {service.container_name}: a dependency was replaced")
-                    with engine_step(name, "start"):
-                        self._container(service).restart()
-                    changed = 1
-                if changed:
+                want = desired.services[name]
+                op = container_operation(service, want, observed.containers.get(service.container_name), replaced)
+                pending = steps_of.get(name, [])
+                if op is None and not pending:
+                    continue
+                if op is not None:
+                    self._converge_container(service, op, want)
                     replaced.add(name)
-                changes += changed
-                settled, secrets = self.settle(service, timeout)
-                changes += settled
-                fingerprints.update(secrets)
+                    applied.append(op)
+                    hooks = None
+                else:
+                    applied += pending
+                    hooks = self._hooks_for(service, pending)
+                self.steps.fingerprints = None
+                self.steps.settle(service, timeout, hooks)
+                if self.steps.fingerprints is not None:
+                    # decided again for what follows: the secret files just written may change hashes
+                    desired = self.desired(observed, self.steps.fingerprints, files)
+                self._record(record, service, want, hooks)
                 timings[name] = time.monotonic() - started
                 durations[name] = time.monotonic() - began
-                self._done(f"{name} ready ({'changed' if changed else 'unchanged'})")
-        return UpResult(changes=changes, status=self.status(), notes=self.host_notes(), timings=timings, durations=durations)
+                self._done(f"{name} ready ({op.action + 'd' if op else 'steps run'})")
+        return UpResult(changes=len(applied), status=self.status(probe=False), timings=timings, durations=durations, operations=applied)
 
-    def _render(self) -> None:
-        from ccoas.render import render
+    def _hooks_for(self, service: Service, pending: list[Operation]) -> set[int]:
+        keys = {op.step for op in pending}
+        wanted = set()
+        for index, hook in enumerate(service.hooks):
+            if hook_step(service.name, index) in keys:
+                wanted.add(index)
+            if hook.kind == "vault-init-unseal" and keys & {VAULT_BOOTSTRAP, VAULT_SECRETS}:
+                wanted.add(index)  # secrets are written through the bootstrapped, unsealed Vault
+            if hook.kind == "vault-secrets" and keys & {VAULT_BOOTSTRAP, VAULT_SECRETS}:
+                wanted.add(index)  # after a bootstrap the versions are known again: files follow them
+        return wanted
 
-        target = self.paths.render
-        target.mkdir(parents=True, exist_ok=True)
-        for directory in (self.paths.state.parent.parent, self.paths.state.parent, self.paths.state, target):
-            os.chmod(directory, 0o755)
-        # In place, file by file: running containers bind-mount these directories, and a
-        # directory replaced wholesale would leave them looking at a deleted one.
-        written = {path.resolve() for path in render(self.plan, target)}
-        for path in sorted(target.rglob("*"), reverse=True):
-            if path.is_file() and path.resolve() not in written:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        # a changed render is not a change of its own: it shows up as recreated containers
+    def _record(self, record: StepRecord, service: Service, want: DesiredService, hooks: set[int] | None) -> None:
+        """Remember the inputs the steps of ``service`` that just ran (``hooks``: all when
+        ``None``) ran with (see :meth:`desired`)."""
+        container = self.runtime.container(service)
+        container_id = container.id if container is not None else ""
+        ran = set(range(len(service.hooks))) if hooks is None else hooks
+        for index, hook in enumerate(service.hooks):
+            if index in ran:
+                record.set(hook_step(service.name, index), input_hash(hook.model_dump(mode="json"), want.spec, container_id))
+        if service.name == "vault":
+            if any(service.hooks[i].kind == "vault-init-unseal" for i in ran):
+                record.set(VAULT_BOOTSTRAP, input_hash(want.spec, container_id))
+            if self.steps.fingerprints is not None:
+                record.set(VAULT_SECRETS, input_hash(container_id, self.steps.fingerprints))
 
-    def _ensure_networks(self) -> int:
-        changes = 0
-        for network in self.plan.networks:
-            existing = self._network(network.engine_name)
-            if existing is not None:
-                if bool(existing.get("internal", existing.get("Internal"))) != network.internal:
-                    raise EngineError(
-                        f"network {network.engine_name} exists with internal={not network.internal}; "
-                        f"run `ccoas down` first so it can be recreated as the plan says"
-                    )
-                continue
-            self._step(f"creating network {network.engine_name}")
-            if self.is_podman:
-                payload = {
-                    "name": network.engine_name,
-                    "driver": "bridge",
-                    "internal": network.internal,
-                    "dns_enabled": network.dns,
-                    "labels": network.labels,
-                    "options": {"isolate": "true"} if network.isolate else {},
-                }
-                response = self.client.api.post(self._libpod_url("/networks/create"), data=json.dumps(payload), headers={"Content-Type": "application/json"})
-                if response.status_code >= 300:
-                    raise EngineError(f"creating network {network.engine_name}: {response.text.strip()}")
-            else:
-                self.client.networks.create(network.engine_name, driver="bridge", internal=network.internal, labels=network.labels)
-            changes += 1
-        return changes
-
-    def _network(self, name: str) -> dict | None:
-        if self.is_podman:
-            response = self.client.api.get(self._libpod_url(f"/networks/{name}/json"))
-            if response.status_code == 404:
-                return None
-            response.raise_for_status()
-            return response.json()
-        import docker.errors
-
-        try:
-            return self.client.api.inspect_network(name)
-        except docker.errors.NotFound:
-            return None
-
-    def _libpod_url(self, path: str) -> str:
-        return f"{self.client.api.base_url}/v4.0.0/libpod{path}"
-
-    def _ensure_volumes(self) -> int:
-        import docker.errors
-
-        changes = 0
-        for volume in self.plan.volumes:
-            try:
-                self.client.volumes.get(volume.engine_name)
-            except docker.errors.NotFound:
-                self.client.volumes.create(volume.engine_name, labels=volume.labels)
-                changes += 1
-        return changes
-
-    def _ensure_runtime_dirs(self) -> None:
-        self.paths.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._give(self.paths.runtime.parent, 0, 0)
-        self._give(self.paths.runtime, 0, 0)
-        for service in self.plan.services:
-            for mount in service.runtime_mounts:
-                directory = self.paths.runtime_mount(mount.name)
-                directory.mkdir(parents=True, exist_ok=True)
-                os.chmod(directory, 0o700)
-                self._give(directory, service.uid, service.gid)
-
-    def _give(self, path: Path, uid: int, gid: int) -> None:
-        """chown ``path`` to a container uid/gid, mapped through the rootless user namespace."""
-        host_uid = self.layout.host_uid(uid)
-        host_gid = self.layout.host_uid(gid) if gid else self.layout.gid  # subgid ranges mirror subuid ones
-        if os.geteuid() == 0:
-            os.chown(path, host_uid, host_gid)
-        else:
-            subprocess.run(self.layout.engine_command("podman", "unshare", "chown", f"{uid}:{gid}", str(path)), check=True)
-
-    def _container(self, service: Service):
-        import docker.errors
-
-        try:
-            return self.client.containers.get(service.container_name)
-        except docker.errors.NotFound:
-            return None
-
-    def desired_body(self, service: Service, fingerprint: str) -> dict[str, Any]:
-        body = container_create_body(self.plan, service, self.paths)
-        image_id = self.client.images.get(service.image.ref).id
-        config = _tree_digest(self.paths.config_dir(service.config.source)) if service.config else ""
-        digest = spec_hash(body, {"image": image_id, "config": config, "secrets": fingerprint})
-        body["Labels"] = {**body["Labels"], SPEC_LABEL: digest}
-        return body
-
-    def _ensure_container(self, service: Service, fingerprint: str) -> int:
-        with engine_step(service.name, "create"):
-            body = self.desired_body(service, fingerprint)
-        current = self._container(service)
-        if current is not None and current.labels.get(SPEC_LABEL) == body["Labels"][SPEC_LABEL]:
-            if current.status == "running":
-                return 0
-            self._step(f"starting {service.container_name}")
+    def _converge_container(self, service: Service, op: Operation, want: DesiredService) -> None:
+        current = self.runtime.container(service)
+        if op.action == "restart" and current is not None:
+            self._step(f"restarting {service.container_name}: {op.cause}")
+            with engine_step(service.name, "start"):
+                current.restart()
+            return
+        if op.action == "start" and current is not None:
+            self._step(f"starting {service.container_name}: {op.cause}")
             with engine_step(service.name, "start"):
                 self._connect_other_networks(service, current)
                 current.start()
-            return 1
+            return
         with engine_step(service.name, "create"):
             if current is not None:
-                self._step(f"recreating {service.container_name} (its desired state changed)")
+                self._step(f"recreating {service.container_name}: {op.cause}")
                 current.remove(force=True)
             else:
                 self._step(f"creating {service.container_name}")
-            created = self.client.api.create_container_from_config(body, name=service.container_name)
+            created = self.client.api.create_container_from_config(self.desired_body(service, want), name=service.container_name)
             container = self.client.containers.get(created["Id"])
             self._connect_other_networks(service, container)
         self._step(f"starting {service.container_name}")
         with engine_step(service.name, "start"):
             container.start()
-        return 1
 
     def _connect_other_networks(self, service: Service, container: Any) -> None:
         """Engines that attach only the first network at create time get the rest here."""
@@ -376,78 +431,31 @@ class LocalEngine:
             if engine_name not in attached:
                 self.client.api.connect_container_to_network(container.id, engine_name, aliases=list(aliases))
 
-    # -- health -----------------------------------------------------------------------------
+    def _create_network(self, network: Any) -> None:
+        self._step(f"creating network {network.engine_name}")
+        if self.is_podman:
+            payload = {
+                "name": network.engine_name,
+                "driver": "bridge",
+                "internal": network.internal,
+                "dns_enabled": network.dns,
+                "labels": network.labels,
+                "options": {"isolate": "true"} if network.isolate else {},
+            }
+            response = self.client.api.post(
+                self.runtime.libpod_url("/networks/create"), data=json.dumps(payload), headers={"Content-Type": "application/json"}
+            )
+            if response.status_code >= 300:
+                raise EngineError(f"creating network {network.engine_name}: {response.text.strip()}")
+        else:
+            self.client.networks.create(network.engine_name, driver="bridge", internal=network.internal, labels=network.labels)
 
-    def _wait(self, service: Service, check: HealthCheck, what: str, timeout: int) -> None:
-        self._step(f"waiting for {service.name} to be {what}")
-        deadline = time.monotonic() + max(timeout, check.start_period_s + check.interval_s * check.retries)
-        last = ""
-        while time.monotonic() < deadline:
-            container = self._container(service)
-            if container is None:
-                raise EngineError(f"{service.name}: container {service.container_name} disappeared")
-            if container.status in ("exited", "dead"):
-                raise EngineError(f"{service.name}: container exited while starting:\n{_tail_logs(container)}")
-            ok, last = self._probe(service, check, container)
-            if ok:
-                return
-            time.sleep(POLL_S)
-        raise EngineError(f"{service.name}: not {what} after {timeout}s (last check: {last.strip()[:300]})\n{_tail_logs(self._container(service))}")
-
-    def _probe(self, service: Service, check: HealthCheck, container: Any) -> tuple[bool, str]:
-        if check is service.healthcheck:
-            if self.is_podman:
-                response = self.client.api.get(self._libpod_url(f"/containers/{container.id}/healthcheck"))
-                if response.status_code == 200:
-                    data = response.json()
-                    log = (data.get("Log") or [{}])[-1].get("Output", "")
-                    return data.get("Status") == "healthy", log
-                return False, response.text
-            container.reload()
-            health = container.attrs["State"].get("Health", {})
-            return health.get("Status") == "healthy", json.dumps(health.get("Log", [])[-1:])
-        return self._exec_check(service, check, container)
-
-    def _exec_check(self, service: Service, check: HealthCheck, container: Any) -> tuple[bool, str]:
-        kind, *args = check.test
-        cmd = ["sh", "-c", args[0]] if kind == "CMD-SHELL" else list(args)
-        try:
-            result = container.exec_run(cmd, user=service.user)
-        except Exception as exc:  # noqa: BLE001 - not running yet
-            return False, str(exc)
-        return result.exit_code == 0, result.output.decode(errors="replace")
-
-    # -- hooks and secrets ------------------------------------------------------------------
-
-    def _run_hook(self, service: Service, hook: Any) -> int:
-        self._step(f"{service.name}: {hook.description}")
-        if hook.kind == "vault-init-unseal":
-            return self._vault().converge()
-        if hook.kind == "vault-secrets":
-            store = self.secrets()
-            written = store.ensure()
-            self._fingerprints = store.materialize()
-            return written
-        container = self._container(service)
-        result = container.exec_run(list(hook.command), user=service.user)
-        if result.exit_code != 0:
-            raise EngineError(f"{service.name}: {hook.description} failed:\n{result.output.decode(errors='replace')[-2000:]}")
-        return 0
-
-    def _vault(self):
-        from ccoas.secrets import VaultBootstrap
-
-        if self.plan.vault is None:
-            raise EngineError(f"stack {self.plan.stack} has no vault component")
-        return VaultBootstrap(self.plan, self.paths, self.paths.vault_socket(self.plan.vault))
+    # -- secrets ----------------------------------------------------------------------------
 
     def secrets(self):
-        from ccoas.secrets import SecretStore
-
         if self.plan.vault is None:
             raise EngineError(f"stack {self.plan.stack} has no vault component")
-        vault = self._vault()
-        return SecretStore(self.plan, self.paths, vault.socket, vault.ccoas_client(), chown=self._give)
+        return self.steps.secrets()
 
     def rotate(self, service: str) -> list[str]:
         store = self.secrets()
@@ -459,27 +467,31 @@ class LocalEngine:
 
     # -- status and down --------------------------------------------------------------------
 
-    def status(self) -> list[ServiceStatus]:
+    def status(self, probe: bool = True) -> list[ServiceStatus]:
+        """Each service's state, health and endpoints. ``probe``: run the checks now; otherwise
+        report the engine's last health result (what ``up`` does after settling)."""
+        selector = {"label": [f"{LABEL_PREFIX}.stack={self.plan.stack}"]}
+        found = {c.name: c for c in self.client.containers.list(all=True, filters=selector)}
         rows = []
         for service in self.plan.services:
-            container = self._container(service)
+            container = found.get(service.container_name)
             if container is None:
                 rows.append(ServiceStatus(service.name, service.container_name, "absent", "-"))
                 continue
-            health = "-"
-            if container.status == "running":
-                ok, _ = self._probe(service, service.healthcheck, container)
+            observed = observed_container(container)
+            health = observed.health or "-"
+            if container.status == "running" and probe:
+                ok, _ = self.runtime.probe(service, service.healthcheck, container)
                 if ok:
                     health = "healthy"
                 else:
-                    alive, _ = self._exec_check(service, service.liveness, container)
+                    alive, _ = self.runtime.exec_check(service, service.liveness, container)
                     health = "alive, not ready" if alive else "unhealthy"
-            container.reload()
             endpoints = []
             for port in service.ports:
-                bound = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{port.container_port}/{port.protocol}") or []
-                for binding in bound:
-                    endpoints.append(f"{port.scheme}://{binding.get('HostIp') or port.host_ip}:{binding['HostPort']}")
+                for binding in observed.published.get(f"{port.container_port}/{port.protocol}", []):
+                    host_ip, _, host_port = binding.rpartition(":")
+                    endpoints.append(f"{port.scheme}://{host_ip or port.host_ip}:{host_port}")
             rows.append(ServiceStatus(service.name, service.container_name, container.status, health, tuple(endpoints)))
         return rows
 
@@ -514,23 +526,21 @@ class LocalEngine:
         return ", ".join(removed)
 
 
-def _tree_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    if not root.exists():
-        return ""
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file():
-            digest.update(f"{rel}\0{path.stat().st_mode & 0o777:o}\0".encode() + path.read_bytes() + b"\0")
-        else:
-            digest.update(f"{rel}/\0".encode())
-    return digest.hexdigest()
 
-
-def _tail_logs(container: Any, lines: int = 30) -> str:
-    if container is None:
-        return ""
-    try:
-        return container.logs(tail=lines).decode(errors="replace")
-    except Exception:  # noqa: BLE001
-        return ""
+def observed_container(container: Any) -> ObservedContainer:
+    """An engine container (docker SDK, inspected) as the diff sees it."""
+    attrs = container.attrs
+    labels = container.labels or {}
+    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    return ObservedContainer(
+        name=container.name,
+        service=labels.get(f"{LABEL_PREFIX}.service", ""),
+        id=container.id,
+        state=container.status,
+        health=str(((attrs.get("State") or {}).get("Health") or {}).get("Status") or ""),
+        spec=labels.get(SPEC_LABEL, ""),
+        parts={k.removeprefix(PART_LABEL): v for k, v in labels.items() if k.startswith(PART_LABEL)},
+        published={
+            port: [f"{b.get('HostIp', '')}:{b.get('HostPort', '')}" for b in bindings or []] for port, bindings in sorted(ports.items())
+        },
+    )

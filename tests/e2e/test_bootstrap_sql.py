@@ -31,9 +31,8 @@ import pytest
 import yaml
 
 from ccoas.plan import Plan
-from ccoas.planner import build_plan
+from ccoas.planner import build_plan, parse_stack
 from ccoas.render import rendered_files
-from ccoas.planner import parse_stack
 
 pytestmark = pytest.mark.e2e
 

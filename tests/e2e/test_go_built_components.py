@@ -8,8 +8,7 @@ import pytest
 
 from ccoas.compliance import run_checks
 from ccoas.engine.local import LocalEngine
-from ccoas.planner import build_plan
-from ccoas.planner import load_stack
+from ccoas.planner import build_plan, load_stack
 
 pytestmark = pytest.mark.e2e
 

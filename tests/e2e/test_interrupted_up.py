@@ -11,8 +11,7 @@ import uuid
 import pytest
 
 from ccoas.engine.local import LocalEngine
-from ccoas.planner import build_plan
-from ccoas.planner import load_stack
+from ccoas.planner import build_plan, load_stack
 
 pytestmark = pytest.mark.e2e
 

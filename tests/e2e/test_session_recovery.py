@@ -22,8 +22,7 @@ import pytest
 
 from ccoas.engine.local import LocalEngine
 from ccoas.host import HostLayout, engine_processes, ensure_api_service, host_layout, prepare
-from ccoas.planner import build_plan
-from ccoas.planner import load_stack
+from ccoas.planner import build_plan, load_stack
 
 pytestmark = [
     pytest.mark.e2e,

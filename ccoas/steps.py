@@ -1,0 +1,207 @@
+"""The steps of ``up`` that are not resources, in one place both engines call.
+
+Resources (networks, volumes, containers) are each engine's own: the local engine diffs
+and applies them, the Pulumi engine declares them. Around them, both run the same steps
+through :class:`Steps`:
+
+- :meth:`Steps.prepare` — every image present (local ones built), config rendered in
+  place, runtime dirs created and owned;
+- :meth:`Steps.settle` — health gating (alive, then ready) and the service's hooks:
+  Vault init/unseal (``vault-init-unseal``), secrets generated and their files written
+  (``vault-secrets``), ``exec`` hooks (the Postgres bootstrap, MinIO provisioning).
+
+Each step that ran records a hash of its inputs in the stack's state dir
+(:class:`StepRecord`), which the local engine's observe reads back: a step whose inputs
+did not change is skipped, the same way an unchanged container is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ccoas.engine.runtime import Runtime, tail_logs
+from ccoas.errors import EngineError, HostError, engine_step
+from ccoas.images import build_images, image_present
+from ccoas.plan import HealthCheck, Hook, Plan, Service
+from ccoas.state import StackPaths
+
+POLL_S = 1.0
+
+
+def input_hash(*parts: Any) -> str:
+    """A short hash of a step's inputs (JSON-serialisable parts)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StepRecord:
+    """Step → input hash of its last successful run, in ``<state>/steps.json``."""
+
+    path: Path
+    entries: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, paths: StackPaths) -> "StepRecord":
+        path = paths.state / "steps.json"
+        try:
+            return cls(path, dict(json.loads(path.read_text())))
+        except (FileNotFoundError, ValueError):
+            return cls(path)
+
+    def set(self, key: str, value: str) -> None:
+        self.entries[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+
+class Steps:
+    """The steps of one plan on one host, through one :class:`Runtime`."""
+
+    def __init__(self, plan: Plan, paths: StackPaths, runtime: Runtime, progress: Any = None):
+        self.plan = plan
+        self.paths = paths
+        self.runtime = runtime
+        self.progress = progress
+        self.fingerprints: dict[str, str] | None = None
+        """Secret-version fingerprint per service, set when the ``vault-secrets`` hook ran."""
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.step(message)
+
+    # -- before any resource ------------------------------------------------------------------
+
+    def prepare(self, build: bool = True) -> None:
+        """What every engine needs before containers: images present, config rendered, runtime dirs."""
+        self.resolve_images(build)
+        self.render()
+        self.runtime_dirs()
+
+    def missing_images(self, source: str) -> list[Service]:
+        return [s for s in self.plan.services if s.image.source == source and not image_present(self.runtime.client, s.image.ref)]
+
+    def resolve_images(self, build: bool) -> None:
+        """Every image present before anything is provisioned: build local ones, or stop here."""
+        missing_registry = self.missing_images("registry")
+        if missing_registry:
+            refs = ", ".join(f"{s.name} ({s.image.ref})" for s in missing_registry)
+            raise HostError(
+                f"registry images not on this host: {refs}. ccoas never pulls while provisioning: "
+                f"run `ccoas images pull` (this host must reach the registry), or use `source: local` "
+                f"where a local recipe exists"
+            )
+        missing_local = self.missing_images("local")
+        if missing_local:
+            if not build:
+                names = ", ".join(s.name for s in missing_local)
+                raise HostError(f"local images missing for {names}: run `ccoas images build` or drop --no-build")
+            self.build_images()
+
+    def build_images(self) -> list[Any]:
+        return build_images(
+            self.plan.services, self.runtime.layout, self.runtime.client, progress=lambda component, message: self.say(f"{component}: {message}")
+        )
+
+    def render(self, files: dict[str, str] | None = None) -> None:
+        """Render the config in place, file by file: running containers bind-mount these
+        directories, and a directory replaced wholesale would leave them looking at a deleted one.
+        ``files``: the plan's :func:`~ccoas.render.rendered_files`, when the caller has them."""
+        from ccoas.render import render
+
+        target = self.paths.render
+        target.mkdir(parents=True, exist_ok=True)
+        for directory in (self.paths.state.parent.parent, self.paths.state.parent, self.paths.state, target):
+            os.chmod(directory, 0o755)
+        written = {path.resolve() for path in render(self.plan, target, files)}
+        for path in sorted(target.rglob("*"), reverse=True):
+            if path.is_file() and path.resolve() not in written:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+
+    def runtime_dirs(self) -> None:
+        self.paths.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runtime.give(self.paths.runtime.parent, 0, 0)
+        self.runtime.give(self.paths.runtime, 0, 0)
+        for service in self.plan.services:
+            for mount in service.runtime_mounts:
+                directory = self.paths.runtime_mount(mount.name)
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chmod(directory, 0o700)
+                self.runtime.give(directory, service.uid, service.gid)
+
+    # -- after a container started --------------------------------------------------------------
+
+    def settle(self, service: Service, timeout: int = 300, hooks: Iterable[int] | None = None) -> int:
+        """Wait until ``service`` is alive, run its hooks (all, or the indices ``hooks``), wait
+        until it is ready. Returns the changes the hooks made."""
+        wanted = set(range(len(service.hooks)) if hooks is None else hooks)
+        changes = 0
+        with engine_step(service.name, "health"):
+            self.wait(service, service.liveness, "alive", timeout)
+        for index, hook in enumerate(service.hooks):
+            if hook.stage == "alive" and index in wanted:
+                with engine_step(service.name, f"hook {hook.kind}"):
+                    changes += self.run_hook(service, hook)
+        with engine_step(service.name, "health"):
+            self.wait(service, service.healthcheck, "ready", timeout)
+        for index, hook in enumerate(service.hooks):
+            if hook.stage == "ready" and index in wanted:
+                with engine_step(service.name, f"hook {hook.kind}"):
+                    changes += self.run_hook(service, hook)
+        return changes
+
+    def wait(self, service: Service, check: HealthCheck, what: str, timeout: int) -> None:
+        self.say(f"waiting for {service.name} to be {what}")
+        deadline = time.monotonic() + max(timeout, check.start_period_s + check.interval_s * check.retries)
+        last = ""
+        while time.monotonic() < deadline:
+            container = self.runtime.container(service)
+            if container is None:
+                raise EngineError(f"{service.name}: container {service.container_name} disappeared")
+            if container.status in ("exited", "dead"):
+                raise EngineError(f"{service.name}: container exited while starting:\n{tail_logs(container)}")
+            ok, last = self.runtime.probe(service, check, container)
+            if ok:
+                return
+            time.sleep(POLL_S)
+        raise EngineError(
+            f"{service.name}: not {what} after {timeout}s (last check: {last.strip()[:300]})\n{tail_logs(self.runtime.container(service))}"
+        )
+
+    def run_hook(self, service: Service, hook: Hook) -> int:
+        self.say(f"{service.name}: {hook.description}")
+        if hook.kind == "vault-init-unseal":
+            return self.vault().converge()
+        if hook.kind == "vault-secrets":
+            store = self.secrets()
+            written = store.ensure()
+            self.fingerprints = store.materialize()
+            return written
+        code, output = self.runtime.exec(service, list(hook.command))
+        if code != 0:
+            raise EngineError(f"{service.name}: {hook.description} failed:\n{output[-2000:]}")
+        return 0
+
+    # -- Vault ----------------------------------------------------------------------------------
+
+    def vault(self):
+        from ccoas.secrets import VaultBootstrap
+
+        if self.plan.vault is None:
+            raise EngineError(f"stack {self.plan.stack} has no vault component")
+        return VaultBootstrap(self.plan, self.paths, self.paths.vault_socket(self.plan.vault))
+
+    def secrets(self):
+        from ccoas.secrets import SecretStore
+
+        vault = self.vault()
+        return SecretStore(self.plan, self.paths, vault.socket, vault.ccoas_client(), chown=self.runtime.give)

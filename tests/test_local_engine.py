@@ -1,0 +1,219 @@
+"""The local engine against a fake Docker client: observe → diff → apply, with no engine.
+
+The fake keeps containers, networks, volumes and images in dictionaries and answers the
+few SDK calls the engine makes. Steps that need a running service (health gating, hooks,
+Vault) are recorded instead of run: they have their own e2e tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import docker.errors
+import pytest
+
+from ccoas.engine.local import LocalEngine
+from ccoas.engine.observed import ObservedVault
+from ccoas.engine.runtime import Runtime
+from ccoas.planner import load_plan
+from ccoas.state import stack_paths
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "observed"
+IDS = itertools.count(1)
+
+
+class FakeContainer:
+    def __init__(self, client: "FakeClient", name: str, body: dict[str, Any]):
+        self.client, self.name, self.body = client, name, body
+        self.id = f"{next(IDS):012d}"
+        self.status = "created"
+        self.events: list[str] = []
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.body["Labels"]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        networks = self.body["NetworkingConfig"]["EndpointsConfig"]
+        return {"State": {"Health": {"Status": "healthy"}}, "NetworkSettings": {"Networks": dict(networks), "Ports": {}}}
+
+    def reload(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self.status = "running"
+        self.events.append("start")
+
+    def restart(self) -> None:
+        self.status = "running"
+        self.events.append("restart")
+
+    def remove(self, force: bool = False) -> None:
+        del self.client.containers_by_name[self.name]
+
+
+class FakeClient:
+    def __init__(self, images: dict[str, str]):
+        self.containers_by_name: dict[str, FakeContainer] = {}
+        self.network_names: dict[str, dict[str, Any]] = {}
+        self.volume_names: dict[str, dict[str, str]] = {}
+        self.image_ids = images
+        self.containers = SimpleNamespace(list=self._list_containers, get=self._get_container)
+        self.networks = SimpleNamespace(list=self._list_networks, create=None)
+        self.volumes = SimpleNamespace(list=self._list_volumes, create=self._create_volume)
+        self.images = SimpleNamespace(get=self._get_image)
+        self.api = SimpleNamespace(
+            base_url="http+unix://fake",
+            get=lambda url: SimpleNamespace(headers={"Libpod-Api-Version": "4.3.1"}),
+            post=self._post,
+            create_container_from_config=self._create,
+            connect_container_to_network=None,
+        )
+
+    def version(self) -> dict[str, Any]:
+        return {"Components": [{"Name": "Podman Engine"}]}
+
+    def info(self) -> dict[str, Any]:
+        return {"host": {"cgroupVersion": "v2"}}
+
+    @staticmethod
+    def _selected(labels: dict[str, str], filters: dict[str, list[str]]) -> bool:
+        return all(labels.get(k) == v for k, _, v in (f.partition("=") for f in filters.get("label", [])))
+
+    def _list_containers(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
+        return [c for c in self.containers_by_name.values() if self._selected(c.labels, filters or {})]
+
+    def _get_container(self, key: str) -> FakeContainer:
+        for container in self.containers_by_name.values():
+            if key in (container.name, container.id):
+                return container
+        raise docker.errors.NotFound(key)
+
+    def _list_networks(self, filters: dict | None = None) -> list[Any]:
+        return [
+            SimpleNamespace(name=n, attrs={"Internal": spec["internal"]})
+            for n, spec in self.network_names.items()
+            if self._selected(spec["labels"], filters or {})
+        ]
+
+    def _list_volumes(self, filters: dict | None = None) -> list[Any]:
+        return [SimpleNamespace(name=n) for n, labels in self.volume_names.items() if self._selected(labels, filters or {})]
+
+    def _create_volume(self, name: str, labels: dict[str, str]) -> None:
+        self.volume_names[name] = labels
+
+    def _get_image(self, ref: str) -> Any:
+        if ref not in self.image_ids:
+            raise docker.errors.ImageNotFound(ref)
+        return SimpleNamespace(id=self.image_ids[ref])
+
+    def _post(self, url: str, data: str, headers: dict) -> Any:
+        import json
+
+        assert url.endswith("/libpod/networks/create")
+        payload = json.loads(data)
+        assert payload["options"] == {"isolate": "true"} and payload["dns_enabled"] is True
+        self.network_names[payload["name"]] = payload
+        return SimpleNamespace(status_code=201, text="")
+
+    def _create(self, body: dict[str, Any], name: str) -> dict[str, str]:
+        assert name not in self.containers_by_name
+        container = FakeContainer(self, name, body)
+        self.containers_by_name[name] = container
+        return {"Id": container.id}
+
+
+@pytest.fixture
+def engine(tmp_path, monkeypatch):
+    plan = load_plan(FIXTURES / "stack.yaml")
+    client = FakeClient({s.image.ref: f"sha256:{s.name}" for s in plan.services})
+    layout = SimpleNamespace(state_root=tmp_path / "state", runtime_dir=tmp_path / "run")
+    paths = stack_paths(layout.state_root, layout.runtime_dir, plan.stack)
+    local = LocalEngine(plan, Runtime(client, layout), paths)  # type: ignore[arg-type]
+    versions = {s.name: 1 for s in plan.secrets}
+    local.settled = []  # type: ignore[attr-defined]
+
+    def settle(service, timeout=300, hooks=None):
+        local.settled.append((service.name, None if hooks is None else sorted(hooks)))  # type: ignore[attr-defined]
+        if service.name == "vault" and (hooks is None or 1 in hooks):
+            local.steps.fingerprints = local._fingerprints(versions)
+        return 0
+
+    monkeypatch.setattr(local.steps, "settle", settle)
+    monkeypatch.setattr(local.steps, "resolve_images", lambda build: None)
+    monkeypatch.setattr(local.steps, "render", lambda files=None: None)
+    monkeypatch.setattr(local.steps, "runtime_dirs", lambda: None)
+    monkeypatch.setattr(local, "_observe_vault", lambda containers: ObservedVault(sealed=False, token_valid=True, versions=versions))
+    for service in plan.services:
+        for mount in service.secrets:
+            path = paths.secret_file(service.name, mount.secret)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+    return local
+
+
+def test_first_up_creates_everything_in_start_order_and_settles_each_service(engine):
+    result = engine.up()
+    client = engine.client
+    assert sorted(client.network_names) == ["fx-auth", "fx-db"]
+    assert sorted(client.volume_names) == ["fx-postgres-data", "fx-redis-data", "fx-vault-data"]
+    assert sorted(client.containers_by_name) == ["fx-postgres", "fx-redis", "fx-vault"]
+    assert all(c.status == "running" for c in client.containers_by_name.values())
+    assert [name for name, _ in engine.settled] == ["vault", "postgres", "redis"]
+    assert result.changes == len(result.operations) == 8
+    assert [s.health for s in result.status] == ["healthy"] * 3
+
+
+def test_a_second_up_observes_a_converged_stack_and_does_nothing(engine):
+    engine.up()
+    engine.settled.clear()
+    _, _, operations = engine.plan_operations()
+    assert operations == []
+    result = engine.up()
+    assert result.changes == 0 and engine.settled == []
+
+
+def test_an_exited_container_is_started_and_settled_alone(engine):
+    engine.up()
+    engine.settled.clear()
+    engine.client.containers_by_name["fx-redis"].status = "exited"
+    assert [str(op) for op in engine.up(dry_run=True).operations] == ["start redis: container exited"]
+    engine.up()
+    assert engine.client.containers_by_name["fx-redis"].events[-1] == "start"
+    assert engine.settled == [("redis", None)]
+
+
+def test_a_replaced_dependency_restarts_its_dependants(engine):
+    engine.up()
+    engine.settled.clear()
+    vault = engine.client.containers_by_name["fx-vault"]
+    vault.body["Labels"]["io.ccoas.spec"] = "stale"
+    engine.up()
+    assert engine.client.containers_by_name["fx-vault"] is not vault
+    assert engine.client.containers_by_name["fx-postgres"].events[-1] == "restart"
+    assert [name for name, _ in engine.settled] == ["vault", "postgres", "redis"]
+
+
+def test_a_container_of_the_stack_not_in_the_plan_is_removed(engine):
+    engine.up()
+    engine.client._create({"Labels": {"io.ccoas.stack": "fx", "io.ccoas.service": "minio"}, "NetworkingConfig": {"EndpointsConfig": {}}}, "fx-minio")
+    result = engine.up()
+    assert "fx-minio" not in engine.client.containers_by_name
+    assert [str(op) for op in result.operations] == ["remove fx-minio: service minio is not in the plan"]
+
+
+def test_a_hook_interrupted_before_it_was_recorded_runs_again_alone(engine):
+    engine.up()
+    engine.settled.clear()
+    record = engine.paths.state / "steps.json"
+    import json
+
+    steps = json.loads(record.read_text())
+    del steps["hook:postgres:0"]
+    record.write_text(json.dumps(steps))
+    engine.up()
+    assert engine.settled == [("postgres", [0])]
