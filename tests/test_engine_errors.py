@@ -16,8 +16,10 @@ import yaml
 import ccoas.cli
 from ccoas.cli import app
 from ccoas.engine.local import LocalEngine
+from ccoas.engine.runtime import Runtime
 from ccoas.host import HostLayout
 from ccoas.state import stack_paths
+from ccoas.steps import Steps
 
 
 def _e2e_fixtures():
@@ -40,8 +42,9 @@ def api_error(words: str) -> docker.errors.APIError:
 
 
 class FakeResponse:
-    def __init__(self, status: int, data: object = None):
+    def __init__(self, status: int, data: object = None, headers: dict | None = None):
         self.status_code = status
+        self.headers = headers or {}
         self._data = data or {}
         self.text = str(data)
 
@@ -93,10 +96,20 @@ class FakeClient:
             def get(self, name):
                 raise docker.errors.NotFound("no such volume")
 
+            def list(self, filters=None):
+                return []
+
             def create(self, name, labels=None):
                 return None
 
+        class Networks:
+            def list(self, filters=None):
+                return []
+
         class Containers:
+            def list(self, all=False, filters=None):
+                return list(outer.by_name.values())
+
             def get(self, key):
                 found = outer.by_name.get(key) or next((c for c in outer.by_name.values() if c.id == key), None)
                 if found is None:
@@ -109,6 +122,8 @@ class FakeClient:
             base_url = "http+docker://localhost"
 
             def get(self, url):
+                if url.endswith("/_ping"):
+                    return FakeResponse(200, "OK", headers={"Libpod-Api-Version": "4.3.1"})
                 if url.endswith("/healthcheck"):
                     return FakeResponse(200, {"Status": "healthy", "Log": []})
                 return FakeResponse(404)
@@ -125,6 +140,7 @@ class FakeClient:
                 pass
 
         self.images, self.volumes, self.containers, self.api = Images(), Volumes(), Containers(), Api()
+        self.networks = Networks()
 
     def maybe_fail(self, step: str) -> None:
         if step == self.fail_at:
@@ -158,16 +174,16 @@ def fake_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``fake_up(client)``: `ccoas up` on ``client``; the preflight, file rendering and Vault stubbed."""
     layout = HostLayout(engine_user="root", state_root=tmp_path / "state", cache_root=tmp_path / "cache")
     vault_stub = SimpleNamespace(converge=lambda: 0, ensure=lambda: 0, materialize=lambda: {})
-    monkeypatch.setattr(LocalEngine, "_render", lambda self: None)
-    monkeypatch.setattr(LocalEngine, "_ensure_runtime_dirs", lambda self: None)
-    monkeypatch.setattr(LocalEngine, "desired_body", lambda self, service, fp: {"Labels": {"x": "y"}})
-    monkeypatch.setattr(LocalEngine, "_vault", lambda self: vault_stub)
-    monkeypatch.setattr(LocalEngine, "secrets", lambda self: vault_stub)
+    monkeypatch.setattr(Steps, "render", lambda self, files=None: None)
+    monkeypatch.setattr(Steps, "runtime_dirs", lambda self: None)
+    monkeypatch.setattr(LocalEngine, "desired_body", lambda self, service, desired: {"Labels": {"x": "y"}})
+    monkeypatch.setattr(Steps, "vault", lambda self: vault_stub)
+    monkeypatch.setattr(Steps, "secrets", lambda self: vault_stub)
 
     def use(client: FakeClient) -> None:
         def connect(plan, stack, recover=False):
             client.hook_commands = {tuple(h.command) for s in plan.services for h in s.hooks if h.command}
-            return LocalEngine(plan, layout, client, stack_paths(layout.state_root, tmp_path / "run", plan.stack))
+            return LocalEngine(plan, Runtime(client, layout), stack_paths(layout.state_root, tmp_path / "run", plan.stack))
 
         monkeypatch.setattr(ccoas.cli, "_preflight", connect)
 
