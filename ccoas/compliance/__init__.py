@@ -8,9 +8,11 @@ what the engine runs. A failure names the control and the container.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CONTROLS = Path(__file__).with_name("test_controls.py")
@@ -21,14 +23,39 @@ def run_checks(stack: Path, name: str | None, junit: Path | None = None, extra: 
     from ccoas.host import host_layout
 
     layout = host_layout()
+    report = Path(tempfile.mkdtemp(prefix="ccoas-check-")) / "reachability.json"
     env = {
         **os.environ,
         "CCOAS_CHECK_STACK": str(Path(stack).resolve()),
         "CCOAS_CHECK_NAME": name or "",
         "CONTAINER_HOST": layout.base_url,
+        "CCOAS_CHECK_REPORT": str(report),
     }
     args = [str(CONTROLS), "-q", "-p", "no:cacheprovider", "--rootdir", str(CONTROLS.parent), "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
     if junit:
         args.append(f"--junitxml={Path(junit).resolve()}")
-    code = subprocess.run([sys.executable, "-m", "pytest", *args, *(extra or [])], env=env, check=False).returncode
+    try:
+        code = subprocess.run([sys.executable, "-m", "pytest", *args, *(extra or [])], env=env, check=False).returncode
+        if report.exists():
+            print_reachability(json.loads(report.read_text()))
+    finally:
+        report.unlink(missing_ok=True)
+        report.parent.rmdir()
     return 1 if code == 5 else code  # no controls collected is a failure, never a pass
+
+
+def print_reachability(report: dict) -> None:
+    """The declared and the measured matrix, side by side in one table per matrix."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for title in ("declared", "measured"):
+        rows = report[title]
+        table = Table(title=f"reachability, {title} (ports a service opens on another)")
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows[1:]:
+            table.add_row(*row)
+        console.print(table)
+    console.print("probe proofs (a connection each probe made, so its refusals count): " + ", ".join(f"{s} → {p}" for s, p in sorted(report["proofs"].items())))
