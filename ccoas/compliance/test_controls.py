@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -161,6 +162,146 @@ def test_reachability_matrix_is_the_declared_one():
         }))
     differences = reachability.differences(plan(), measured)
     assert not differences, "measured reachability differs from the plan:\n" + "\n".join(differences)
+
+
+# --- service controls: what each service does, measured through its own protocol -------------
+
+
+def needs(*services: str) -> None:
+    missing = [s for s in services if not plan().has(s)]
+    if missing:
+        pytest.skip(f"stack has no {', '.join(missing)}")
+
+
+def published(scheme: str):
+    port = next((p for p in plan().service("nginx").ports if p.scheme == scheme), None)
+    if port is None:
+        pytest.skip(f"nginx publishes no {scheme} port")
+    bindings = inspect("nginx")["NetworkSettings"]["Ports"].get(f"{port.container_port}/tcp") or []
+    assert bindings, f"nginx: {port.container_port}/tcp is not published"
+    return bindings[0].get("HostIp") or port.host_ip, int(bindings[0]["HostPort"])
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", "15", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_edge_serves_only_its_domain():
+    """An unknown Host gets 421 (HTTPS) or 400 (HTTP), never a redirect to it; the domain is served."""
+    needs("nginx")
+    domain = plan().domain
+    address, port = published("https")
+    ok = curl("-k", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", f"{domain}:{port}:{address}", f"https://{domain}:{port}/healthz")
+    assert ok.stdout == "200", f"the domain itself is not served: {ok.stdout} {ok.stderr}"
+    evil = curl("-k", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", f"evil.example:{port}:{address}", f"https://evil.example:{port}/healthz")
+    assert evil.stdout == "421", f"HTTPS for Host evil.example answered {evil.stdout}"
+    if any(p.scheme == "http" for p in plan().service("nginx").ports):
+        address, port = published("http")
+        plain = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: evil.example", f"http://{address}:{port}/x")
+        assert plain.stdout.strip() == "400" and "evil.example" not in plain.stdout, f"HTTP for Host evil.example: {plain.stdout}"
+
+
+def test_edge_tls_is_mozilla_intermediate():
+    """sslyze (a real TLS scanner) against the published HTTPS port: Mozilla's intermediate profile."""
+    needs("nginx")
+    try:
+        from sslyze import ServerNetworkLocation  # noqa: F401
+    except ImportError:
+        pytest.fail("sslyze is not installed: pip install 'ccoas[check]'")
+    address, port = published("https")
+    result = subprocess.run(
+        [sys.executable, "-m", "sslyze", "--mozilla_config=intermediate", f"{plan().domain}:{port}{{{address}}}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"sslyze: not compliant with Mozilla intermediate:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
+
+
+def test_edge_hsts_outside_dev():
+    needs("nginx")
+    domain = plan().domain
+    address, port = published("https")
+    head = curl("-k", "-sS", "-D", "-", "-o", "/dev/null", "--resolve", f"{domain}:{port}:{address}", f"https://{domain}:{port}/healthz")
+    hsts = next((l.split(":", 1)[1].strip() for l in head.stdout.splitlines() if l.lower().startswith("strict-transport-security:")), "")
+    wanted = 300 if plan().environment == "dev" else 63072000
+    assert hsts.startswith(f"max-age={wanted}"), f"Strict-Transport-Security is {hsts!r}, wanted max-age={wanted}"
+
+
+def _psql(sql: str) -> str:
+    from ccoas.components.postgres import DATABASE, SUPERUSER
+
+    return container("postgres").check_output(f"psql -X -qAt -v ON_ERROR_STOP=1 -U {SUPERUSER} -d {DATABASE} -c \"{sql}\"")
+
+
+def test_postgres_rls_enabled_and_forced_on_every_app_table():
+    needs("postgres")
+    schema = plan().app_schema.name
+    tables = _psql(f"SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'p')")
+    assert set(tables.split()) >= {t.name for t in plan().app_schema.tables}, f"declared tables missing: {tables}"
+    loose = _psql(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'p') AND NOT (c.relrowsecurity AND c.relforcerowsecurity)"
+    )
+    assert loose == "", f"tables in {schema} without RLS enabled and forced: {loose}"
+
+
+def test_postgres_no_login_role_bypasses_rls():
+    """No role that can log in is SUPERUSER or BYPASSRLS, except the bootstrap superuser the
+    image creates (it authenticates only with its own secret, and the apps never use it)."""
+    needs("postgres")
+    from ccoas.components.postgres import SUPERUSER
+
+    roles = _psql(f"SELECT rolname FROM pg_roles WHERE rolcanlogin AND (rolsuper OR rolbypassrls) AND rolname <> '{SUPERUSER}'")
+    assert roles == "", f"login roles with SUPERUSER or BYPASSRLS: {roles}"
+
+
+def test_vault_initialised_unsealed_audited_root_revoked():
+    needs("vault")
+    from ccoas.state import stack_paths
+
+    layout = host_layout()
+    paths = stack_paths(layout.state_root, layout.runtime_dir, plan().stack)
+    status = json.loads(container("vault").check_output("vault status -format=json"))
+    assert status["initialized"] is True and status["sealed"] is False, status
+    assert "root_token" not in json.loads(paths.vault_init.read_text()), "the initial root token is still on disk"
+    assert plan().vault is not None
+    audit = container("vault").run(f"test -s {plan().vault.audit_path}")
+    assert audit.rc == 0, f"the audit log {plan().vault.audit_path} is missing or empty"
+
+
+def test_redis_default_user_is_off():
+    needs("redis")
+    redis = container("redis")
+    anonymous = redis.run("redis-cli --no-auth-warning -h 127.0.0.1 ping")
+    assert "PONG" not in anonymous.stdout, "the default user answers PING without a password"
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr or "WRONGPASS" in anonymous.stdout + anonymous.stderr, anonymous.stdout + anonymous.stderr
+    health = redis.run(plan().service("redis").liveness.test[1])
+    assert "PONG" in health.stdout, f"the authenticated health user gets no PONG: {health.stdout}{health.stderr}"
+
+
+def test_minio_refuses_anonymous_access():
+    """Anonymous S3 requests, from nginx's place on the edge network (where MinIO's clients are)."""
+    needs("minio", "nginx")
+    edge = container("nginx")
+    minio = f"http://minio:{plan().service('minio').expose[0]}"
+
+    def status(path: str) -> str:
+        return edge.run(f"curl -sS -o /dev/null -w '%{{http_code}}' {minio}{path}").stdout
+
+    assert status("/minio/health/live") == "200", "MinIO does not answer from the edge: the refusals below would prove nothing"
+    for bucket in plan().buckets:
+        if not bucket.public:
+            for path in (f"/{bucket.name}/", f"/{bucket.name}/anything"):
+                assert status(path) == "403", f"anonymous GET {path} answered {status(path)}"
+    assert status("/") == "403", "anonymous bucket listing is allowed"
+
+
+@pytest.mark.parametrize("service", services())
+def test_no_secret_value_in_the_running_process_environment(service):
+    """The environment of the container's main process as it runs (after any entrypoint)."""
+    values = _secret_values()
+    environ = container(service).check_output("cat /proc/1/environ | tr '\\0' '\\n'")
+    leaked = [name for name, value in values.items() if value and value.strip() in environ]
+    assert not leaked, f"{service}: secret values in the environment of its process: {leaked}"
 
 
 @lru_cache(maxsize=1)
