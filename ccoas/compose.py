@@ -120,7 +120,7 @@ def _service(service: Service) -> dict[str, Any]:
     if service.command is not None:
         body["command"] = list(service.command)
     if service.tmpfs:
-        body["tmpfs"] = [f"{t.target}:size={t.size},mode={t.mode}" for t in service.tmpfs]
+        body["tmpfs"] = [f"{t.target}:{t.options}" for t in service.tmpfs]
     if service.ports:
         body["ports"] = [_port(port) for port in service.ports]
     volumes = [f"{m.volume}:{m.target}" + (":ro" if m.read_only else "") for m in service.volumes]

@@ -121,6 +121,12 @@ class TmpfsMount(Model):
     size: str = "64m"
     mode: str = "1777"
 
+    @property
+    def options(self) -> str:
+        """Mount options, the same for every engine and the compose export: data only (no
+        set-uid files, no devices, nothing executed from it)."""
+        return f"rw,nosuid,nodev,noexec,size={self.size},mode={self.mode}"
+
 
 class SecretMount(Model):
     secret: str

@@ -31,7 +31,6 @@ from typing import Any
 import pulumi
 import pulumi_docker as docker
 
-from ccoas.engine.docker_api import tmpfs_options
 from ccoas.errors import CcoasError
 from ccoas.plan import HealthCheck, Network, Plan, Service, Volume
 from ccoas.state import StackPaths
@@ -168,7 +167,7 @@ def container_args(
         "read_only": service.read_only,
         "capabilities": docker.ContainerCapabilitiesArgs(drops=list(service.cap_drop), adds=list(service.cap_add)),
         "security_opts": list(service.security_opt),
-        "tmpfs": {t.target: tmpfs_options(t.size, t.mode) for t in service.tmpfs},
+        "tmpfs": {t.target: t.options for t in service.tmpfs},
         "mounts": mounts(service, paths, volumes),
         "envs": [f"{key}={value}" for key, value in sorted(service.environment.items())],
         "labels": _labels(service.labels, docker.ContainerLabelArgs),

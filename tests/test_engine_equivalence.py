@@ -231,3 +231,78 @@ def test_equivalence_check_notices_a_published_port_outside_nginx(load_plan):
     result = declared(plan, transform=_tamper("postgres", "ports", published))
     with pytest.raises(AssertionError):
         check_equivalent(plan, result, "postgres")
+
+
+# -- the compose export describes the same containers -----------------------------------------------
+
+COMPOSE_FIELDS = (
+    "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "env", "command", "entrypoint",
+    "healthcheck", "memory", "nano_cpus", "pids", "restart", "networks", "ports", "labels",
+)  # fmt: skip
+"""Every field but ``mounts``: Compose names volumes and secret files in its own terms (checked
+in test_render.py against the plan)."""
+
+
+def _compose_seconds(duration: str) -> int:
+    assert duration.endswith("s") and duration[:-1].isdigit(), f"unexpected duration {duration!r}"
+    return int(duration[:-1])
+
+
+def _compose_bytes(value: str) -> int:
+    units = {"g": 1024**3, "m": 1024**2, "k": 1024, "b": 1}
+    return int(value[:-1]) * units[value[-1]]
+
+
+def normalize_compose(plan: Plan, body: dict[str, Any]) -> dict[str, Any]:
+    """One service of the compose export in the common shape (network keys → engine names)."""
+    health = body["healthcheck"]
+    limits = body.get("deploy", {}).get("resources", {}).get("limits", {})
+    policy, _, retries = body["restart"].partition(":")
+    return {
+        "image": body["image"],
+        "user": body["user"],
+        "read_only": body["read_only"],
+        "cap_drop": tuple(sorted(body["cap_drop"])),
+        "cap_add": tuple(sorted(body.get("cap_add", []))),
+        "security_opt": tuple(sorted(body["security_opt"])),
+        "tmpfs": _tmpfs(dict(entry.split(":", 1) for entry in body.get("tmpfs", []))),
+        "env": dict(body["environment"]),
+        "command": tuple(body["command"]) if "command" in body else None,
+        "entrypoint": tuple(body["entrypoint"]) if "entrypoint" in body else None,
+        "healthcheck": (
+            tuple(health["test"]),
+            _compose_seconds(health["interval"]),
+            _compose_seconds(health["timeout"]),
+            health["retries"],
+            _compose_seconds(health["start_period"]),
+        ),
+        "memory": _compose_bytes(limits["memory"]) if "memory" in limits else None,
+        "nano_cpus": int(Decimal(str(limits["cpus"])) * NS) if "cpus" in limits else None,
+        "pids": body.get("pids_limit"),
+        "restart": (policy, int(retries or 0)),
+        "networks": {plan.network(n).engine_name: tuple(v["aliases"]) for n, v in body["networks"].items()},
+        "ports": sorted((p["target"], p["protocol"], p["host_ip"], int(p.get("published", 0))) for p in body.get("ports", [])),
+        "labels": dict(body["labels"]),
+    }
+
+
+@pytest.mark.parametrize(("stack", "service"), _cases())
+def test_local_engine_and_compose_export_declare_the_same_container(load_plan, stack, service):
+    from ccoas.compose import compose_document
+
+    plan = load_plan(stack)
+    local = normalize_docker(container_create_body(plan, plan.service(service), example_paths(plan)))
+    exported = normalize_compose(plan, compose_document(plan)["services"][service])
+    local = {k: local[k] for k in COMPOSE_FIELDS}
+    differing = sorted(k for k in local if local[k] != exported.get(k))
+    assert local == exported, f"{stack}/{service}: the local engine and the compose export disagree on {differing}"
+
+
+def test_compose_check_notices_a_tmpfs_without_noexec(load_plan):
+    from ccoas.compose import compose_document
+
+    plan = load_plan("dev")
+    body = compose_document(plan)["services"]["nginx"]
+    body["tmpfs"] = [entry.replace("noexec,", "") for entry in body["tmpfs"]]
+    local = normalize_docker(container_create_body(plan, plan.service("nginx"), example_paths(plan)))
+    assert normalize_compose(plan, body)["tmpfs"] != local["tmpfs"]

@@ -27,10 +27,6 @@ def healthcheck_body(check: HealthCheck) -> dict[str, Any]:
     }
 
 
-def tmpfs_options(size: str, mode: str) -> str:
-    return f"rw,nosuid,nodev,size={size},mode={mode}"
-
-
 def mounts(plan: Plan, service: Service, paths: StackPaths) -> list[dict[str, Any]]:
     """Volumes, the read-only config dir, secret files and runtime dirs, in a fixed order."""
     result: list[dict[str, Any]] = [
@@ -65,7 +61,7 @@ def container_create_body(plan: Plan, service: Service, paths: StackPaths) -> di
         "CapDrop": list(service.cap_drop),
         "CapAdd": list(service.cap_add),
         "SecurityOpt": list(service.security_opt),
-        "Tmpfs": {t.target: tmpfs_options(t.size, t.mode) for t in service.tmpfs},
+        "Tmpfs": {t.target: t.options for t in service.tmpfs},
         "Mounts": mounts(plan, service, paths),
         "PortBindings": {
             f"{p.container_port}/{p.protocol}": [{"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""}]
