@@ -381,7 +381,7 @@ class SecretStore:
             if secret.generator not in TLS_GENERATORS:
                 self.put(secret, generate(secret))
                 written += 1
-        if any(s.generator in TLS_GENERATORS for s in missing):
+        if any(s.generator in TLS_GENERATORS for s in missing) or self._generated_certificate_expiring():
             # a pair is written whole, so that certificate and key always match
             assert self.plan.tls is not None
             cert, key = tls_pair(self.plan.tls)
@@ -390,6 +390,21 @@ class SecretStore:
                     self.put(secret, cert if secret.generator == "tls-cert" else key)
                     written += 1
         return written
+
+    def _generated_certificate_expiring(self) -> bool:
+        """A certificate ccoas generated has less than RENEW_WITHIN_DAYS left (read from the
+        file it last delivered: ccoas's token never reads a value)."""
+        from ccoas.tls import RENEW_WITHIN_DAYS, days_left
+
+        if self.plan.tls is None or self.plan.tls.mode != "generate":
+            return False
+        for secret in self.plan.secrets:
+            if secret.generator == "tls-cert":
+                for reader in secret.readers:
+                    path = self.paths.secret_file(reader, secret.name)
+                    if path.exists() and days_left(path.read_text()) < RENEW_WITHIN_DAYS:
+                        return True
+        return False
 
     def rotate(self, service: str) -> list[Secret]:
         """New versions of every secret ``service`` owns (the plan's :attr:`Secret.owner`)."""

@@ -2,7 +2,7 @@
 
 A generated certificate is self-signed for the stack's domain (and localhost,
 127.0.0.1), valid for 90 days, with an EC P-256 key. It is stored in Vault like every
-other secret, never in the rendered files.
+other secret, never in the rendered files; `up` renews it when less than 30 days are left.
 """
 
 from __future__ import annotations
@@ -65,6 +65,19 @@ def load_supplied(tls: Tls) -> tuple[str, str]:
     if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
         raise CcoasError(f"tls: {tls.key_file} is not the key of {tls.cert_file}")
     return cert_pem, key_pem
+
+
+RENEW_WITHIN_DAYS = 30
+"""`up` renews a generated certificate with less than this left; `ccoas check` warns."""
+FAIL_WITHIN_DAYS = 14
+"""`ccoas check` fails on a certificate (generated or supplied) with less than this left."""
+
+
+def days_left(cert_pem: str, now: dt.datetime | None = None) -> float:
+    """Days until the (first) certificate of ``cert_pem`` expires; negative once it has."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return (cert.not_valid_after_utc - now).total_seconds() / 86400
 
 
 def tls_pair(tls: Tls) -> tuple[str, str]:

@@ -217,3 +217,24 @@ def test_a_revoked_ccoas_token_is_recovered_through_the_unseal_key(vault):
     assert bootstrap._ccoas_token_valid() is False
     assert bootstrap.converge() == 1
     assert bootstrap._ccoas_token_valid() is True
+
+
+@pytest.mark.parametrize(("days", "renewed"), [(10, True), (29, True), (31, False), (89, False)])
+def test_up_renews_a_generated_certificate_with_less_than_30_days_left(vault, days, renewed):
+    from ccoas.tls import generate_self_signed
+
+    plan, paths, bootstrap, _ = vault
+    secrets = store(plan, paths, bootstrap.ccoas_client())
+    secrets.ensure()
+    pair = [s for s in plan.secrets if s.generator in ("tls-cert", "tls-key")]
+    before = {s.name: secrets.version(s) for s in pair}
+    delivered = paths.secret_file("nginx", "nginx_tls_cert")
+    delivered.parent.mkdir(parents=True, exist_ok=True)
+    delivered.unlink(missing_ok=True)
+    delivered.write_text(generate_self_signed(plan.domain, days=days)[0])
+    try:
+        assert secrets.ensure() == (2 if renewed else 0)
+    finally:
+        delivered.unlink()
+    after = {s.name: secrets.version(s) for s in pair}
+    assert after == ({n: v + 1 for n, v in before.items()} if renewed else before)

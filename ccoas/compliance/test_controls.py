@@ -216,6 +216,31 @@ def test_edge_tls_is_mozilla_intermediate():
     assert result.returncode == 0, f"sslyze: not compliant with Mozilla intermediate:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
 
 
+def test_edge_certificate_is_not_about_to_expire():
+    """The certificate nginx serves (generated or supplied): fails under 14 days left, warns under 30."""
+    needs("nginx")
+    import datetime as dt
+    import socket
+    import ssl
+    import warnings
+
+    from cryptography import x509
+
+    from ccoas.tls import FAIL_WITHIN_DAYS, RENEW_WITHIN_DAYS
+
+    address, port = published("https")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # we read the certificate, whoever signed it
+    with socket.create_connection((address, port), timeout=10) as raw, context.wrap_socket(raw, server_hostname=plan().domain) as tls:
+        der = tls.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    left = (cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86400
+    assert left >= FAIL_WITHIN_DAYS, f"the edge certificate expires in {left:.1f} days ({cert.not_valid_after_utc:%Y-%m-%d})"
+    if left < RENEW_WITHIN_DAYS:
+        warnings.warn(f"the edge certificate expires in {left:.1f} days: renew it (generated ones renew at the next `up`)", stacklevel=1)
+
+
 def test_edge_hsts_outside_dev():
     needs("nginx")
     domain = plan().domain
