@@ -155,14 +155,19 @@ def test_remote_addr_of_a_client_on_another_loopback_address(engine):
 # --- TLS and headers ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
-@pytest.mark.parametrize(("group", "accepted"), [("X25519", True), ("P-256", True), ("P-384", True), ("X448", False), ("P-521", False)])
+@pytest.mark.parametrize(
+    ("version", "group", "accepted"),
+    [("-tls1_3", "X25519", True), ("-tls1_3", "P-256", True), ("-tls1_3", "P-384", True),
+     ("-tls1_3", "X448", False), ("-tls1_3", "P-521", False), ("-tls1_2", "X448", False), ("-tls1_2", "P-521", False)],
+)  # fmt: skip
 def test_key_exchange_groups_are_mozilla_intermediate(engine, version, group, accepted):
+    """openssl s_client offering one group. (Accepted groups are tried on TLS 1.3 only: in TLS 1.2
+    the client's group list also limits the curve of the server's ECDSA P-256 certificate.)"""
     result = subprocess.run(
         ["openssl", "s_client", version, "-groups", group, "-servername", engine.plan.domain, "-connect", f"127.0.0.1:{engine.ports['https']}"],
         input="", capture_output=True, text=True, timeout=30,
     )
-    handshake = re.search(r"^(?:New|Reused), TLSv", result.stdout, re.M) is not None and "Cipher is (NONE)" not in result.stdout
+    handshake = re.search(r"^(?:New|Reused), TLSv", result.stdout, re.M) is not None
     assert handshake == accepted, result.stdout[-600:] + result.stderr[-300:]
 
 
