@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def engine(tmp_path_factory):
     path.write_text(yaml.safe_dump(stack, sort_keys=False))
     engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
     engine.ports = {"https": https, "http": http}  # type: ignore[attr-defined]
+    engine.stack_path = path  # type: ignore[attr-defined]
     try:
         engine.up()
         yield engine
@@ -188,3 +190,109 @@ def test_the_openapi_document_is_not_public(engine, path):
     assert status == 404 and '"openapi"' not in body
     direct = nginx_exec(engine, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://directus:8055/server/specs/oas")
     assert direct == "200"  # Directus serves it to anyone who reaches it: the edge does not let them
+
+
+# --- each service control of `ccoas check` fails when its property is broken ----------------------
+
+
+def control(engine, name: str) -> int:
+    from ccoas.compliance import run_checks
+
+    return run_checks(engine.stack_path, NAME, extra=["-k", name])
+
+
+def exec_in(engine, service: str, *command: str, user: str | None = None) -> str:
+    container = engine.client.containers.get(engine.plan.service(service).container_name)
+    result = container.exec_run(list(command), user=user or engine.plan.service(service).user)
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode()
+
+
+def psql(engine, sql: str) -> str:
+    return exec_in(engine, "postgres", "psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "app", "-c", sql)
+
+
+@pytest.mark.parametrize(
+    ("name", "break_sql", "restore_sql"),
+    [
+        ("test_postgres_rls_enabled_and_forced_on_every_app_table", "ALTER TABLE app.notes NO FORCE ROW LEVEL SECURITY", "ALTER TABLE app.notes FORCE ROW LEVEL SECURITY"),
+        ("test_postgres_no_login_role_bypasses_rls", "ALTER ROLE directus BYPASSRLS", "ALTER ROLE directus NOBYPASSRLS"),
+    ],
+)
+def test_postgres_controls_fail_when_broken(engine, name, break_sql, restore_sql):
+    assert control(engine, name) == 0
+    psql(engine, break_sql)
+    try:
+        assert control(engine, name) != 0
+    finally:
+        psql(engine, restore_sql)
+    assert control(engine, name) == 0
+
+
+def test_minio_control_fails_when_a_bucket_is_anonymous(engine):
+    name = "test_minio_refuses_anonymous_access"
+    assert control(engine, name) == 0
+    mc = 'MC_CONFIG_DIR=/tmp/.mc-e2e MC_HOST_local="http://$(cat /run/secrets/minio_root_user):$(cat /run/secrets/minio_root_password)@127.0.0.1:9000" mc --quiet anonymous set {} local/uploads'
+    exec_in(engine, "minio", "sh", "-c", mc.format("download"))
+    try:
+        assert control(engine, name) != 0
+    finally:
+        exec_in(engine, "minio", "sh", "-c", mc.format("private"))
+    assert control(engine, name) == 0
+
+
+def _broken(engine, name: str, relative: str, old: str, new: str, apply) -> None:
+    """The control passes, fails once ``old`` becomes ``new`` in the rendered file (applied by
+    ``apply``), and passes again once the file is restored."""
+    path = engine.paths.render / relative
+    original = path.read_text()
+    assert old in original, f"{relative} has no {old!r}"
+    assert control(engine, name) == 0
+    path.write_text(original.replace(old, new))
+    apply()
+    try:
+        assert control(engine, name) != 0
+    finally:
+        path.write_text(original)
+        apply()
+    assert control(engine, name) == 0
+
+
+def _reload_nginx(engine):
+    exec_in(engine, "nginx", "nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-s", "reload")
+    time.sleep(2)
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new"),
+    [
+        ("test_edge_tls_is_mozilla_intermediate", "    ssl_ecdh_curve X25519:prime256v1:secp384r1;\n", ""),
+        ("test_edge_serves_only_its_domain", "        return 421;\n", "        location / { proxy_pass http://directus; }\n"),
+        ("test_edge_hsts_outside_dev", "max-age=63072000", "max-age=300"),
+    ],
+)
+def test_edge_controls_fail_when_broken(engine, name, old, new):
+    _broken(engine, name, "nginx/nginx.conf", old, new, lambda: _reload_nginx(engine))
+
+
+def test_redis_control_fails_when_the_default_user_is_on(engine):
+    container = engine.client.containers.get(engine.plan.service("redis").container_name)
+
+    def restart():
+        container.restart()
+        time.sleep(3)
+
+    _broken(engine, "test_redis_default_user_is_off", "redis/entrypoint.sh", "'user default off resetpass -@all'", "'user default on nopass -@all +ping'", restart)
+
+
+def test_reachability_control_fails_when_nginx_joins_the_db_network(engine):
+    name = "test_reachability_matrix_is_the_declared_one"
+    assert control(engine, name) == 0
+    network = engine.client.networks.get(engine.plan.network("db").engine_name)
+    nginx = engine.plan.service("nginx").container_name
+    network.connect(nginx)
+    try:
+        assert control(engine, name) != 0
+    finally:
+        network.disconnect(nginx)
+    assert control(engine, name) == 0
