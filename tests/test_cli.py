@@ -137,7 +137,7 @@ def test_plan_table_names_every_service(runner, monkeypatch, width):
 @pytest.mark.parametrize("path", [p for p in STACK_COMMANDS if p != ("check",)], ids=cli_id)
 def test_a_bad_stack_is_rejected_before_anything_runs(path, runner, write_stack, tmp_path):
     file = write_stack(tmp_path, {"version": 1, "name": "bad", "environment": "dev", "tls": {"mode": "generate"}, "colour": 1})
-    extra = {("secrets", "rotate"): ["postgres"], ("secrets", "get"): ["directus/admin_password"]}.get(path, [])
+    extra = {("secrets", "rotate"): ["postgres"], ("secrets", "get"): ["directus/admin_password"], ("query",): ["documents", "text"]}.get(path, [])
 
     result = runner.invoke(app, [*path, *extra, str(file)])
 

