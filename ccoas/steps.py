@@ -145,18 +145,13 @@ class Steps:
         until it is ready. Returns the changes the hooks made."""
         wanted = set(range(len(service.hooks)) if hooks is None else hooks)
         changes = 0
-        with engine_step(service.name, "health"):
-            self.wait(service, service.liveness, "alive", timeout)
-        for index, hook in enumerate(service.hooks):
-            if hook.stage == "alive" and index in wanted:
-                with engine_step(service.name, f"hook {hook.kind}"):
-                    changes += self.run_hook(service, hook)
-        with engine_step(service.name, "health"):
-            self.wait(service, service.healthcheck, "ready", timeout)
-        for index, hook in enumerate(service.hooks):
-            if hook.stage == "ready" and index in wanted:
-                with engine_step(service.name, f"hook {hook.kind}"):
-                    changes += self.run_hook(service, hook)
+        for stage, check in (("alive", service.liveness), ("ready", service.healthcheck)):
+            with engine_step(service.name, "health"):
+                self.wait(service, check, stage, timeout)
+            for index, hook in enumerate(service.hooks):
+                if hook.stage == stage and index in wanted:
+                    with engine_step(service.name, f"hook {hook.kind}"):
+                        changes += self.run_hook(service, hook)
         return changes
 
     def wait(self, service: Service, check: HealthCheck, what: str, timeout: int) -> None:
