@@ -175,10 +175,41 @@ def prepare(
     ``unprivileged_port_start``: the lowest port a stack publishes, when it is below 1024
     (host preparation then lets rootless containers bind from there).
     """
+    from pyinfra.api.operations import run_ops
+
+    state = planned_preparation(target, ssh_user, layout, unprivileged_port_start)
+    try:
+        run_ops(state)
+    except Exception as exc:  # noqa: BLE001 - pyinfra raises its own errors and OSErrors alike
+        raise HostError(f"host preparation failed on {target}: {type(exc).__name__}: {exc}") from None
+    hosts = list(state.inventory.iter_activated_hosts())
+    failed = [h.name for h in state.inventory if state.results[h].error_ops or h not in state.activated_hosts]
+    changes = []
+    for op_hash in state.get_op_order():
+        for host in hosts:
+            op = state.ops[host].get(op_hash)
+            if op is None:
+                continue
+            if not op.operation_meta.did_succeed(_raise_if_not_complete=False):
+                failed.append(f"{host.name}: {_op_name(state, op_hash)}")
+            elif op.operation_meta.did_change():
+                changes.append(_op_name(state, op_hash))
+    if failed:
+        raise HostError(f"host preparation failed: {'; '.join(dict.fromkeys(failed))}")
+    return PrepareResult(changed=len(changes), changes=tuple(changes))
+
+
+def planned_preparation(
+    target: str = "@local",
+    ssh_user: str | None = None,
+    layout: HostLayout | None = None,
+    unprivileged_port_start: int | None = None,
+):
+    """The pyinfra ``State`` of host preparation with every operation added, none executed
+    (facts are read from the host): what :func:`prepare` runs, for tests and dry runs."""
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
     from pyinfra.api.deploy import add_deploy
-    from pyinfra.api.operations import run_ops
 
     layout = layout or host_layout()
     data: dict[str, object] = {
@@ -195,28 +226,22 @@ def prepare(
         data["ssh_user"] = ssh_user
     state = State(Inventory(([target], data)), Config())
     connect_all(state)
-    hosts = list(state.inventory.iter_activated_hosts())
-    if not hosts:
+    if not list(state.inventory.iter_activated_hosts()):
         raise HostError(f"host preparation: cannot connect to {target}")
     try:
         add_deploy(state, _role().prepare_host)
-        run_ops(state)
-    except Exception as exc:  # noqa: BLE001 - pyinfra raises its own errors and OSErrors alike
+    except Exception as exc:  # noqa: BLE001 - a fact that cannot be read, a bad argument
         raise HostError(f"host preparation failed on {target}: {type(exc).__name__}: {exc}") from None
-    failed = [h.name for h in state.inventory if state.results[h].error_ops or h not in state.activated_hosts]
-    changes = []
-    for op_hash in state.get_op_order():
-        for host in hosts:
-            op = state.ops[host].get(op_hash)
-            if op is None:
-                continue
-            if not op.operation_meta.did_succeed(_raise_if_not_complete=False):
-                failed.append(f"{host.name}: {', '.join(sorted(state.get_op_meta(op_hash).names))}")
-            elif op.operation_meta.did_change():
-                changes.append(", ".join(sorted(state.get_op_meta(op_hash).names)))
-    if failed:
-        raise HostError(f"host preparation failed: {'; '.join(dict.fromkeys(failed))}")
-    return PrepareResult(changed=len(changes), changes=tuple(changes))
+    return state
+
+
+def operation_names(state) -> list[str]:
+    """Names of the operations in ``state``, in order (without the deploy's prefix)."""
+    return [_op_name(state, op_hash) for op_hash in state.get_op_order()]
+
+
+def _op_name(state, op_hash: str) -> str:
+    return ", ".join(sorted(name.split(" | ", 1)[-1] for name in state.get_op_meta(op_hash).names))
 
 
 def _role():

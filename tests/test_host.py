@@ -52,3 +52,22 @@ def test_engine_processes_are_the_users_and_its_subordinate_uids(tmp_path: Path,
     (proc / "self").mkdir()
     (proc / "15").mkdir()  # exited between listing and reading
     assert engine_processes(layout, proc) == [10, 11]
+
+
+needs_prepared_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/dpkg").exists(), reason="reads this host's facts: needs root on Debian"
+)
+
+
+@needs_prepared_root
+def test_host_preparation_lowers_the_unprivileged_port_start_for_a_stack_that_publishes_below_it():
+    """The operations pyinfra would run (facts read, nothing executed), for prod's port 80."""
+    current = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if current <= 80:
+        pytest.skip("this host already lets rootless containers bind port 80")
+
+    names = host.operation_names(host.planned_preparation(unprivileged_port_start=80))
+
+    assert f"net.ipv4.ip_unprivileged_port_start lowered from {current} to 80: the stack publishes port 80" in names
+    assert not any("unprivileged_port_start" in n for n in host.operation_names(host.planned_preparation()))
+

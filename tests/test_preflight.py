@@ -5,6 +5,7 @@ in a log, and `status` exit codes."""
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 from pathlib import Path
@@ -182,3 +183,35 @@ def test_version(runner):
     result = runner.invoke(app, ["--version"])
 
     assert result.exit_code == 0 and result.stdout == f"ccoas {__version__}\n"
+
+
+def test_up_says_where_to_log_in_without_a_value():
+    from ccoas.report import login_hints
+
+    plan = build_plan(load_stack(DEV))
+    rows = [ServiceStatus("nginx", "dev-nginx", "running", "healthy", ("https://127.0.0.1:8443", "http://127.0.0.1:8080"))]
+
+    hints = login_hints(plan, rows, DEV, "pr-42")
+
+    assert hints == [
+        "open https://127.0.0.1:8443/",
+        "Directus: https://127.0.0.1:8443/directus/  admin e-mail admin@example.com; "
+        f"password: `ccoas secrets get directus/admin_password {DEV} --name pr-42`",
+    ]
+
+
+def test_secrets_list_in_a_log_keeps_names_and_paths_whole(runner, monkeypatch):
+    from ccoas.secrets import SecretInfo
+
+    long_path = "secret/data/" + "a-very-long-stack-name-" * 4 + "/directus/admin_password"
+    rows = [SecretInfo("directus/admin_password", long_path, 3, ("directus",))]
+    engine = SimpleNamespace(secrets=lambda: SimpleNamespace(list=lambda: rows))
+    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None, recover=False: engine)
+    monkeypatch.setattr(ccoas.cli, "out", Console(width=80, force_terminal=False))
+
+    table = runner.invoke(app, ["secrets", "list", str(DEV)])
+    as_json = runner.invoke(app, ["secrets", "list", str(DEV), "--json"])
+
+    assert table.exit_code == 0, table.output
+    assert any("directus/admin_password" in line and long_path in line for line in table.stdout.splitlines())
+    assert json.loads(as_json.stdout) == [{"name": "directus/admin_password", "path": long_path, "version": 3, "readers": ["directus"]}]
