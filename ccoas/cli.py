@@ -111,7 +111,9 @@ def _engine(plan: Plan, progress: ProgressReporter | None = None, recover: bool 
     return LocalEngine.connect(plan, progress=progress, recover=recover)
 
 
-def _preflight(plan: Plan | None, stack: Path | None, recover: bool = False) -> LocalEngine | None:
+def _preflight(
+    plan: Plan | None, stack: Path | None, recover: bool = False, progress: ProgressReporter | None = None
+) -> LocalEngine | None:
     """Every preflight rule; raises :class:`PreflightError` (exit 2) listing each failure.
     Returns the connected engine when there is a plan."""
     from ccoas.host import host_layout
@@ -123,7 +125,7 @@ def _preflight(plan: Plan | None, stack: Path | None, recover: bool = False) -> 
         raise PreflightError(failures)
     if plan is None:
         return None
-    engine = _engine(plan, recover=recover)
+    engine = _engine(plan, progress, recover=recover)
     with engine_step(f"stack {plan.stack}", "preflight"):
         failures = check_engine(plan, layout, engine.client)
     if failures:
@@ -206,10 +208,8 @@ def up(
         return
     from ccoas.report import ProgressReporter, login_hints, status_table
 
-    engine_ = _preflight(resolved, stack, recover=True)
     with ProgressReporter(err) as progress:
-        engine_.progress = progress
-        result = engine_.up(build=build, timeout=timeout)
+        result = _preflight(resolved, stack, recover=True, progress=progress).up(build=build, timeout=timeout)
     out.print(status_table(result.status))
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}", highlight=False)

@@ -181,9 +181,10 @@ def fake_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(Steps, "secrets", lambda self: vault_stub)
 
     def use(client: FakeClient) -> None:
-        def connect(plan, stack, recover=False):
+        def connect(plan, stack, recover=False, progress=None):
             client.hook_commands = {tuple(h.command) for s in plan.services for h in s.hooks if h.command}
-            return LocalEngine(plan, Runtime(client, layout), stack_paths(layout.state_root, tmp_path / "run", plan.stack))
+            paths = stack_paths(layout.state_root, tmp_path / "run", plan.stack)
+            return LocalEngine(plan, Runtime(client, layout), paths, progress)
 
         monkeypatch.setattr(ccoas.cli, "_preflight", connect)
 

@@ -215,3 +215,18 @@ def test_secrets_list_in_a_log_keeps_names_and_paths_whole(runner, monkeypatch):
     assert table.exit_code == 0, table.output
     assert any("directus/admin_password" in line and long_path in line for line in table.stdout.splitlines())
     assert json.loads(as_json.stdout) == [{"name": "directus/admin_password", "path": long_path, "version": 3, "readers": ["directus"]}]
+
+
+def test_up_reports_every_engine_step_to_the_progress_log(runner, monkeypatch):
+    """The reporter `up` makes reaches the engine's steps (builds, waits, hooks), not only `up`."""
+    seen = {}
+
+    def engine(plan, progress=None, recover=False):
+        seen["progress"], seen["recover"] = progress, recover
+        raise ccoas.cli.CcoasError("stop here")
+
+    monkeypatch.setattr(preflight, "check_host", lambda plan, layout, stack=None: [])
+    monkeypatch.setattr(ccoas.cli, "_engine", engine)
+
+    assert runner.invoke(app, ["up", str(DEV)]).exit_code == 2
+    assert isinstance(seen["progress"], ProgressReporter) and seen["recover"] is True
