@@ -19,8 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+import hvac.exceptions
 import pytest
 
+from ccoas.errors import CcoasError
 from ccoas.render import rendered_files
 from ccoas.secrets import SecretStore, VaultBootstrap, VaultError, vault_client
 from ccoas.state import StackPaths
@@ -238,3 +240,27 @@ def test_up_renews_a_generated_certificate_with_less_than_30_days_left(vault, da
         delivered.unlink()
     after = {s.name: secrets.version(s) for s in pair}
     assert after == ({n: v + 1 for n, v in before.items()} if renewed else before)
+
+
+def test_secrets_get_prints_one_value_by_name_read_with_a_readers_policy(vault):
+    """`ccoas secrets get directus/admin_password`: the value Vault holds (as its root sees it),
+    read with a short-lived token of a service that reads it (ccoas's own token cannot)."""
+    plan, paths, bootstrap, _ = vault
+    secrets = store(plan, paths, bootstrap.ccoas_client())
+    secrets.ensure()
+    root = root_client(bootstrap)
+    try:
+        held = root.secrets.kv.v2.read_secret_version(
+            f"{plan.vault.prefix}/directus/admin_password", mount_point=plan.vault.kv_mount, raise_on_deleted_version=True
+        )["data"]["data"]["value"]
+    finally:
+        root.auth.token.revoke_self()
+
+    assert secrets.get("directus/admin_password") == held
+    assert "directus/admin_password" in [row.name for row in secrets.list()]
+    with pytest.raises(CcoasError, match=r"no secret 'directus/nope' in stack dev; `ccoas secrets list` shows: "):
+        secrets.get("directus/nope")
+    with pytest.raises(hvac.exceptions.Forbidden):
+        bootstrap.ccoas_client().secrets.kv.v2.read_secret_version(
+            f"{plan.vault.prefix}/directus/admin_password", mount_point=plan.vault.kv_mount, raise_on_deleted_version=True
+        )
