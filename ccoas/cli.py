@@ -192,6 +192,8 @@ def up(
     build: Annotated[bool, typer.Option(help="Build missing local images first.")] = True,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for each service to become healthy.")] = 300,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the operations `up` would apply, one per line; change nothing.")] = False,
+    snapshot: Annotated[bool, typer.Option("--snapshot/--no-snapshot", help="Back up first when a data service (postgres, minio, vault) would be replaced.")] = True,
+    keep_snapshots: Annotated[int, typer.Option("--keep-snapshots", min=1, help="How many such snapshots to keep per stack.")] = 3,
 ) -> None:
     """Provision the stack in rootless containers and wait until everything is healthy."""
     resolved = _plan(stack, name)
@@ -208,8 +210,16 @@ def up(
         return
     from ccoas.report import ProgressReporter, login_hints, status_table
 
+    from ccoas.backup import snapshot_before_up
+
     with ProgressReporter(err) as progress:
-        result = _preflight(resolved, stack, recover=True, progress=progress).up(build=build, timeout=timeout)
+        engine_ = _preflight(resolved, stack, recover=True, progress=progress)
+        taken = snapshot_before_up(engine_, keep=keep_snapshots, build=build) if snapshot else None
+        if taken is not None:
+            progress.done(f"snapshot before replacing {', '.join(f'{s} ({why})' for s, why in sorted(taken[1].items()))}: {taken[0].path}")
+        result = engine_.up(build=build, timeout=timeout)
+    if taken is not None:
+        out.print(f"snapshot taken first: {taken[0].path} (restore: ccoas restore {taken[0].path} after `ccoas down --purge`)", highlight=False)
     out.print(status_table(result.status))
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
@@ -259,6 +269,64 @@ def down(
     with engine_step(f"stack {resolved.stack}", "remove"):
         removed = _engine(resolved).down(purge=purge)
     out.print(f"removed {removed}", highlight=False)
+
+
+@app.command()
+@reports_errors
+def backup(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The bundle file to write (0600); Vault's unseal material goes to FILE.unseal.")] = ...,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="Encrypt with this key (created, 0600, if absent): keep it apart.")] = None,
+) -> None:
+    """Back up the running stack: Postgres, MinIO objects, Vault, plan and config, in one bundle."""
+    from ccoas.backup import backup as take_backup
+
+    result = take_backup(_engine(_plan(stack, name)), out_file, key_file=key_file)
+    for service, what in sorted(result.contents.items()):
+        out.print(f"{service:9} {what}", highlight=False)
+    out.print(f"wrote {result.path} ({result.size} bytes{', encrypted' if key_file else ''})", highlight=False)
+    if result.unseal_path is not None:
+        out.print(f"wrote {result.unseal_path}: Vault's unseal key and ccoas's token — store it apart from the bundle", highlight=False)
+
+
+@app.command()
+@reports_errors
+def restore(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `ccoas backup` (FILE.unseal beside it).")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the bundle was encrypted with.")] = None,
+    build: Annotated[bool, typer.Option(help="Build missing local images first.")] = True,
+    timeout: Annotated[int, typer.Option(help="Seconds to wait for each service to become healthy.")] = 300,
+) -> None:
+    """Restore a bundle onto an empty (or purged) stack; verified first, never half-applied."""
+    from ccoas.backup import restore as restore_bundle
+    from ccoas.report import ProgressReporter, status_table
+
+    with ProgressReporter(err) as progress:
+        result = restore_bundle(_engine(_plan(stack, name), progress), bundle, key_file=key_file, build=build, timeout=timeout)
+    out.print(status_table(result.status))
+    for service, what in sorted(result.restored.items()):
+        out.print(f"restored {service}: {what}", highlight=False)
+
+
+@app.command()
+@reports_errors
+def diagnose(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The tarball to write (0600).")] = ...,
+    lines: Annotated[int, typer.Option("--lines", min=1, help="Log lines kept per service.")] = 200,
+) -> None:
+    """Gather plan, status, health history, logs, events, host facts and reachability into a tarball
+    with a postmortem skeleton; every secret value scrubbed."""
+    from ccoas.diagnose import diagnose as gather
+
+    result = gather(_engine(_plan(stack, name)), out_file, log_lines=lines)
+    for service, health in sorted(result.unhealthy.items()):
+        out.print(f"[yellow]not healthy:[/yellow] {service} ({health})", highlight=False)
+    out.print(f"wrote {result.path} (postmortem.md inside; {result.scrubbed} secret occurrences scrubbed)", highlight=False)
 
 
 @app.command()
@@ -361,6 +429,39 @@ def images_pull(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     with ProgressReporter(err) as progress:
         pulled = _engine(_plan(stack, name), progress).pull_images()
     out.print(f"{len(pulled)} images pulled" if pulled else "every registry image is on this host", highlight=False)
+
+
+@images_app.command("save")
+@reports_errors
+def images_save(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The archive to write (docker-archive: ids and HEALTHCHECKs kept).")] = ...,
+) -> None:
+    """Write every image of the stack into one archive, for `ccoas images load` on another host."""
+    from ccoas.image_archive import save
+
+    resolved = _plan(stack, name)
+    saved = save(_engine(resolved).client, resolved, out_file)
+    for image in saved:
+        out.print(f"{image.tag}  {image.id[:19]}", highlight=False)
+    out.print(f"wrote {len(saved)} images into {out_file}", highlight=False)
+
+
+@images_app.command("load")
+@reports_errors
+def images_load(
+    archive: Annotated[Path, typer.Argument(help="An archive written by `ccoas images save`.")],
+) -> None:
+    """Load an image archive into this host's engine, verified (every tag names the archived id);
+    then `up` a stack with `images.source: bundle`."""
+    from ccoas.engine.runtime import Runtime
+    from ccoas.image_archive import load
+
+    loaded = load(Runtime.connect().client, archive)
+    for image in loaded:
+        out.print(f"{image.tag}  {image.id[:19]}  verified", highlight=False)
+    out.print(f"loaded {len(loaded)} images", highlight=False)
 
 
 @host_app.command("prepare")

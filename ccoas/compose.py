@@ -111,6 +111,8 @@ def _service(service: Service) -> dict[str, Any]:
         "expose": [str(port) for port in service.expose],
         "healthcheck": healthcheck(service.healthcheck),
         "restart": f"{service.restart.policy}:{service.restart.max_retries}",
+        "stop_signal": service.stop.signal,
+        "stop_grace_period": duration(service.stop.timeout_s),
         "labels": dict(sorted(service.labels.items())),
     }
     if service.cap_add:

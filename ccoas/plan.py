@@ -79,11 +79,15 @@ class LocalRecipe(Model):
 
 class Image(Model):
     ref: str
-    source: Literal["registry", "local"]
+    source: Literal["registry", "local", "bundle"]
+    """``bundle``: loaded by ``ccoas images load`` (same refs and ids as where it was saved); never built."""
     pull: Literal["never"] = "never"
     """Provisioning never pulls: registry images are fetched by ``ccoas images pull``, an explicit
     step of its own, and local ones built by ``ccoas images build``; ``up`` only uses what is there."""
     recipe: LocalRecipe | None = None
+    upstream: dict[str, str] = {}
+    """Image path (``local``, ``registry``) → the upstream version it runs, for every path the
+    component has: ``ccoas plan`` prints them side by side (the README says why they differ)."""
 
 
 class Port(Model):
@@ -150,6 +154,15 @@ class Restart(Model):
     max_retries: int = 5
 
 
+class Stop(Model):
+    """How the service's container is stopped: its stop signal, then a kill only once
+    ``timeout_s`` has passed. ``down``, recreate and rotation all stop this way."""
+
+    signal: str = "SIGTERM"
+    timeout_s: int = 15
+    reason: str = "exits cleanly on SIGTERM"
+
+
 class Dependency(Model):
     service: str
     condition: Literal["service_healthy"] = "service_healthy"
@@ -194,6 +207,7 @@ class Service(Model):
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
     limits: Limits
     restart: Restart = Restart()
+    stop: Stop = Stop()
     healthcheck: HealthCheck
     """Readiness: the engine's health check, gating dependants."""
     liveness: HealthCheck

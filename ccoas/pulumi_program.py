@@ -173,6 +173,8 @@ def container_args(
         "labels": _labels(service.labels, docker.ContainerLabelArgs),
         "healthcheck": healthcheck(service.healthcheck),
         "restart": service.restart.policy,
+        "stop_signal": service.stop.signal,
+        "stop_timeout": service.stop.timeout_s,
         "max_retry_count": service.restart.max_retries,
         # No network_mode: the provider creates the container, disconnects the default bridge and
         # connects every network below with its aliases before the container starts. (Setting

@@ -42,6 +42,12 @@ def plan_tables(plan: Plan) -> list[Table]:
             ", ".join(limits),
         )
 
+    paths = Table(title="images: the upstream version each path runs (the README says why they differ)")
+    for column in ("service", "this stack", "local build", "registry image"):
+        paths.add_column(column, overflow="fold")
+    for s in plan.services:
+        paths.add_row(s.name, s.image.source, s.image.upstream.get("local", "- (no recipe)"), s.image.upstream.get("registry", "-"))
+
     security = Table(title="security settings")
     for column in ("service", "read-only root", "cap drop", "cap add", "security opt", "secrets (files)", "restart"):
         security.add_column(column)
@@ -55,7 +61,7 @@ def plan_tables(plan: Plan) -> list[Table]:
             str(len(s.secrets)),
             f"{s.restart.policy}:{s.restart.max_retries}",
         )
-    return [networks, services, security]
+    return [networks, services, paths, security]
 
 
 def status_table(rows: Iterable[Any]) -> Table:

@@ -170,7 +170,7 @@ class VaultBootstrap:
         if client.sys.is_sealed():
             for key in material["keys_base64"]:
                 client.sys.submit_unseal_key(key)
-        self._wait_active(client)
+        self.wait_active(client)
         root_token = material.get("root_token")
         if not root_token and (not self._ccoas_token_valid() or self._policies_outdated()):
             # ccoas's token is gone or expired, a bootstrap was interrupted, or the plan's
@@ -217,7 +217,19 @@ class VaultBootstrap:
         raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
         return bytes(a ^ b for a, b in zip(raw, otp.encode())).decode()
 
-    def _wait_active(self, client) -> None:
+    @contextmanager
+    def root_client(self):
+        """A client with a one-off root token minted from the unseal key, revoked when the block ends
+        (for what only root may do, e.g. a raft snapshot)."""
+        client = vault_client(self.socket)
+        token = self._root_from_unseal_keys(client, self._init_material()["keys_base64"])
+        root = vault_client(self.socket, token)
+        try:
+            yield root
+        finally:
+            root.auth.token.revoke_self()
+
+    def wait_active(self, client) -> None:
         """Unsealed is not enough: integrated storage must elect this node active first."""
         for _ in range(150):
             response = client.sys.read_health_status(method="GET")

@@ -63,9 +63,11 @@ class _Strict(BaseModel):
 class ImageChoice(_Strict):
     """Where a component's image comes from."""
 
-    source: Literal["registry", "local"] | None = None
+    source: Literal["registry", "local", "bundle"] | None = None
     """``registry``: the official image pinned by digest (fetched by ``ccoas images pull``);
-    ``local``: built by ccoas from packages. Provisioning pulls neither."""
+    ``local``: built by ccoas from packages; ``bundle``: the images ``ccoas images load`` put
+    here (the local refs where a recipe exists, else the registry ones), never built or pulled.
+    Provisioning pulls none."""
     ref: Annotated[str, Field(pattern=DIGEST_REF_RE)] | None = None
     """Override of the official image, which must be pinned by digest (``name:tag@sha256:…``)."""
 

@@ -98,6 +98,10 @@ class Steps:
                 f"run `ccoas images pull` (this host must reach the registry), or use `source: local` "
                 f"where a local recipe exists"
             )
+        missing_bundle = self.missing_images("bundle")
+        if missing_bundle:
+            refs = ", ".join(f"{s.name} ({s.image.ref})" for s in missing_bundle)
+            raise HostError(f"images of source bundle not on this host: {refs}: load them with `ccoas images load FILE` (made by `ccoas images save`)")
         missing_local = self.missing_images("local")
         if missing_local:
             if not build:

@@ -137,9 +137,15 @@ def test_plan_table_names_every_service(runner, monkeypatch, width):
 @pytest.mark.parametrize("path", [p for p in STACK_COMMANDS if p != ("check",)], ids=cli_id)
 def test_a_bad_stack_is_rejected_before_anything_runs(path, runner, write_stack, tmp_path):
     file = write_stack(tmp_path, {"version": 1, "name": "bad", "environment": "dev", "tls": {"mode": "generate"}, "colour": 1})
-    extra = {("secrets", "rotate"): ["postgres"], ("secrets", "get"): ["directus/admin_password"], ("query",): ["documents", "text"]}.get(path, [])
+    before = {
+        ("secrets", "rotate"): ["postgres"],
+        ("secrets", "get"): ["directus/admin_password"],
+        ("query",): ["documents", "text"],
+        ("restore",): [str(tmp_path / "bundle.ccoas")],
+    }.get(path, [])
+    after = ["--out", str(tmp_path / "out")] if path in {("backup",), ("diagnose",), ("images", "save")} else []
 
-    result = runner.invoke(app, [*path, *extra, str(file)])
+    result = runner.invoke(app, [*path, *before, str(file), *after])
 
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

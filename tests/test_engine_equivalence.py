@@ -70,6 +70,7 @@ def normalize_docker(body: dict[str, Any]) -> dict[str, Any]:
         "nano_cpus": host.get("NanoCpus"),
         "pids": host.get("PidsLimit"),
         "restart": (host["RestartPolicy"]["Name"], host["RestartPolicy"]["MaximumRetryCount"]),
+        "stop": (body["StopSignal"], body["StopTimeout"]),
         "networks": {name: tuple(e["Aliases"]) for name, e in body["NetworkingConfig"]["EndpointsConfig"].items()},
         "ports": sorted(
             (int(key.split("/")[0]), key.split("/")[1], b["HostIp"], int(b["HostPort"] or 0))
@@ -109,6 +110,7 @@ def normalize_pulumi(result: Declared, container: dict[str, Any]) -> dict[str, A
         "nano_cpus": int(Decimal(container["cpus"]) * NS) if "cpus" in container else None,
         "pids": None,  # pulumi-docker has no such argument: see UNENFORCED_BY_PULUMI
         "restart": (container.get("restart", "no"), int(container.get("maxRetryCount", 0))),
+        "stop": (container.get("stopSignal"), int(container.get("stopTimeout", 0))),
         "networks": {n["name"]: tuple(n.get("aliases") or ()) for n in container.get("networksAdvanced") or []},
         "ports": sorted(
             (int(p["internal"]), p.get("protocol", "tcp"), p.get("ip", "0.0.0.0"), int(p.get("external") or 0))
@@ -168,7 +170,7 @@ def test_normalizers_cover_the_same_fields(load_plan):
     pulumi_side = normalize_pulumi(result, result.containers["nginx"])
     assert set(local) == set(pulumi_side) == {
         "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "mounts", "env", "command",
-        "entrypoint", "healthcheck", "memory", "nano_cpus", "pids", "restart", "networks", "ports",
+        "entrypoint", "healthcheck", "memory", "nano_cpus", "pids", "restart", "stop", "networks", "ports",
         "labels",
     }  # fmt: skip
 

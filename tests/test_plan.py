@@ -61,7 +61,7 @@ SERVICE_KEYS = {
     "name", "container_name", "summary", "image", "user", "entrypoint", "command", "environment",
     "networks", "expose", "ports", "volumes", "config", "runtime_mounts", "tmpfs", "secrets",
     "read_only", "cap_drop", "cap_add", "cap_add_reason", "security_opt", "limits", "restart",
-    "healthcheck", "liveness", "depends_on", "hooks", "labels", "config_templates",
+    "stop", "healthcheck", "liveness", "depends_on", "hooks", "labels", "config_templates",
 }  # fmt: skip
 NETWORK_KEYS = {"name", "engine_name", "internal", "isolate", "dns", "purpose", "labels"}
 VOLUME_KEYS = {"name", "engine_name", "service", "labels"}
@@ -576,3 +576,37 @@ def test_change_retention_comes_from_the_stack(stack_document, write_stack, tmp_
     document["schema"]["changes"] = {"max_entries": 500, "max_age_hours": 2}
     plan = load_plan(write_stack(tmp_path, document))
     assert (plan.changes.max_entries, plan.changes.max_age_hours) == (500, 2)
+
+
+@pytest.mark.parametrize(
+    ("service", "signal"),
+    [("postgres", "SIGINT"), ("redis", "SIGTERM"), ("vault", "SIGTERM"), ("minio", "SIGTERM"), ("nginx", "SIGQUIT")],
+)
+def test_data_services_declare_how_they_stop(load_plan, service, signal):
+    """Postgres stops with a fast shutdown (SIGINT), nginx gracefully (SIGQUIT): each service's own
+    stop signal, with a timeout long enough for it to finish writing."""
+    stop = load_plan("ci").service(service).stop
+    assert stop.signal == signal
+    assert stop.timeout_s >= 15
+    assert stop.reason
+
+
+def test_every_image_path_names_the_upstream_version_it_runs():
+    from ccoas.planner import CATALOG
+
+    for name, component in CATALOG.items():
+        assert component.upstream.get("registry"), name
+        assert bool(component.upstream.get("local")) == (component.recipe is not None), name
+
+
+def test_source_bundle_uses_the_local_refs_and_never_builds(load_plan, tmp_path):
+    import yaml
+
+    document = yaml.safe_load((Path(__file__).resolve().parent.parent / "stacks" / "ci.yaml").read_text())
+    document["images"] = {"source": "bundle"}
+    path = tmp_path / "bundle.yaml"
+    path.write_text(yaml.safe_dump(document))
+    local, bundle = load_plan("ci"), load_plan(path)
+    for service in bundle.services:
+        assert service.image.source == "bundle"
+        assert service.image.ref == local.service(service.name).image.ref

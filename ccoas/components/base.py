@@ -64,6 +64,8 @@ class Component:
     """Components that must be enabled; this one starts after they are healthy."""
     after: tuple[str, ...] = ()
     """Components this one starts after, when they are enabled."""
+    upstream: dict[str, str] = field(default_factory=dict)
+    """Image path (``local``, ``registry``) → the upstream version that path runs."""
     port_schemes: dict[int, str] = field(default_factory=dict)
     """Container port → what answers there (``https``, ``http``), for published endpoints."""
     declare_buckets: Callable[["Context"], list[Bucket]] | None = None
@@ -155,12 +157,13 @@ class Context:
 
     def image(self, component: Component) -> Image:
         choice = self.stack.component(component.name).image
-        if self.stack.image_source(component.name) == "local" and component.recipe is not None:
+        source = self.stack.image_source(component.name)
+        if source in ("local", "bundle") and component.recipe is not None:
             recipe = component.recipe
             digest = recipe_digest(recipe.containerfile, recipe.files, recipe.artifacts)
             return Image(
                 ref=f"localhost/ccoas/{component.name}:{digest[:12]}",
-                source="local",
+                source=source,
                 recipe=LocalRecipe(
                     component=component.name,
                     containerfile=recipe.containerfile,
@@ -168,8 +171,9 @@ class Context:
                     artifacts=recipe.artifacts,
                     digest=digest,
                 ),
+                upstream=component.upstream,
             )
-        return Image(ref=choice.ref or component.registry_image, source="registry")
+        return Image(ref=choice.ref or component.registry_image, source="bundle" if source == "bundle" else "registry", upstream=component.upstream)
 
     def service(
         self,

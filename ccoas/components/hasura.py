@@ -59,6 +59,7 @@ COMPONENT = Component(
     ports=(PORT,),
     networks=("edge", "db"),
     registry_image="docker.io/hasura/graphql-engine:v2.33.1.cli-migrations-v3@sha256:02577c5e456726cbe1888e377d21c464979ed888636047adf3aae678d9ab70e6",
+    upstream={"registry": "Hasura GraphQL Engine v2.33.1"},
     recipe=None,
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
     declare_secrets=secrets,

@@ -13,7 +13,7 @@ reaches only its bucket. Clients never see the root credentials.
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Bucket, Hook, Secret, Service, VolumeMount
+from ccoas.plan import Artifact, Bucket, Hook, Secret, Service, Stop, VolumeMount
 
 PORT = 9000
 CONSOLE_PORT = 9001
@@ -94,6 +94,7 @@ def service(ctx: Context) -> Service:
     return ctx.service(
         COMPONENT,
         command=("minio", "server", "/data", "--address", f":{PORT}", "--console-address", f":{CONSOLE_PORT}"),
+        stop=Stop(signal="SIGTERM", timeout_s=30, reason="finishes in-flight requests and closes its drive cleanly"),
         environment={
             "MINIO_ROOT_USER_FILE": ctx.secret_file("minio_root_user"),
             "MINIO_ROOT_PASSWORD_FILE": ctx.secret_file("minio_root_password"),
@@ -125,6 +126,7 @@ COMPONENT = Component(
     ports=(PORT, CONSOLE_PORT),
     networks=("edge",),
     registry_image="quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e",
+    upstream={"local": "MinIO community, last commit 2026-02-12 (Go module)", "registry": "MinIO RELEASE.2025-09-07T16-13-09Z"},
     recipe=Recipe(
         containerfile="minio/Containerfile.j2",
         artifacts=(

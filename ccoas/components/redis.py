@@ -10,7 +10,7 @@ the official image and the local one.
 from __future__ import annotations
 
 from ccoas.components.base import SECRETS_DIR, Component, Context, Recipe, check
-from ccoas.plan import Artifact, Secret, Service, TmpfsMount, VolumeMount
+from ccoas.plan import Artifact, Secret, Service, Stop, TmpfsMount, VolumeMount
 
 CLIENTS = ("directus",)
 COMPONENT_PORT = 6379
@@ -53,6 +53,7 @@ def service(ctx: Context) -> Service:
         COMPONENT,
         entrypoint=("sh", "/etc/ccoas/redis/entrypoint.sh"),
         command=("redis-server", "/etc/ccoas/redis/redis.conf"),
+        stop=Stop(signal="SIGTERM", timeout_s=30, reason="flushes the append-only file and saves a snapshot before exiting (shutdown-on-sigterm save)"),
         volumes=(VolumeMount(volume="redis-data", target="/data"),),
         tmpfs=(TmpfsMount(target="/run/redis", size="1m"),),
         config_templates=("redis/redis.conf.j2", "redis/entrypoint.sh.j2"),
@@ -69,6 +70,7 @@ COMPONENT = Component(
     ports=(COMPONENT_PORT,),
     networks=("db",),
     registry_image="docker.io/library/redis:7.4.6@sha256:a9cc41d6d01da2aa26c219e4f99ecbeead955a7b656c1c499cce8922311b2514",
+    upstream={"local": "Redis 7.0.15 (Debian 12 package)", "registry": "Redis 7.4.6"},
     recipe=Recipe(containerfile="redis/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="redis-server"),)),
     default_limits={"memory": "256Mi", "cpus": 0.5, "pids": 128},
     declare_secrets=secrets,

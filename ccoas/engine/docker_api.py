@@ -82,6 +82,8 @@ def container_create_body(plan: Plan, service: Service, paths: StackPaths) -> di
         "Env": [f"{key}={value}" for key, value in sorted(service.environment.items())],
         "Labels": dict(sorted(service.labels.items())),
         "Healthcheck": healthcheck_body(service.healthcheck),
+        "StopSignal": service.stop.signal,
+        "StopTimeout": service.stop.timeout_s,
         "ExposedPorts": {f"{port}/tcp": {} for port in service.expose},
         "HostConfig": host_config,
         "NetworkingConfig": {

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ccoas.engine.diff import (
     VAULT_BOOTSTRAP,
@@ -39,9 +39,10 @@ from ccoas.engine.diff import (
 from ccoas.engine.docker_api import SPEC_LABEL, container_create_body, spec_hash
 from ccoas.engine.observed import ObservedContainer, ObservedNetwork, ObservedState, ObservedVault
 from ccoas.engine.runtime import Runtime
+from ccoas.engine.stop import Stopped, stop
 from ccoas.errors import EngineError, engine_step
 from ccoas.host import HostLayout
-from ccoas.plan import LABEL_PREFIX, Plan, Service
+from ccoas.plan import LABEL_PREFIX, Plan, Service, Stop
 from ccoas.state import StackPaths, stack_paths
 from ccoas.steps import StepRecord, Steps, input_hash
 
@@ -89,6 +90,8 @@ class LocalEngine:
         self.paths = paths
         self.progress = progress
         self.steps = Steps(plan, paths, runtime, progress)
+        self.notes: list[str] = []
+        """What the user must hear about this run (e.g. a container killed after its stop timeout)."""
 
     @classmethod
     def connect(cls, plan: Plan, progress: Any = None, layout: HostLayout | None = None, recover: bool = False) -> "LocalEngine":
@@ -282,7 +285,40 @@ class LocalEngine:
         desired = self.desired(observed, files=files)
         return observed, desired, diff(self.plan, desired, observed)
 
-    def up(self, build: bool = True, timeout: int = 300, dry_run: bool = False) -> UpResult:
+    def prepare_images(self, build: bool = True) -> None:
+        """Every image of the plan present (local ones built), or a clear error; nothing else touched."""
+        with engine_step("images", "build"):
+            self.steps.resolve_images(build)
+
+    def start_alone(self, name: str, build: bool = True, timeout: int = 300) -> None:
+        """Files, networks, volumes and ``name``'s container, until it is alive; no hooks (restore uses it)."""
+        from ccoas.render import rendered_files
+
+        files = rendered_files(self.plan)
+        self.prepare_images(build)
+        self.steps.render(files)
+        self.steps.runtime_dirs()
+        observed, desired, operations = self.plan_operations(files)
+        service = self.plan.service(name)
+        for op in operations:
+            if op.kind == "network":
+                with engine_step(f"stack {self.plan.stack} networks", "create"):
+                    self._create_network(self.plan.network(next(n.name for n in self.plan.networks if n.engine_name == op.resource)))
+            elif op.kind == "volume" and any(v.engine_name == op.resource and v.service == name for v in self.plan.volumes):
+                volume = next(v for v in self.plan.volumes if v.engine_name == op.resource)
+                with engine_step(f"stack {self.plan.stack} volumes", "create"):
+                    self.client.volumes.create(volume.engine_name, labels=volume.labels)
+        op = container_operation(service, desired.services[name], observed.containers.get(service.container_name), set())
+        if op is not None:
+            self._converge_container(service, op, desired.services[name])
+        with engine_step(name, "health"):
+            self.steps.wait(service, service.liveness, "alive", timeout)
+
+    def up(
+        self, build: bool = True, timeout: int = 300, dry_run: bool = False, after_ready: Callable[[Service], int] | None = None
+    ) -> UpResult:
+        """Observe, diff, apply. ``after_ready(service)``, if given, runs once each service it
+        touched has settled (before its dependants start); restore uses it."""
         started = time.monotonic()
         if dry_run:
             _, _, operations = self.plan_operations()
@@ -295,8 +331,8 @@ class LocalEngine:
         self.steps.render(files)
         self.steps.runtime_dirs()
         observed, desired, operations = self.plan_operations(files)
-        result = self.apply(operations, observed, desired, timeout, started, files)
-        result.notes = self.host_notes()
+        result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
+        result.notes = [*self.notes, *self.host_notes()]
         return result
 
     def apply(
@@ -307,6 +343,7 @@ class LocalEngine:
         timeout: int = 300,
         started: float | None = None,
         files: dict[str, str] | None = None,
+        after_ready: Callable[[Service], int] | None = None,
     ) -> UpResult:
         """Carry out ``operations``: resources first, then each service in start order."""
         import docker.errors
@@ -328,7 +365,9 @@ class LocalEngine:
                 self._step(f"removing {op.resource}: {op.cause}")
                 try:
                     with engine_step(op.resource, "remove"):
-                        self.client.containers.get(op.resource).remove(force=True)
+                        extra = self.client.containers.get(op.resource)
+                        self._stop(extra, Stop())
+                        extra.remove()
                 except docker.errors.NotFound:
                     pass
             else:
@@ -360,6 +399,8 @@ class LocalEngine:
                     hooks = self._hooks_for(service, pending)
                 self.steps.fingerprints = None
                 self.steps.settle(service, timeout, hooks)
+                if after_ready is not None:
+                    after_ready(service)
                 if self.steps.fingerprints is not None:
                     # decided again for what follows: the secret files just written may change hashes
                     desired = self.desired(observed, self.steps.fingerprints, files)
@@ -401,7 +442,8 @@ class LocalEngine:
         if op.action == "restart" and current is not None:
             self._step(f"restarting {service.container_name}: {op.cause}")
             with engine_step(service.name, "start"):
-                current.restart()
+                self._stop(current, service.stop)
+                current.start()
             return
         if op.action == "start" and current is not None:
             self._step(f"starting {service.container_name}: {op.cause}")
@@ -412,7 +454,8 @@ class LocalEngine:
         with engine_step(service.name, "create"):
             if current is not None:
                 self._step(f"recreating {service.container_name}: {op.cause}")
-                current.remove(force=True)
+                self._stop(current, service.stop)
+                current.remove()
             else:
                 self._step(f"creating {service.container_name}")
             created = self.client.api.create_container_from_config(self.desired_body(service, want), name=service.container_name)
@@ -495,6 +538,14 @@ class LocalEngine:
             rows.append(ServiceStatus(service.name, service.container_name, container.status, health, tuple(endpoints)))
         return rows
 
+    def _stop(self, container: Any, policy: Stop) -> Stopped:
+        """Every stop goes through :func:`ccoas.engine.stop.stop`; a kill becomes a note."""
+        stopped = stop(self.client, container, policy)
+        if stopped.killed:
+            self.notes.append(stopped.note())
+            self._step(f"warning: {stopped.note()}")
+        return stopped
+
     def _owned(self, kind: str) -> list[Any]:
         selector = {"label": [f"{LABEL_PREFIX}.stack={self.plan.stack}"]}
         if kind == "containers":
@@ -507,13 +558,19 @@ class LocalEngine:
         order = [name for tier in reversed(self.plan.start_order) for name in sorted(tier)]
         rank = {name: index for index, name in enumerate(order)}
         containers = sorted(self._owned("containers"), key=lambda c: rank.get(c.labels.get(f"{LABEL_PREFIX}.service", ""), -1))
+        killed = []
         for container in containers:
-            self._step(f"removing {container.name}")
-            container.remove(force=True)
+            name = container.labels.get(f"{LABEL_PREFIX}.service", "")
+            policy = self.plan.service(name).stop if self.plan.has(name) else Stop()
+            self._step(f"stopping {container.name} ({policy.signal}, up to {policy.timeout_s}s)")
+            if self._stop(container, policy).killed:
+                killed.append(container.name)
+            container.remove()
         networks = self._owned("networks")
         for network in networks:
             network.remove()
-        removed = [f"{len(containers)} containers", f"{len(networks)} networks"]
+        stopped = f"{len(containers)} containers" + (f" ({', '.join(killed)} killed after their stop timeout)" if killed else "")
+        removed = [stopped, f"{len(networks)} networks"]
         if purge:
             volumes = self._owned("volumes")
             for volume in volumes:

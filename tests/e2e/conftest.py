@@ -36,14 +36,23 @@ def component_stack(name: str, enabled: tuple[str, ...], source: str = "local") 
     return stack
 
 
-@pytest.fixture
-def small_stack(tmp_path: Path) -> Callable[..., Path]:
-    """``small_stack("intr", "vault", "postgres")`` → the path of such a stack file in tmp_path
-    (``source="registry"`` for the official images)."""
-
+def _stack_writer(directory: Path) -> Callable[..., Path]:
     def _small_stack(name: str, *enabled: str, source: str = "local") -> Path:
-        path = tmp_path / f"{name}.yaml"
+        path = directory / f"{name}.yaml"
         path.write_text(yaml.safe_dump(component_stack(name, enabled, source), sort_keys=False))
         return path
 
     return _small_stack
+
+
+@pytest.fixture
+def small_stack(tmp_path: Path) -> Callable[..., Path]:
+    """``small_stack("intr", "vault", "postgres")`` → the path of such a stack file in tmp_path
+    (``source="registry"`` for the official images)."""
+    return _stack_writer(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """:func:`small_stack` for module-scoped fixtures (one stack shared by a module's tests)."""
+    return _stack_writer(tmp_path_factory.mktemp("stacks"))

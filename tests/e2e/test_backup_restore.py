@@ -1,0 +1,144 @@
+"""Backup and restore of the ci stack, end to end, through the CLI.
+
+Rows written through Directus, an object uploaded (binary, byte for byte), a secret
+rotated; ``ccoas backup`` (encrypted); ``down --purge``; a bundle with one byte flipped is
+refused before anything is created; ``ccoas restore``; everything is back, the admin
+password from before the backup still logs in, every service is healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import stat
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ccoas.engine.local import LocalEngine
+from ccoas.planner import build_plan, load_stack
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "stacks" / "ci.yaml"
+NAME = f"e2e-h15-br-{uuid.uuid4().hex[:4]}"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = LocalEngine.connect(build_plan(load_stack(STACK), name=NAME))
+    try:
+        engine.up()
+        yield engine
+    finally:
+        engine.down(purge=True)
+
+
+def ccoas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ccoas.cli", *args], capture_output=True, text=True, timeout=1800, cwd=REPO)
+
+
+class Directus:
+    def __init__(self, engine: LocalEngine):
+        rows = {r.service: r for r in engine.status()}
+        self.url = [e for e in rows["nginx"].endpoints if e.startswith("https://")][0] + "/directus"
+        self.context = ssl.create_default_context(cafile=str(engine.paths.secret_file("nginx", "nginx_tls_cert")))
+        self.context.check_hostname = False
+        self.token = ""
+
+    def call(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json") -> bytes:
+        headers = {"Content-Type": content_type}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
+        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+            return response.read()
+
+    def login(self, email: str, password: str) -> None:
+        self.token = ""
+        answer = self.call("POST", "/auth/login", json.dumps({"email": email, "password": password}).encode())
+        self.token = json.loads(answer)["data"]["access_token"]
+
+
+def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
+    engine.rotate("postgres")
+    versions = {s.name: s.version for s in engine.secrets().list()}
+    assert versions["postgres_directus_password"] >= 2
+    admin_password = engine.paths.secret_file("directus", "directus_admin_password").read_text()
+
+    directus = Directus(engine)
+    directus.login("admin@example.com", admin_password)
+    folders = [f"h15-folder-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    for folder in folders:
+        directus.call("POST", "/folders", json.dumps({"name": folder}).encode())
+    payload = os.urandom(200_000)
+    boundary = "h15-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nh15 object\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    stored = json.loads(directus.call("POST", "/files", body, f"multipart/form-data; boundary={boundary}"))["data"]
+    assert stored["storage"] == "s3"
+    postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
+    insert = postgres.exec_run(
+        ["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c",
+         "INSERT INTO notes (owner_id, body) VALUES (gen_random_uuid(), 'h15 row') RETURNING id"],
+        user="999:999",
+    )
+    assert insert.exit_code == 0, insert.output
+    note_id = insert.output.decode().strip()
+
+    bundle, key = tmp_path / "stack.ccoas", tmp_path / "backup.key"
+    taken = ccoas("backup", str(STACK), "--name", NAME, "--out", str(bundle), "--key-file", str(key))
+    assert taken.returncode == 0, taken.stderr + taken.stdout
+    for path in (bundle, Path(f"{bundle}.unseal"), key):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert payload[:64] not in bundle.read_bytes()  # encrypted
+
+    engine.down(purge=True)
+
+    damaged = tmp_path / "damaged.ccoas"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    Path(f"{damaged}.unseal").write_bytes(Path(f"{bundle}.unseal").read_bytes())
+    refused = ccoas("restore", str(damaged), str(STACK), "--name", NAME, "--key-file", str(key))
+    assert refused.returncode == 2, refused.stderr
+    assert "checksum mismatch" in refused.stderr
+    assert engine._owned("containers") == [] and engine._owned("volumes") == []
+    assert not engine.paths.vault_init.exists()
+
+    restored = ccoas("restore", str(bundle), str(STACK), "--name", NAME, "--key-file", str(key))
+    assert restored.returncode == 0, restored.stderr[-4000:] + restored.stdout
+
+    assert {r.service: r.health for r in engine.status()} == {s.name: "healthy" for s in engine.plan.services}
+    assert {s.name: s.version for s in engine.secrets().list()} == versions
+    directus = Directus(engine)
+    directus.login("admin@example.com", admin_password)
+    names = {f["name"] for f in json.loads(directus.call("GET", "/folders?limit=-1"))["data"]}
+    assert set(folders) <= names
+    assert directus.call("GET", f"/assets/{stored['id']}") == payload
+    meta = json.loads(directus.call("GET", f"/files/{stored['id']}"))["data"]
+    assert meta["title"] == "h15 object"
+    postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
+    row = postgres.exec_run(
+        ["psql", "-X", "-qAt", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c", f"SELECT body FROM notes WHERE id = '{note_id}'"],
+        user="999:999",
+    )
+    assert row.output.decode().strip() == "h15 row"
+
+
+def test_restore_refuses_a_stack_that_is_not_empty(engine, tmp_path):
+    bundle = tmp_path / "again.ccoas"
+    assert ccoas("backup", str(STACK), "--name", NAME, "--out", str(bundle)).returncode == 0
+    refused = ccoas("restore", str(bundle), str(STACK), "--name", NAME)
+    assert refused.returncode == 2
+    assert "not empty" in refused.stderr and "down --purge" in refused.stderr
+    assert {r.service: r.health for r in engine.status()}["postgres"] == "healthy"

@@ -1,0 +1,101 @@
+"""Graceful stops, measured: ``down`` stops each container with its own signal before removing it.
+
+A small stack (Vault, Postgres, Redis, Directus) goes down and up again: Postgres starts
+from a cleanly shut down cluster (no WAL recovery), and a Redis key written just before
+``down`` is still there after ``up``. A container that ignores its stop signal is killed
+only after its timeout, and the outcome says so.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from ccoas.engine.local import LocalEngine
+from ccoas.engine.stop import stop
+from ccoas.plan import Stop
+from ccoas.planner import build_plan, load_stack
+
+pytestmark = pytest.mark.e2e
+
+NAME = f"e2e-h15-stop-{uuid.uuid4().hex[:4]}"
+
+
+@pytest.fixture(scope="module")
+def engine(module_stack):
+    path = module_stack(NAME, "vault", "postgres", "redis", "directus")
+    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
+    try:
+        engine.up()
+        yield engine
+    finally:
+        engine.down(purge=True)
+
+
+def redis_cli(engine, *args: str) -> str:
+    container = engine.client.containers.get(engine.plan.service("redis").container_name)
+    command = 'exec redis-cli --no-auth-warning -u "$(cat /run/secrets/redis_directus_password)" "$@"'
+    result = container.exec_run(["sh", "-c", command, "redis-cli", *args], user="999:999")
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode().strip()
+
+
+def test_down_then_up_keeps_redis_writes_and_postgres_needs_no_recovery(engine):
+    value = uuid.uuid4().hex
+    assert redis_cli(engine, "SET", "h15-before-down", value) == "OK"
+    summary = engine.down()
+    assert "killed" not in summary
+    engine.up()
+    assert redis_cli(engine, "GET", "h15-before-down") == value
+    log = engine.client.containers.get(engine.plan.service("postgres").container_name).logs().decode(errors="replace")
+    assert "database system was shut down at" in log, log[-2000:]
+    assert "not properly shut down" not in log
+    assert "automatic recovery in progress" not in log
+
+
+def test_a_container_that_ignores_its_signal_is_killed_after_its_timeout_and_reported(engine):
+    image = engine.plan.service("redis").image.ref
+    body = {
+        "Image": image,
+        "User": "999:999",
+        "Entrypoint": ["sh", "-c", 'trap "" INT TERM; while true; do sleep 0.2; done'],
+        "StopSignal": "SIGINT",
+        "HostConfig": {"NetworkMode": "none"},
+        "Labels": {"io.ccoas.stack": NAME},
+    }
+    created = engine.client.api.create_container_from_config(body, name=f"{NAME}-stubborn")
+    container = engine.client.containers.get(created["Id"])
+    try:
+        container.start()
+        began = time.monotonic()
+        stopped = stop(engine.client, container, Stop(signal="SIGINT", timeout_s=2))
+        assert time.monotonic() - began >= 2
+        assert stopped.killed
+        assert "was killed" in stopped.note()
+    finally:
+        container.remove(force=True)
+
+
+def test_a_container_that_honours_its_signal_is_not_killed(engine):
+    image = engine.plan.service("redis").image.ref
+    body = {
+        "Image": image,
+        "User": "999:999",
+        "Entrypoint": ["sh", "-c", 'trap "exit 0" INT; while true; do sleep 0.2; done'],
+        "StopSignal": "SIGTERM",  # an old container: the plan's signal is sent first
+        "HostConfig": {"NetworkMode": "none"},
+        "Labels": {"io.ccoas.stack": NAME},
+    }
+    created = engine.client.api.create_container_from_config(body, name=f"{NAME}-polite")
+    container = engine.client.containers.get(created["Id"])
+    try:
+        container.start()
+        began = time.monotonic()
+        stopped = stop(engine.client, container, Stop(signal="SIGINT", timeout_s=20))
+        assert not stopped.killed
+        assert time.monotonic() - began < 10
+        assert container.attrs["State"]["ExitCode"] == 0
+    finally:
+        container.remove(force=True)
