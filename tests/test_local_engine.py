@@ -39,7 +39,11 @@ class FakeContainer:
     @property
     def attrs(self) -> dict[str, Any]:
         networks = self.body["NetworkingConfig"]["EndpointsConfig"]
-        return {"State": {"Health": {"Status": "healthy"}}, "NetworkSettings": {"Networks": dict(networks), "Ports": {}}}
+        return {
+            "Config": {"StopSignal": self.body.get("StopSignal")},
+            "State": {"Health": {"Status": "healthy"}, "ExitCode": 0},
+            "NetworkSettings": {"Networks": dict(networks), "Ports": {}},
+        }
 
     def reload(self) -> None:
         pass
@@ -52,6 +56,9 @@ class FakeContainer:
         self.status = "running"
         self.events.append("restart")
 
+    def kill(self, signal: str) -> None:
+        self.events.append(f"kill {signal}")
+
     def remove(self, force: bool = False) -> None:
         del self.client.containers_by_name[self.name]
 
@@ -59,6 +66,7 @@ class FakeContainer:
 class FakeClient:
     def __init__(self, images: dict[str, str]):
         self.containers_by_name: dict[str, FakeContainer] = {}
+        self.stopped: list[str] = []
         self.network_names: dict[str, dict[str, Any]] = {}
         self.volume_names: dict[str, dict[str, str]] = {}
         self.image_ids = images
@@ -71,6 +79,7 @@ class FakeClient:
             get=lambda url: SimpleNamespace(headers={"Libpod-Api-Version": "4.3.1"}),
             post=self._post,
             create_container_from_config=self._create,
+            stop=self._stop,
             connect_container_to_network=None,
         )
 
@@ -95,7 +104,7 @@ class FakeClient:
 
     def _list_networks(self, filters: dict | None = None) -> list[Any]:
         return [
-            SimpleNamespace(name=n, attrs={"Internal": spec["internal"]})
+            SimpleNamespace(name=n, attrs={"Internal": spec["internal"]}, remove=lambda n=n: self.network_names.pop(n))
             for n, spec in self.network_names.items()
             if self._selected(spec["labels"], filters or {})
         ]
@@ -105,6 +114,12 @@ class FakeClient:
 
     def _create_volume(self, name: str, labels: dict[str, str]) -> None:
         self.volume_names[name] = labels
+
+    def _stop(self, container_id: str, timeout: int) -> None:
+        container = self._get_container(container_id)
+        container.status = "exited"
+        container.events.append(f"stop {container.body.get('StopSignal')} {timeout}s")
+        self.stopped.append(container.name)
 
     def _get_image(self, ref: str) -> Any:
         if ref not in self.image_ids:
@@ -194,7 +209,8 @@ def test_a_replaced_dependency_restarts_its_dependants(engine):
     vault.body["Labels"]["io.ccoas.spec"] = "stale"
     engine.up()
     assert engine.client.containers_by_name["fx-vault"] is not vault
-    assert engine.client.containers_by_name["fx-postgres"].events[-1] == "restart"
+    # restarted as it stops: its own signal (a Postgres fast shutdown), then started again
+    assert engine.client.containers_by_name["fx-postgres"].events[-2:] == ["stop SIGINT 60s", "start"]
     assert [name for name, _ in engine.settled] == ["vault", "postgres", "redis"]
 
 
@@ -217,3 +233,15 @@ def test_a_hook_interrupted_before_it_was_recorded_runs_again_alone(engine):
     record.write_text(json.dumps(steps))
     engine.up()
     assert engine.settled == [("postgres", [0])]
+
+
+def test_down_stops_each_container_with_its_own_signal_in_reverse_start_order(engine):
+    engine.up()
+    containers = dict(engine.client.containers_by_name)
+    engine.down()
+    order = [name for tier in reversed(engine.plan.start_order) for name in sorted(tier)]
+    assert engine.client.stopped == [engine.plan.service(name).container_name for name in order]
+    for name, container in containers.items():
+        service = engine.plan.service(container.labels["io.ccoas.service"])
+        assert container.events[-1] == f"stop {service.stop.signal} {service.stop.timeout_s}s", name
+    assert engine.client.containers_by_name == {}

@@ -46,9 +46,12 @@ def stop(client: Any, container: Any, policy: Stop) -> Stopped:
         if _stop_signal(container) != policy.signal:
             container.kill(signal=policy.signal)
         client.api.stop(container.id, timeout=policy.timeout_s)
-        container.reload()
     except Exception as exc:  # noqa: BLE001 - the engine's refusal, with its words
-        raise EngineError(f"stopping {container.name}: {exc}") from None
+        container.reload()
+        if container.status in ("running", "paused", "restarting"):
+            raise EngineError(f"stopping {container.name}: {exc}") from None
+        # it exited on the signal before the stop request arrived: stopped, as asked
+    container.reload()
     killed = container.attrs["State"].get("ExitCode") == KILLED_EXIT_CODE
     return Stopped(container.name, policy.signal, policy.timeout_s, killed=killed)
 

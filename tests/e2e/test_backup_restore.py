@@ -89,7 +89,7 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
     insert = postgres.exec_run(
         ["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c",
-         "INSERT INTO notes (owner_id, body) VALUES (gen_random_uuid(), 'h15 row') RETURNING id"],
+         "INSERT INTO app.notes (owner_id, body) VALUES (gen_random_uuid(), 'h15 row') RETURNING id"],
         user="999:999",
     )
     assert insert.exit_code == 0, insert.output
@@ -129,7 +129,7 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     assert meta["title"] == "h15 object"
     postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
     row = postgres.exec_run(
-        ["psql", "-X", "-qAt", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c", f"SELECT body FROM notes WHERE id = '{note_id}'"],
+        ["psql", "-X", "-qAt", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c", f"SELECT body FROM app.notes WHERE id = '{note_id}'"],
         user="999:999",
     )
     assert row.output.decode().strip() == "h15 row"

@@ -50,7 +50,7 @@ def with_postgres_image(plan, ref: str):
 
 
 def test_an_up_that_changes_postgres_image_snapshots_first_and_the_snapshot_restores(engine):
-    psql(engine, "INSERT INTO notes (owner_id) SELECT gen_random_uuid() FROM generate_series(1, 5)")
+    psql(engine, "INSERT INTO app.notes (owner_id) SELECT gen_random_uuid() FROM generate_series(1, 5)")
     assert snapshot_before_up(engine) is None  # nothing would be replaced
     base = engine.plan.service("postgres").image.ref
     derived = f"localhost/ccoas/postgres:{NAME}"
@@ -65,10 +65,10 @@ def test_an_up_that_changes_postgres_image_snapshots_first_and_the_snapshot_rest
         assert result.path.exists() and result.path.parent.name == NAME
         changed.up()
         assert changed.client.containers.get(changed.plan.service("postgres").container_name).image.id == changed.client.images.get(derived).id
-        psql(changed, "DELETE FROM notes")
+        psql(changed, "DELETE FROM app.notes")
         changed.down(purge=True)
         restore(engine, result.path)
-        assert psql(engine, "SELECT count(*) FROM notes") == "5"
+        assert psql(engine, "SELECT count(*) FROM app.notes") == "5"
     finally:
         engine.down()
         engine.client.images.remove(derived, force=True)
