@@ -296,7 +296,7 @@ def _vault_snapshot(engine: LocalEngine) -> tuple[bytes, dict[str, Any]]:
     return response.content, unseal
 
 
-# -- MinIO: a one-off job container on the stack's db network --------------------------------
+# -- MinIO: a one-off job container on one of MinIO's networks --------------------------------
 
 
 def _minio_script(action: str, buckets: list[str]) -> str:
@@ -321,7 +321,7 @@ def _minio_script(action: str, buckets: list[str]) -> str:
 
 
 def _minio_job(engine: LocalEngine, action: str, staging: Path, buckets: list[str], timeout: int = 900) -> None:
-    """Run ``mc`` in a container of the MinIO image, on the db network, with ``staging`` at /backup."""
+    """Run ``mc`` in a container of the MinIO image, on a network of MinIO's, with ``staging`` at /backup."""
     service = engine.plan.service("minio")
     root_mounts = [m for m in service.secrets if m.secret in ("minio_root_user", "minio_root_password")]
     body = {
@@ -334,7 +334,7 @@ def _minio_job(engine: LocalEngine, action: str, staging: Path, buckets: list[st
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges:true"],
             "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
-            "NetworkMode": engine.plan.network("db").engine_name,
+            "NetworkMode": engine.plan.network(sorted(service.networks)[0]).engine_name,
             "Mounts": [
                 {"Type": "bind", "Source": str(staging), "Target": "/backup", "ReadOnly": action == "restore"},
                 *(
@@ -392,7 +392,7 @@ def _minio_backup(engine: LocalEngine) -> dict[str, bytes]:
             root = staging / "objects" / bucket
             for path in sorted(p for p in root.rglob("*") if p.is_file()):
                 members[f"minio/objects/{bucket}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-            metadata[bucket] = _object_metadata((staging / f"stat-{bucket}.json").read_text())
+            metadata[bucket] = _object_metadata((staging / f"stat-{bucket}.json").read_text(), bucket)
         members["minio/metadata.json"] = json.dumps(metadata, indent=2, sort_keys=True).encode()
         return members
     finally:
@@ -402,8 +402,9 @@ def _minio_backup(engine: LocalEngine) -> dict[str, bytes]:
 KEPT_METADATA = ("content-type", "cache-control", "content-disposition", "content-encoding", "content-language")
 
 
-def _object_metadata(stat_lines: str) -> dict[str, dict[str, str]]:
-    """Object key → the metadata a restore must set again: content headers and ``X-Amz-Meta-*``."""
+def _object_metadata(stat_lines: str, bucket: str) -> dict[str, dict[str, str]]:
+    """Object key → the metadata a restore must set again: content headers and ``X-Amz-Meta-*``
+    (``mc stat --recursive`` names objects ``<bucket>/<key>``)."""
     result: dict[str, dict[str, str]] = {}
     for line in stat_lines.splitlines():
         if not line.strip():
@@ -411,7 +412,7 @@ def _object_metadata(stat_lines: str) -> dict[str, dict[str, str]]:
         entry = json.loads(line)
         if entry.get("status") != "success" or entry.get("type") == "folder":
             continue
-        key = entry.get("name") or entry.get("key")
+        key = str(entry.get("name") or entry.get("key")).removeprefix(f"{bucket}/")
         kept = {
             name: value
             for name, value in (entry.get("metadata") or {}).items()

@@ -95,8 +95,8 @@ def test_object_metadata_keeps_content_headers_and_user_metadata():
     lines = "\n".join(
         json.dumps(entry)
         for entry in (
-            {"status": "success", "name": "a/b.txt", "metadata": {"Content-Type": "text/plain", "X-Amz-Meta-Owner": "u1", "Etag": "x"}},
-            {"status": "success", "name": "c", "type": "folder"},
+            {"status": "success", "name": "up/a/b.txt", "metadata": {"Content-Type": "text/plain", "X-Amz-Meta-Owner": "u1", "Etag": "x"}},
+            {"status": "success", "name": "up/c", "type": "folder"},
         )
     )
-    assert _object_metadata(lines) == {"a/b.txt": {"Content-Type": "text/plain", "X-Amz-Meta-Owner": "u1"}}
+    assert _object_metadata(lines, "up") == {"a/b.txt": {"Content-Type": "text/plain", "X-Amz-Meta-Owner": "u1"}}
