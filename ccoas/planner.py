@@ -21,16 +21,20 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas.components import directus, hasura, minio, nginx, ollama, postgres, redis, vault
+from ccoas.components import directus, hasura, minio, nginx, ollama, postgraphile, postgres, redis, vault
 from ccoas.components.base import Component, Context
 from ccoas.errors import Problem, StackError
 from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy
 from ccoas.stack import COMPONENTS, RESERVED_SCHEMAS, Schema, Stack, check_name, read_stack, validate_document
 
 CATALOG: dict[str, Component] = {
-    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgres, redis, minio, ollama, vault)
+    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, vault)
 }
 """Every component ccoas knows, by name."""
+
+GRAPHQL_PLANES = ("hasura", "postgraphile")
+"""The GraphQL planes: a stack enables at most one; Nginx routes it at :data:`GRAPHQL_PATH`."""
+GRAPHQL_PATH = "/graphql"
 
 NETWORK_PURPOSE = {
     "edge": "published side: only nginx publishes ports; directus, hasura and minio are reached through it",
@@ -100,6 +104,21 @@ def ensure_local_recipe_exists(stack: Stack) -> list[tuple[str, str]]:
         for name in stack.enabled()
         if stack.image_source(name) == "local" and CATALOG[name].recipe is None
     ]
+
+
+def ensure_registry_image_exists(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (f"components.{name}.image.source", f"{name} has no official registry image; use source: local (or give image.ref)")
+        for name in stack.enabled()
+        if stack.image_source(name) == "registry" and CATALOG[name].registry_image is None and stack.component(name).image.ref is None
+    ]
+
+
+def ensure_one_graphql_plane(stack: Stack) -> list[tuple[str, str]]:
+    planes = [name for name in GRAPHQL_PLANES if name in stack.enabled()]
+    if len(planes) > 1:
+        return [("components", f"enable one GraphQL plane, not {' and '.join(planes)}: both would serve {GRAPHQL_PATH}")]
+    return []
 
 
 def ensure_published_ports_exist(stack: Stack) -> list[tuple[str, str]]:
@@ -221,6 +240,8 @@ RULES: tuple[Rule, ...] = (
     ensure_only_nginx_publishes,
     ensure_requirements_enabled,
     ensure_local_recipe_exists,
+    ensure_registry_image_exists,
+    ensure_one_graphql_plane,
     ensure_published_ports_exist,
     ensure_host_ports_unique,
     ensure_no_cycles,

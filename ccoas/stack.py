@@ -21,8 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ccoas.errors import Problem, StackError
 
-COMPONENTS = ("nginx", "directus", "hasura", "postgres", "redis", "minio", "ollama", "vault")
-ComponentName = Literal["nginx", "directus", "hasura", "postgres", "redis", "minio", "ollama", "vault"]
+COMPONENTS = ("nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "vault")
+ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "vault"]
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -194,6 +194,8 @@ class Components(_Strict):
     nginx: ComponentConfig = ComponentConfig()
     directus: ComponentConfig = ComponentConfig()
     hasura: ComponentConfig = ComponentConfig()
+    postgraphile: ComponentConfig = ComponentConfig(enabled=False)
+    """Off unless asked for: a stack enables at most one GraphQL plane (hasura or postgraphile)."""
     postgres: ComponentConfig = ComponentConfig()
     redis: ComponentConfig = ComponentConfig()
     minio: ComponentConfig = ComponentConfig()

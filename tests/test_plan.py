@@ -43,6 +43,7 @@ NETWORKS = {
     "nginx": {"edge"},
     "directus": {"edge", "db"},
     "hasura": {"edge", "db"},
+    "postgraphile": {"edge", "db"},
     "vault": {"auth"},
     "postgres": {"db"},
     "redis": {"db"},
@@ -550,6 +551,9 @@ def test_local_image_ref_is_keyed_by_the_recipe_files(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_every_component_is_registry_pinned(name):
+    if CATALOG[name].registry_image is None:  # built locally only (postgraphile with ccoas's server)
+        assert CATALOG[name].recipe is not None
+        return
     assert DIGEST_PINNED.fullmatch(CATALOG[name].registry_image), CATALOG[name].registry_image
 
 

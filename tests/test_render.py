@@ -26,7 +26,7 @@ from ccoas.render import RenderError, ccoas_policy_hcl, render, render_text, ren
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 STACKS = {"dev": ("stacks/dev.yaml", None), "ci": ("stacks/ci.yaml", "pr-42"), "prod": ("stacks/prod.yaml", None)}
-UPSTREAMS = ("directus", "hasura", "minio")
+UPSTREAMS = ("directus", "hasura", "postgraphile", "minio")
 
 
 def routed_upstreams(plan: Plan) -> set[str]:
@@ -62,7 +62,7 @@ PLANS = {key: stack_plan(key) for key in STACKS}
 ALL_PLANS = {
     **PLANS,
     "every-preset": every_preset(),
-    "no-upstreams": variant("dev", directus=False, minio=False),
+    "no-upstreams": variant("dev", directus=False, minio=False, postgraphile=False),
     "no-directus": variant("prod", directus=False),
     "no-redis": variant("prod", redis=False),
 }
@@ -207,6 +207,10 @@ def test_nginx_routes_only_to_enabled_upstreams_that_share_its_network(key):
     else:
         assert "location / {\n            return 404;" in conf
     assert ("location /v1/graphql" in conf) == ("hasura" in enabled)
+    planes = [p for p in ("hasura", "postgraphile") if p in enabled]
+    assert conf.count("location = /graphql {") == len(planes) <= 1
+    if planes:
+        assert f"location = /graphql {{\n            proxy_pass http://{planes[0]}/" in conf
     # /storage/ is refused at the edge; only public buckets would be routed (none are)
     assert ("location /storage/ {\n            return 404;" in conf) == plan.has("minio")
     assert not re.search(r"location /storage/\w", conf)
@@ -404,7 +408,7 @@ def test_postgres_bootstrap_reads_every_role_password_from_its_secret_file(key):
     plan = ALL_PLANS[key]
     files = rendered_files(plan)
     sql = files["postgres/bootstrap.sql"]
-    roles = sorted(c for c in ("directus", "hasura") if plan.has(c))
+    roles = sorted(c for c in ("directus", "hasura", "postgraphile") if plan.has(c))
     assert re.findall(r"^ALTER ROLE \"(\w+)\" PASSWORD :'pw';$", sql, re.M) == roles
     for role in roles:
         assert f"\\set pw `cat {SECRETS_DIR}postgres_{role}_password`" in sql

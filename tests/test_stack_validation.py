@@ -132,17 +132,19 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
     ("self-dependency", "prod", put("components", "redis", "depends_on", value=["redis"]), "components.redis.depends_on", "itself"),
     ("depends-on-unknown", "prod", put("components", "redis", "depends_on", value=["mysql"]), "components.redis.depends_on[0]", "'postgres'"),
     ("hasura-local-image", "prod", put("components", "hasura", "image", value={"source": "local"}), "components.hasura.image.source", "registry"),
-    ("hasura-local-by-default", "dev", put("components", "hasura", value={}), "components.hasura.image.source", "registry"),
+    ("hasura-local-by-default", "dev", both(put("components", "hasura", value={}), put("components", "postgraphile", value={"enabled": False})), "components.hasura.image.source", "registry"),
     ("image-ref-without-digest", "prod", put("components", "redis", "image", value={"ref": "docker.io/library/redis:7.4"}), "components.redis.image.ref", "sha256"),
     ("image-source-unknown", "prod", put("images", value={"source": "github"}), "images.source", "'local'"),
     ("tls-supplied-without-cert-and-key", "prod", put("tls", value={"mode": "supplied"}), "tls", "cert"),
     ("tls-supplied-without-key", "prod", drop("tls", "key"), "tls", "key"),
     ("tls-generate-in-prod", "prod", put("tls", value={"mode": "generate"}), "tls.mode", "prod"),
     ("tls-generate-with-cert", "dev", put("tls", "cert", value="/x.pem"), "tls", "supplied"),
+    ("two-graphql-planes", "prod", put("components", "postgraphile", value={"image": {"source": "local"}}), "components", "one GraphQL plane"),
+    ("postgraphile-from-a-registry", "dev", put("components", "postgraphile", "image", value={"source": "registry"}), "components.postgraphile.image.source", "source: local"),
     ("schema-name-reserved", "prod", put("schema", "name", value="ccoas"), "schema.name", "reserved"),
     ("change-log-too-short", "prod", put("schema", "changes", value={"max_entries": 10}), "schema.changes.max_entries", "100"),
     ("change-log-unknown-key", "prod", put("schema", "changes", value={"max_rows": 10}), "schema.changes.max_rows", "max_entries"),
-    ("tables-without-postgres", "dev", both(put("components", "postgres", "enabled", value=False), put("components", "directus", "enabled", value=False)), "schema.tables", "postgres"),
+    ("tables-without-postgres", "dev", both(put("components", "postgres", "enabled", value=False), both(put("components", "directus", "enabled", value=False), put("components", "postgraphile", "enabled", value=False))), "schema.tables", "postgres"),
 ]
 
 # A published port on anything but nginx: every other component, with a port it does listen on.
@@ -154,7 +156,8 @@ def case_params() -> list[Any]:
     for name in PUBLISHERS:
         port = CATALOG[name].ports[0]
         mutation = put("components", name, "publish", value=[{"container_port": port, "host_port": port}])
-        params.append(pytest.param("prod", mutation, f"components.{name}.publish", "only nginx", id=f"{name}-publishes-a-port"))
+        base = "dev" if name == "postgraphile" else "prod"  # the stack where it is the GraphQL plane
+        params.append(pytest.param(base, mutation, f"components.{name}.publish", "only nginx", id=f"{name}-publishes-a-port"))
     return params
 
 

@@ -54,8 +54,9 @@ class Component:
     gid: int
     ports: tuple[int, ...]
     networks: tuple[str, ...]
-    registry_image: str
-    """The official image, pinned by digest: the default for hosts that reach a registry."""
+    registry_image: str | None
+    """The official image, pinned by digest: the default for hosts that reach a registry (None:
+    the component is only built locally, see :attr:`recipe`)."""
     recipe: Recipe | None
     default_limits: dict[str, Any]
     declare_secrets: Callable[["Context"], list[Secret]]
@@ -173,7 +174,10 @@ class Context:
                 ),
                 upstream=component.upstream,
             )
-        return Image(ref=choice.ref or component.registry_image, source="bundle" if source == "bundle" else "registry", upstream=component.upstream)
+        ref = choice.ref or component.registry_image
+        if ref is None:
+            raise ValueError(f"{component.name} has no registry image (validation lets no stack ask for one)")
+        return Image(ref=ref, source="bundle" if source == "bundle" else "registry", upstream=component.upstream)
 
     def service(
         self,

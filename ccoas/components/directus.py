@@ -13,10 +13,18 @@ from ccoas.plan import Artifact, Secret, Service, VolumeMount
 PORT = 8055
 
 
+def token_verifiers(ctx: Context) -> tuple[str, ...]:
+    """Services that verify Directus's access tokens with its SECRET (HS256)."""
+    return tuple(c for c in ("postgraphile",) if c in ctx.enabled)
+
+
 def secrets(ctx: Context) -> list[Secret]:
     return [
         ctx.secret("postgres", "directus_password", "password", ("directus", "postgres"), "password of the postgres role directus", client="directus"),
-        ctx.secret("directus", "secret", "token", ("directus",), "Directus SECRET (signs access tokens)", length=48),
+        ctx.secret(
+            "directus", "secret", "token", ("directus", *token_verifiers(ctx)),
+            "Directus SECRET (signs access tokens; the GraphQL plane verifies them with it)", length=48,
+        ),
         ctx.secret("directus", "admin_password", "password", ("directus",), "password of the first Directus admin"),
     ]
 
@@ -48,6 +56,15 @@ def environment(ctx: Context) -> dict[str, str]:
         "EXTENSIONS_PATH": "/directus/extensions",
         "CACHE_ENABLED": "false",
         "RATE_LIMITER_ENABLED": "false",
+        # Realtime: item subscriptions over a websocket at /websocket, authenticated by the
+        # first message (access token), each event filtered by the subscriber's permissions.
+        "WEBSOCKETS_ENABLED": "true",
+        "WEBSOCKETS_REST_ENABLED": "true",
+        "WEBSOCKETS_REST_AUTH": "handshake",
+        "WEBSOCKETS_REST_PATH": "/websocket",
+        "WEBSOCKETS_GRAPHQL_ENABLED": "false",
+        "WEBSOCKETS_HEARTBEAT_ENABLED": "true",
+        "WEBSOCKETS_HEARTBEAT_PERIOD": "30",
     }
     if "minio" in ctx.enabled:
         for key in ("STORAGE_LOCAL_DRIVER", "STORAGE_LOCAL_ROOT"):

@@ -38,6 +38,12 @@ def service(ctx: Context) -> Service:
             "HASURA_GRAPHQL_METADATA_DIR": "/etc/ccoas/hasura/metadata",
             "HASURA_GRAPHQL_ENABLE_ALLOWLIST": "false",
             "HASURA_GRAPHQL_LOG_LEVEL": "warn",
+            # Subscriptions are live queries: refetched every second, multiplexed per query
+            # shape, each subscriber's row permissions applied to its own rows.
+            "HASURA_GRAPHQL_LIVE_QUERIES_MULTIPLEXED_REFETCH_INTERVAL": "1000",
+            "HASURA_GRAPHQL_LIVE_QUERIES_MULTIPLEXED_BATCH_SIZE": "100",
+            "HASURA_GRAPHQL_WEBSOCKET_KEEPALIVE": "5",
+            "HASURA_GRAPHQL_WEBSOCKET_CONNECTION_INIT_TIMEOUT": "3",
         },
         config_templates=(
             "hasura/entrypoint.sh.j2",

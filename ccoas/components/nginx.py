@@ -1,6 +1,8 @@
 """Nginx: the only published service. On the edge network only; terminates TLS.
 
-It routes ``/`` and ``/directus/`` to Directus, ``/v1/graphql`` to Hasura and
+It routes ``/`` and ``/directus/`` to Directus (``/directus/websocket`` held open for
+realtime), ``/graphql`` to the stack's GraphQL plane (Hasura or PostGraphile, queries and
+websocket subscriptions), ``/v1/graphql`` to Hasura and
 ``/storage/<bucket>/`` to MinIO's S3 API for public buckets only, each only when that
 component is enabled. Only the stack's domain is served: other Host names are refused. The
 certificate is the user's (``tls.mode: supplied``) or, for dev and ci stacks, one ccoas
@@ -15,7 +17,7 @@ from ccoas.plan import Artifact, Secret, Service, Stop
 HTTP_PORT = 8080
 HTTPS_PORT = 8443
 HEALTH_PORT = 8081
-UPSTREAMS = {"directus": 8055, "hasura": 8080, "minio": 9000}
+UPSTREAMS = {"directus": 8055, "hasura": 8080, "postgraphile": 5678, "minio": 9000}
 
 
 def upstreams(ctx: Context) -> dict[str, int]:

@@ -24,7 +24,7 @@ def secrets(ctx: Context) -> list[Secret]:
 
 def app_roles(ctx: Context) -> list[str]:
     """Login roles the bootstrap creates: one per enabled component that uses the database."""
-    return sorted(c for c in ("directus", "hasura") if c in ctx.enabled)
+    return sorted(c for c in ("directus", "hasura", "postgraphile") if c in ctx.enabled)
 
 
 def service(ctx: Context) -> Service:

@@ -45,8 +45,19 @@ path "ccoas/data/pr-42/nginx/tls_key" {
   capabilities = ["read"]
 }
 
+# pr-42-postgraphile: what the postgraphile service may read
+path "ccoas/data/pr-42/directus/secret" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/postgres/postgraphile_password" {
+  capabilities = ["read"]
+}
+
 # pr-42-postgres: what the postgres service may read
 path "ccoas/data/pr-42/postgres/directus_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/postgres/postgraphile_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/pr-42/postgres/superuser_password" {

@@ -50,6 +50,31 @@ GRANT USAGE ON SCHEMA "app" TO "directus";
 -- Directus keeps its system tables (directus_*) in public.
 GRANT CREATE ON SCHEMA public TO "directus";
 
+-- postgraphile: logs in with the password in /run/secrets/postgres_postgraphile_password.
+DO $ccoas$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'postgraphile') THEN
+        CREATE ROLE "postgraphile" LOGIN;
+    END IF;
+END
+$ccoas$;
+ALTER ROLE "postgraphile" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 50;
+-- The statement carries the password: keep it out of the server log even if it fails.
+SET LOCAL log_statement = 'none';
+SET LOCAL log_min_error_statement = panic;
+\set pw `cat /run/secrets/postgres_postgraphile_password`
+SELECT :'pw' = '' AS ccoas_pw_missing \gset
+\if :ccoas_pw_missing
+DO $ccoas$ BEGIN RAISE EXCEPTION 'ccoas: the secret file /run/secrets/postgres_postgraphile_password is missing or empty'; END $ccoas$;
+\endif
+ALTER ROLE "postgraphile" PASSWORD :'pw';
+\unset pw
+\unset ccoas_pw_missing
+SET LOCAL log_min_error_statement = error;
+GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "postgraphile";
+GRANT USAGE ON SCHEMA public TO "postgraphile";
+GRANT USAGE ON SCHEMA "app" TO "postgraphile";
+
 -- app.notes: owner-only
 CREATE TABLE IF NOT EXISTS "app"."notes" (
     "id" uuid NOT NULL DEFAULT gen_random_uuid(),
@@ -65,7 +90,7 @@ ALTER TABLE "app"."notes" OWNER TO "app_owner";
 ALTER TABLE "app"."notes" ENABLE ROW LEVEL SECURITY;
 ALTER TABLE "app"."notes" FORCE ROW LEVEL SECURITY;
 REVOKE ALL ON "app"."notes" FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."notes" TO "directus";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."notes" TO "directus", "postgraphile";
 DO $ccoas$
 DECLARE
     policy record;
@@ -97,7 +122,7 @@ ALTER TABLE "app"."documents" OWNER TO "app_owner";
 ALTER TABLE "app"."documents" ENABLE ROW LEVEL SECURITY;
 ALTER TABLE "app"."documents" FORCE ROW LEVEL SECURITY;
 REVOKE ALL ON "app"."documents" FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."documents" TO "directus";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."documents" TO "directus", "postgraphile";
 DO $ccoas$
 DECLARE
     policy record;
@@ -129,7 +154,7 @@ ALTER TABLE "app"."articles" OWNER TO "app_owner";
 ALTER TABLE "app"."articles" ENABLE ROW LEVEL SECURITY;
 ALTER TABLE "app"."articles" FORCE ROW LEVEL SECURITY;
 REVOKE ALL ON "app"."articles" FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."articles" TO "directus";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."articles" TO "directus", "postgraphile";
 DO $ccoas$
 DECLARE
     policy record;
@@ -187,7 +212,7 @@ AS $ccoas$
 $ccoas$;
 ALTER FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) OWNER TO "app_owner";
 REVOKE ALL ON FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) TO "directus";
+GRANT EXECUTE ON FUNCTION "app"."documents_nearest"(public.vector, integer, boolean, double precision, integer) TO "directus", "postgraphile";
 
 
 -- ============================================================================================
@@ -204,7 +229,7 @@ GRANT EXECUTE ON FUNCTION "app"."documents_nearest"(public.vector, integer, bool
 -- 100000 entries old. Functions pin search_path and qualify every name.
 -- ============================================================================================
 CREATE SCHEMA IF NOT EXISTS ccoas;
-GRANT USAGE ON SCHEMA ccoas TO "app_owner", "directus";
+GRANT USAGE ON SCHEMA ccoas TO "app_owner", "directus", "postgraphile";
 
 CREATE TABLE IF NOT EXISTS ccoas.change_log (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -226,7 +251,7 @@ ALTER TABLE ccoas.change_log_horizon OWNER TO "app_owner";
 REVOKE ALL ON ccoas.change_log, ccoas.change_log_horizon FROM PUBLIC;
 -- Readers see what LISTEN would tell them anyway (schema, table, op, key, seq); rows are
 -- re-read through their own row-level security.
-GRANT SELECT ON ccoas.change_log, ccoas.change_log_horizon TO "directus";
+GRANT SELECT ON ccoas.change_log, ccoas.change_log_horizon TO "directus", "postgraphile";
 
 -- Drops entries older than the retention (age or count) and moves the horizon past them.
 CREATE OR REPLACE FUNCTION ccoas.prune_changes() RETURNS bigint
@@ -347,7 +372,7 @@ END
 $ccoas$;
 ALTER FUNCTION ccoas.changes_since(bigint, integer) OWNER TO "app_owner";
 REVOKE ALL ON FUNCTION ccoas.changes_since(bigint, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ccoas.changes_since(bigint, integer) TO "directus";
+GRANT EXECUTE ON FUNCTION ccoas.changes_since(bigint, integer) TO "directus", "postgraphile";
 
 -- app.notes → channel ccoas_app_notes
 DROP TRIGGER IF EXISTS ccoas_change ON "app"."notes";
@@ -372,5 +397,40 @@ CREATE CONSTRAINT TRIGGER ccoas_change AFTER INSERT OR UPDATE OR DELETE ON "app"
 DROP TRIGGER IF EXISTS ccoas_change_truncate ON "app"."articles";
 CREATE TRIGGER ccoas_change_truncate AFTER TRUNCATE ON "app"."articles"
     FOR EACH STATEMENT EXECUTE FUNCTION ccoas.record_change('ccoas_app_articles', 'id');
+
+
+-- ============================================================================================
+-- The GraphQL plane's request roles. PostGraphile logs in as postgraphile and runs every
+-- request as one of these NOLOGIN roles (SET LOCAL role): postgraphile_user with a verified
+-- token (its claims as ccoas.* settings, so row-level security decides every row), and
+-- postgraphile_anonymous without one, which may only read the public-read tables.
+-- ============================================================================================
+DO $ccoas$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'postgraphile_user') THEN
+        CREATE ROLE "postgraphile_user" NOLOGIN;
+    END IF;
+END
+$ccoas$;
+ALTER ROLE "postgraphile_user" WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+GRANT "postgraphile_user" TO "postgraphile" WITH INHERIT FALSE, SET TRUE;
+GRANT USAGE ON SCHEMA "app" TO "postgraphile_user";
+DO $ccoas$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'postgraphile_anonymous') THEN
+        CREATE ROLE "postgraphile_anonymous" NOLOGIN;
+    END IF;
+END
+$ccoas$;
+ALTER ROLE "postgraphile_anonymous" WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+GRANT "postgraphile_anonymous" TO "postgraphile" WITH INHERIT FALSE, SET TRUE;
+GRANT USAGE ON SCHEMA "app" TO "postgraphile_anonymous";
+REVOKE ALL ON "app"."notes" FROM "postgraphile_user", "postgraphile_anonymous";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."notes" TO "postgraphile_user";
+REVOKE ALL ON "app"."documents" FROM "postgraphile_user", "postgraphile_anonymous";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."documents" TO "postgraphile_user";
+REVOKE ALL ON "app"."articles" FROM "postgraphile_user", "postgraphile_anonymous";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."articles" TO "postgraphile_user";
+GRANT SELECT ON "app"."articles" TO "postgraphile_anonymous";
 
 COMMIT;

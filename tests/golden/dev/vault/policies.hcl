@@ -45,8 +45,19 @@ path "ccoas/data/dev/nginx/tls_key" {
   capabilities = ["read"]
 }
 
+# dev-postgraphile: what the postgraphile service may read
+path "ccoas/data/dev/directus/secret" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/postgraphile_password" {
+  capabilities = ["read"]
+}
+
 # dev-postgres: what the postgres service may read
 path "ccoas/data/dev/postgres/directus_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/postgraphile_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/postgres/superuser_password" {

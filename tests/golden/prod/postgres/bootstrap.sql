@@ -317,4 +317,5 @@ DROP TRIGGER IF EXISTS ccoas_change_truncate ON "app"."documents";
 CREATE TRIGGER ccoas_change_truncate AFTER TRUNCATE ON "app"."documents"
     FOR EACH STATEMENT EXECUTE FUNCTION ccoas.record_change('ccoas_app_documents', 'id');
 
+
 COMMIT;
