@@ -209,7 +209,9 @@ def test_a_name_with_a_trailing_newline_is_rejected(runner):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("command", [["up", "--engine", "pulumi"], ["preview"]])
+@pytest.mark.parametrize(
+    "command", [["up", "--engine", "pulumi"], ["preview"], ["down", "--engine", "pulumi"], ["status", "--engine", "pulumi"]]
+)
 def test_pulumi_engine_without_the_cli_exits_2_with_what_to_install(runner, monkeypatch, command):
     from ccoas import pulumi_engine
 
