@@ -62,7 +62,7 @@ def engine(tmp_path_factory):
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(["curl", "-gsS", "--max-time", "20", *args], capture_output=True, text=True, timeout=30)
 
 
 def https(engine, path: str, *args: str, host: str | None = None) -> tuple[int, dict[str, str], str]:
