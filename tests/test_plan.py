@@ -599,7 +599,7 @@ def test_every_image_path_names_the_upstream_version_it_runs():
     from ccoas.planner import CATALOG
 
     for name, component in CATALOG.items():
-        assert component.upstream.get("registry"), name
+        assert bool(component.upstream.get("registry")) == (component.registry_image is not None), name
         assert bool(component.upstream.get("local")) == (component.recipe is not None), name
 
 
