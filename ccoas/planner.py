@@ -25,7 +25,7 @@ from ccoas.components import directus, hasura, minio, nginx, ollama, postgraphil
 from ccoas.components.base import Component, Context
 from ccoas.errors import Problem, StackError
 from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy
-from ccoas.stack import COMPONENTS, RESERVED_SCHEMAS, Schema, Stack, check_name, read_stack, validate_document
+from ccoas.stack import COMPONENTS, HNSW_MAX_DIMS, RESERVED_SCHEMAS, Schema, Stack, check_name, read_stack, validate_document
 
 CATALOG: dict[str, Component] = {
     m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, vault)
@@ -169,7 +169,7 @@ def ensure_tls_consistent(stack: Stack) -> list[tuple[str, str]]:
 def ensure_schema_name_free(stack: Stack) -> list[tuple[str, str]]:
     name = stack.schema_.name
     if name in RESERVED_SCHEMAS or name.startswith("pg_"):
-        return [("schema.name", f"{name!r} is reserved (ccoas, public, information_schema and pg_*): choose another schema name")]
+        return [("schema.name", f"{name!r} is reserved ({', '.join(RESERVED_SCHEMAS)} and pg_*): choose a schema of the application's own, such as app")]
     return []
 
 
@@ -236,6 +236,16 @@ def ensure_embedded_columns_valid(stack: Stack) -> list[tuple[str, str]]:
     return problems
 
 
+def ensure_hnsw_columns_fit(stack: Stack) -> list[tuple[str, str]]:
+    """pgvector's HNSW index takes ``vector`` columns of at most 2000 dimensions."""
+    return [
+        (f"schema.tables[{index}].columns[{number}].type", f"an HNSW-indexed vector column has at most {HNSW_MAX_DIMS} dimensions (pgvector), got {column.type!r}")
+        for index, table in enumerate(stack.schema_.tables)
+        for number, column in enumerate(table.columns)
+        if column.hnsw_indexed and (column.dimensions or 0) > HNSW_MAX_DIMS
+    ]
+
+
 RULES: tuple[Rule, ...] = (
     ensure_only_nginx_publishes,
     ensure_requirements_enabled,
@@ -250,6 +260,7 @@ RULES: tuple[Rule, ...] = (
     ensure_tables_have_postgres,
     ensure_tables_well_formed,
     ensure_embedded_columns_valid,
+    ensure_hnsw_columns_fit,
 )
 """Cross-field rules that a schema alone cannot say; each returns ``(field path, message)`` pairs."""
 

@@ -89,6 +89,27 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+VECTOR_TYPE_SCHEMA = "public"
+"""Where the bootstrap creates the pgvector extension, so where its ``vector`` type lives."""
+SQL_DEFAULTS = {"gen_random_uuid()": "pg_catalog.gen_random_uuid()", "now()": "pg_catalog.now()"}
+
+
+def sql_type(column_type: str) -> str:
+    """A stack column type as SQL that resolves the same on any search_path:
+    ``vector(384)`` → ``public.vector(384)``; built-in types are pg_catalog's."""
+    return f"{VECTOR_TYPE_SCHEMA}.{column_type}" if column_type.startswith("vector(") else column_type
+
+
+def sql_default(default: str) -> str:
+    """A stack column default, schema-qualified (``now()`` → ``pg_catalog.now()``)."""
+    return SQL_DEFAULTS.get(default, default)
+
+
+def sql_cast(expression: str, column_type: str) -> str:
+    """``expression`` (text) cast to an owner or tenant column's type (uuid or text), for a comparison."""
+    return expression if column_type == "text" else f"CAST({expression} AS pg_catalog.{column_type})"
+
+
 def sh_quote(value: Any) -> str:
     """A POSIX shell word."""
     return shlex.quote(str(value))
@@ -146,6 +167,9 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     env.filters.update(
         sql_ident=sql_ident,
         sql_literal=sql_literal,
+        sql_type=sql_type,
+        sql_default=sql_default,
+        sql_cast=sql_cast,
         sh_quote=sh_quote,
         hcl_string=hcl_string,
         json_text=json_text,

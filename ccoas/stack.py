@@ -27,10 +27,15 @@ ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres
 NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
 DIGEST_REF_RE = r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+/[a-z0-9._/-]+)?(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?@sha256:[0-9a-f]{64}$"
-COLUMN_TYPE_RE = re.compile(
-    r"^(text|integer|bigint|boolean|uuid|timestamptz|date|jsonb|numeric|double precision|vector\((\d{1,5})\))$"
-)
-_SIZE_RE = re.compile(r"^(\d+)(Ki|Mi|Gi|K|M|G)?$")
+COLUMN_TYPE_RE = re.compile(r"text|integer|bigint|boolean|uuid|timestamptz|date|jsonb|numeric|double precision|vector\((\d{1,5})\)")
+"""Matched whole (``fullmatch``): ``"text\\n"`` is not ``text``."""
+VECTOR_MAX_DIMS = 16000
+"""What pgvector's ``vector`` type accepts."""
+HNSW_MAX_DIMS = 2000
+"""What pgvector's HNSW index accepts on a ``vector`` column."""
+RESERVED_TABLE_PREFIX = "directus_"
+"""Directus treats every ``directus_*`` table as one of its own system collections."""
+_SIZE_RE = re.compile(r"(\d+)(Ki|Mi|Gi|K|M|G)?")
 _SIZE_UNITS = {None: 1, "K": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 
 
@@ -38,7 +43,7 @@ def parse_size(value: str | int) -> int:
     """``"512Mi"`` → bytes. Integers are bytes already."""
     if isinstance(value, int):
         return value
-    match = _SIZE_RE.match(value)
+    match = _SIZE_RE.fullmatch(value)
     if not match:
         raise ValueError(f"expected a size like 512Mi, 1Gi or a number of bytes, got {value!r}")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
@@ -124,18 +129,33 @@ class Column(_Strict):
     @property
     def dimensions(self) -> int | None:
         """N of a ``vector(N)`` column, else None."""
-        match = COLUMN_TYPE_RE.match(self.type)
-        return int(match.group(2)) if match and match.group(2) else None
+        match = COLUMN_TYPE_RE.fullmatch(self.type)
+        return int(match.group(1)) if match and match.group(1) else None
 
     @field_validator("type")
     @classmethod
     def _type(cls, value: str) -> str:
-        if not COLUMN_TYPE_RE.match(value):
+        match = COLUMN_TYPE_RE.fullmatch(value)
+        if not match:
             raise ValueError(
                 "expected one of text, integer, bigint, boolean, uuid, timestamptz, date, jsonb, "
                 f"numeric, double precision, vector(N); got {value!r}"
             )
+        if match.group(1) is not None and not 1 <= int(match.group(1)) <= VECTOR_MAX_DIMS:
+            raise ValueError(f"expected vector(N) with N from 1 to {VECTOR_MAX_DIMS} (what pgvector accepts), got {value!r}")
         return value
+
+    @property
+    def hnsw_indexed(self) -> bool:
+        """Whether the bootstrap gives this column an HNSW index (every embedded column): then
+        N is at most 2000."""
+        return self.embed is not None
+
+    @property
+    def server_set(self) -> bool:
+        """Set by the database (``gen_random_uuid()``, ``now()``): never written by a user,
+        through any front door."""
+        return self.default in ("gen_random_uuid()", "now()")
 
 
 PolicyPreset = Literal["owner-only", "tenant", "public-read"]
@@ -159,6 +179,13 @@ class Table(_Strict):
 
     def key_columns(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.primary_key)
+
+    @field_validator("name")
+    @classmethod
+    def _not_directus(cls, value: str) -> str:
+        if value.startswith(RESERVED_TABLE_PREFIX):
+            raise ValueError(f"table names starting with {RESERVED_TABLE_PREFIX} are Directus's system collections, got {value!r}")
+        return value
 
 
 class ChangeRetention(_Strict):
@@ -229,8 +256,10 @@ class Stack(_Strict):
         return self.component(name).image.source or self.images.source or "registry"
 
 
-RESERVED_SCHEMAS = ("ccoas", "public", "information_schema")
-"""``ccoas`` holds the change log and the identity functions; the others belong to Postgres or Directus."""
+RESERVED_SCHEMAS = ("ccoas", "public", "information_schema", "directus", "hdb_catalog", "hdb_views", "hdb_pro_catalog")
+"""Schemas the app schema may not be (nor any ``pg_*``): ``ccoas`` holds the change log and the
+identity functions, ``directus`` Directus's system tables, ``hdb_*`` Hasura's catalogs; the
+others are Postgres's."""
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -329,7 +358,17 @@ def read_stack(path: str | Path) -> Stack:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently, and
+    aliases (``*name``, merge keys ``<<: *name``): nested aliases expand exponentially (a few
+    hundred bytes can take minutes to load), and a stack file is short enough to spell out."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases are not allowed in a stack file (found *{event.anchor}): write the value out", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()

@@ -8,9 +8,11 @@ Every case starts from a shipped stack and breaks exactly one thing.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,10 +64,8 @@ def components(doc: dict[str, Any]) -> dict[str, Any]:
     return doc["components"]
 
 
-def only_hasura_without_postgres(doc: dict[str, Any]) -> None:
-    components(doc)["postgres"] = {"enabled": False}
+def hasura_without_directus(doc: dict[str, Any]) -> None:
     components(doc)["directus"] = {"enabled": False}
-    del doc["schema"]
 
 
 def only_directus_without_postgres(doc: dict[str, Any]) -> None:
@@ -75,7 +75,7 @@ def only_directus_without_postgres(doc: dict[str, Any]) -> None:
 
 
 def duplicate_first_table(doc: dict[str, Any]) -> None:
-    doc["schema"]["tables"].append(dict(doc["schema"]["tables"][0]))
+    doc["schema"]["tables"].append(copy.deepcopy(doc["schema"]["tables"][0]))  # no shared node: no YAML alias
 
 
 def duplicate_body_column(doc: dict[str, Any]) -> None:
@@ -110,7 +110,7 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
     ("name-missing", "prod", drop("name"), "name", "missing"),
     ("name-bad-pattern", "prod", put("name", value="Bad_Name"), "name", "Bad_Name"),
     ("name-too-long", "prod", put("name", value="a" * 40), "name", "[a-z]"),
-    ("hasura-without-postgres", "prod", only_hasura_without_postgres, "components.hasura", "postgres"),
+    ("hasura-without-directus", "prod", hasura_without_directus, "components.hasura", "requires directus"),
     ("directus-without-postgres", "prod", only_directus_without_postgres, "components.directus", "postgres"),
     ("nginx-bad-container-port", "prod", put("components", "nginx", "publish", value=[{"container_port": 80, "host_port": 80}]), "components.nginx.publish[0].container_port", "8443"),
     ("table-without-policy", "prod", drop("schema", "tables", 0, "policy"), "schema.tables[0].policy", "missing"),
@@ -119,6 +119,17 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
     ("tenant-column-missing", "prod", without_column(1, "tenant_id"), "schema.tables[1].columns", "tenant_id"),
     ("owner-column-wrong-type", "prod", put("schema", "tables", 0, "columns", 1, "type", value="integer"), "schema.tables[0].columns", "uuid or text"),
     ("column-type-unknown", "prod", put("schema", "tables", 0, "columns", 2, "type", value="varchar"), "schema.tables[0].columns[2].type", "vector(N)"),
+    ("column-type-trailing-newline", "prod", put("schema", "tables", 0, "columns", 2, "type", value="text\n"), "schema.tables[0].columns[2].type", "got 'text\\n'"),
+    ("column-type-trailing-space", "prod", put("schema", "tables", 0, "columns", 2, "type", value="uuid "), "schema.tables[0].columns[2].type", "vector(N)"),
+    ("vector-zero-dims", "prod", put("schema", "tables", 1, "columns", 3, "type", value="vector(0)"), "schema.tables[1].columns[3].type", "from 1 to 16000"),
+    ("vector-too-many-dims", "prod", put("schema", "tables", 1, "columns", 3, "type", value="vector(16001)"), "schema.tables[1].columns[3].type", "from 1 to 16000"),
+    ("schema-pg-prefix", "prod", put("schema", "name", value="pg_app"), "schema.name", "reserved"),
+    ("schema-information-schema", "prod", put("schema", "name", value="information_schema"), "schema.name", "reserved"),
+    ("schema-public", "prod", put("schema", "name", value="public"), "schema.name", "reserved"),
+    ("schema-hasura-catalog", "prod", put("schema", "name", value="hdb_catalog"), "schema.name", "reserved"),
+    ("schema-directus", "prod", put("schema", "name", value="directus"), "schema.name", "reserved"),
+    ("schema-ccoas", "prod", put("schema", "name", value="ccoas"), "schema.name", "reserved"),
+    ("table-directus-prefix", "prod", put("schema", "tables", 0, "name", value="directus_users"), "schema.tables[0].name", "Directus"),
     ("duplicate-table", "prod", duplicate_first_table, "schema.tables[2].name", "duplicate table 'notes'"),
     ("duplicate-column", "prod", duplicate_body_column, "schema.tables[0].columns", "duplicate column 'body'"),
     ("no-primary-key", "prod", no_primary_key, "schema.tables[0].columns", "primary_key"),
@@ -312,6 +323,40 @@ def test_file_that_is_not_utf8(tmp_path, runner):
 
     assert problem.file == str(file)
     assert_clean_exit_2(runner.invoke(app, ["plan", str(file)]))
+
+
+ALIAS_BOMB = "version: 1\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi")
+)
+
+
+def test_expanding_yaml_aliases_are_rejected_at_once(write_stack, tmp_path, runner):
+    """A few hundred bytes of nested aliases (9**9 strings once expanded) took minutes."""
+    file = write_stack(tmp_path, ALIAS_BOMB)
+    started = time.monotonic()
+
+    (problem,) = problems_of(file)
+
+    assert time.monotonic() - started < 2
+    assert "aliases are not allowed" in problem.message and problem.path == "line 3, column 8"
+    assert_clean_exit_2(runner.invoke(app, ["plan", str(file)]))
+
+
+def test_a_merge_key_alias_is_rejected(write_stack, tmp_path):
+    (problem,) = problems_of(write_stack(tmp_path, "version: 1\nbase: &base {enabled: true}\nother:\n  <<: *base\n"))
+    assert "aliases are not allowed" in problem.message
+
+
+def test_an_hnsw_indexed_vector_column_has_at_most_2000_dimensions(stack_document, write_stack, tmp_path, monkeypatch):
+    from ccoas.stack import Column
+
+    monkeypatch.setattr(Column, "hnsw_indexed", property(lambda column: column.dimensions is not None))
+    doc = stack_document("prod")
+    doc["schema"]["tables"][1]["columns"][3]["type"] = "vector(2000)"
+    assert load_stack(write_stack(tmp_path, doc)).schema_.tables[1].columns[3].dimensions == 2000
+    doc["schema"]["tables"][1]["columns"][3]["type"] = "vector(2001)"
+    (problem,) = problems_of(write_stack(tmp_path, doc))
+    assert problem.path == "schema.tables[1].columns[3].type" and "at most 2000" in problem.message
 
 
 def test_self_referencing_yaml_anchor(write_stack, tmp_path, runner):

@@ -11,11 +11,14 @@ from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Secret, Service, VolumeMount
 
 PORT = 8055
+SYSTEM_SCHEMA = "directus"
+"""Where Directus keeps its own tables (directus_*): a schema of its own, created for its role
+by the Postgres bootstrap, never public and never the app schema."""
 
 
 def token_verifiers(ctx: Context) -> tuple[str, ...]:
     """Services that verify Directus's access tokens with its SECRET (HS256)."""
-    return tuple(c for c in ("postgraphile",) if c in ctx.enabled)
+    return tuple(c for c in ("hasura", "postgraphile") if c in ctx.enabled)
 
 
 def secrets(ctx: Context) -> list[Secret]:
@@ -23,7 +26,7 @@ def secrets(ctx: Context) -> list[Secret]:
         ctx.secret("postgres", "directus_password", "password", ("directus", "postgres"), "password of the postgres role directus", client="directus"),
         ctx.secret(
             "directus", "secret", "token", ("directus", *token_verifiers(ctx)),
-            "Directus SECRET (signs access tokens; the GraphQL plane verifies them with it)", length=48,
+            "Directus SECRET: the HS256 key that signs access tokens (the GraphQL plane, Hasura or PostGraphile, verifies them with it)", length=48,
         ),
         ctx.secret("directus", "admin_password", "password", ("directus",), "password of the first Directus admin"),
     ]
@@ -39,6 +42,9 @@ def environment(ctx: Context) -> dict[str, str]:
         "DB_PORT": "5432",
         "DB_DATABASE": "app",
         "DB_USER": "directus",
+        # A list (comma): Directus creates its tables in the first schema and introspects every
+        # one, so the app tables are its collections while the stack file stays their only source.
+        "DB_SEARCH_PATH": f"{SYSTEM_SCHEMA},{ctx.stack.schema_.name}",
         "DB_PASSWORD_FILE": ctx.secret_file("postgres_directus_password"),
         "SECRET_FILE": ctx.secret_file("directus_secret"),
         "ADMIN_EMAIL": f"admin@{ctx.stack.domain}" if "." in ctx.stack.domain else "admin@example.com",

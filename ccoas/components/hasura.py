@@ -19,7 +19,6 @@ def secrets(ctx: Context) -> list[Secret]:
     return [
         ctx.secret("postgres", "hasura_password", "password", ("hasura", "postgres"), "password of the postgres role hasura", client="hasura"),
         ctx.secret("hasura", "admin_secret", "token", ("hasura",), "Hasura admin secret", length=48),
-        ctx.secret("hasura", "jwt_key", "token", ("hasura",), "HS256 key of the Hasura JWT secret", length=64),
     ]
 
 
@@ -70,5 +69,6 @@ COMPONENT = Component(
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
     declare_secrets=secrets,
     declare_service=service,
-    requires=("postgres", "vault"),
+    requires=("postgres", "vault", "directus"),
+    # directus: the identity provider, whose signing key Hasura verifies tokens with.
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import json
 import secrets
 import shutil
 import socket
@@ -189,9 +190,11 @@ CATALOG_SNAPSHOT = """
 SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
   SELECT format('policy %s.%s %s %s %s using=%s check=%s', schemaname, tablename, policyname, cmd, roles, qual, with_check) AS line FROM pg_policies
   UNION ALL SELECT format('role %s login=%s super=%s bypassrls=%s', rolname, rolcanlogin, rolsuper, rolbypassrls) FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'
-  UNION ALL SELECT format('table %s rls=%s force=%s owner=%s acl=%s', oid::regclass, relrowsecurity, relforcerowsecurity, relowner::regrole, relacl) FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r'
+  UNION ALL SELECT format('table %s rls=%s force=%s owner=%s acl=%s', oid::regclass, relrowsecurity, relforcerowsecurity, relowner::regrole, (SELECT array_agg(item ORDER BY item) FROM unnest(relacl::text[]) AS item)) FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r'
   UNION ALL SELECT format('column %s.%s %s notnull=%s', attrelid::regclass, attname, format_type(atttypid, atttypmod), attnotnull) FROM pg_attribute WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r') AND attnum > 0
-  UNION ALL SELECT format('schema %s owner=%s acl=%s', nspname, nspowner::regrole, nspacl) FROM pg_namespace WHERE nspname IN ('app', 'public')
+  UNION ALL SELECT format('schema %s owner=%s acl=%s', nspname, nspowner::regrole, nspacl) FROM pg_namespace WHERE nspname IN ('app', 'public', 'ccoas', 'directus', 'hdb_catalog')
+  UNION ALL SELECT format('function %s owner=%s acl=%s config=%s', oid::regprocedure, proowner::regrole, proacl, proconfig) FROM pg_proc WHERE pronamespace = 'ccoas'::regnamespace
+  UNION ALL SELECT format('membership %s in %s', member::regrole, roleid::regrole) FROM pg_auth_members
   UNION ALL SELECT format('database %s acl=%s', datname, datacl) FROM pg_database WHERE datname = 'app'
   UNION ALL SELECT format('extension %s', extname) FROM pg_extension
 ) AS catalog
@@ -226,47 +229,117 @@ def test_pgvector_and_every_declared_table_with_forced_rls(cluster, plan, applie
 
 
 def as_role(cluster, applied, role: str, sql: str, **settings: str) -> subprocess.CompletedProcess:
+    """``sql`` in a session of ``role`` (logged in with its password), after ``SET ccoas.<key>``."""
     prefix = "".join(f"SET ccoas.{key} = '{value}'; " for key, value in settings.items())
     return cluster.sql(prefix + sql, user=role, password=applied["passwords"][f"postgres_{role}_password"], check=False)
 
 
-@pytest.mark.parametrize("role", ["directus", "hasura"])
-def test_owner_only_rows_are_visible_to_their_owner_only(cluster, applied, role):
+def as_hasura(cluster, applied, sql: str, **claims: str) -> subprocess.CompletedProcess:
+    """``sql`` as Hasura runs it: as the hasura role, with the request's session variables in
+    ``hasura.user`` (Hasura lower-cases them), set for the transaction."""
+    session = json.dumps({"x-hasura-role": "user", **{f"x-hasura-{key.replace('_', '-')}": value for key, value in claims.items()}})
+    literal = session.replace("'", "''")
+    return cluster.sql(f"BEGIN; SELECT FROM set_config('hasura.user', '{literal}', true); {sql}; COMMIT", user="hasura", password=applied["passwords"]["postgres_hasura_password"], check=False)
+
+
+def as_owner(cluster, sql: str, **settings: str) -> subprocess.CompletedProcess:
+    """``sql`` as the tables' owner (NOLOGIN: the superuser's session SET ROLEs to it): RLS is
+    forced, so the owner gets the same rows as any front door."""
+    prefix = "".join(f"SET ccoas.{key} = '{value}'; " for key, value in settings.items())
+    return cluster.sql(f"SET ROLE app_owner; {prefix}{sql}", check=False)
+
+
+def rows(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.split("\n") if line and line not in ("BEGIN", "SET", "COMMIT")]
+
+
+def test_owner_only_rows_are_visible_to_their_owner_only(cluster, applied):
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
-    inserted = as_role(cluster, applied, role, f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'alice of {role}')", user_id=alice)
-    assert inserted.returncode == 0, inserted.stderr
-    assert as_role(cluster, applied, role, "SELECT body FROM app.notes", user_id=alice).stdout.split("\n").count(f"alice of {role}") == 1
-    assert f"alice of {role}" not in as_role(cluster, applied, role, "SELECT body FROM app.notes", user_id=bob).stdout
-    assert as_role(cluster, applied, role, "SELECT count(*) FROM app.notes").stdout.strip() == "0"  # no user: no rows
-    forged = as_role(cluster, applied, role, f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'forged')", user_id=bob)
+    assert rows(as_hasura(cluster, applied, f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'alice') RETURNING body", user_id=alice)) == ["alice"]
+    assert rows(as_hasura(cluster, applied, "SELECT body FROM app.notes", user_id=alice)) == ["alice"]
+    assert rows(as_owner(cluster, "SELECT body FROM app.notes", user_id=alice)) == ["alice"]
+    assert rows(as_hasura(cluster, applied, "SELECT body FROM app.notes", user_id=bob)) == []
+    assert rows(as_hasura(cluster, applied, "SELECT count(*) FROM app.notes")) == ["0"]  # no user: no rows
+    assert rows(as_owner(cluster, "SELECT count(*) FROM app.notes")) == ["0"]
+    forged = as_hasura(cluster, applied, f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'forged')", user_id=bob)
     assert forged.returncode != 0 and "row-level security" in forged.stderr
-    assert as_role(cluster, applied, role, "UPDATE app.notes SET body = 'stolen'", user_id=bob).returncode == 0
-    assert as_role(cluster, applied, role, "DELETE FROM app.notes", user_id=bob).returncode == 0
-    assert as_role(cluster, applied, role, "SELECT body FROM app.notes", user_id=alice).stdout.split("\n").count(f"alice of {role}") == 1
+    assert rows(as_hasura(cluster, applied, "UPDATE app.notes SET body = 'stolen' RETURNING body", user_id=bob)) == []
+    assert rows(as_hasura(cluster, applied, "DELETE FROM app.notes RETURNING body", user_id=bob)) == []
+    assert rows(as_owner(cluster, "SELECT body FROM app.notes", user_id=alice)) == ["alice"]
+    moved = as_hasura(cluster, applied, f"UPDATE app.notes SET owner_id = '{bob}'", user_id=alice)
+    assert moved.returncode != 0 and "row-level security" in moved.stderr  # WITH CHECK: a row cannot be given away
+
+
+def test_the_directus_role_reads_and_writes_through_its_named_control_plane_policy(cluster, applied):
+    """Directus enforces each user's permissions itself: its one role sees every row, by one
+    policy the bootstrap names (and nothing else grants it)."""
+    alice = str(uuid.uuid4())
+    assert as_role(cluster, applied, "directus", f"INSERT INTO app.notes (owner_id, body) VALUES ('{alice}', 'via directus')").returncode == 0
+    assert "via directus" in rows(as_role(cluster, applied, "directus", "SELECT body FROM app.notes"))
+    assert "via directus" not in rows(as_hasura(cluster, applied, "SELECT body FROM app.notes", user_id=str(uuid.uuid4())))
+    policies = rows(cluster.sql("SELECT DISTINCT policyname || ' ' || array_to_string(roles, ',') FROM pg_policies WHERE schemaname = 'app' AND 'directus' = ANY (roles)"))
+    assert policies == ["ccoas_directus_control_plane directus"]
 
 
 def test_owner_only_on_a_text_column(cluster, applied):
-    assert as_role(cluster, applied, "directus", "INSERT INTO app.tags (id, author, label) VALUES (1, 'ann', 'x')", user_id="ann").returncode == 0
-    assert as_role(cluster, applied, "directus", "SELECT label FROM app.tags", user_id="ann").stdout.strip() == "x"
-    assert as_role(cluster, applied, "directus", "SELECT count(*) FROM app.tags", user_id="ben").stdout.strip() == "0"
+    assert rows(as_owner(cluster, "INSERT INTO app.tags (id, author, label) VALUES (1, 'ann', 'x') RETURNING label", user_id="ann")) == ["x"]
+    assert rows(as_hasura(cluster, applied, "SELECT label FROM app.tags", user_id="ann")) == ["x"]
+    assert rows(as_hasura(cluster, applied, "SELECT count(*) FROM app.tags", user_id="ben")) == ["0"]
 
 
 def test_tenant_rows_are_visible_within_their_tenant_only(cluster, applied):
     one, two = str(uuid.uuid4()), str(uuid.uuid4())
-    assert as_role(cluster, applied, "hasura", f"INSERT INTO app.documents (tenant_id, title, embedding) VALUES ('{one}', 'plan', '[{','.join(['0.5'] * 384)}]')", tenant_id=one).returncode == 0
-    assert as_role(cluster, applied, "hasura", "SELECT title FROM app.documents", tenant_id=one).stdout.strip() == "plan"
-    assert as_role(cluster, applied, "hasura", "SELECT count(*) FROM app.documents", tenant_id=two).stdout.strip() == "0"
-    assert as_role(cluster, applied, "hasura", f"INSERT INTO app.documents (tenant_id, title) VALUES ('{one}', 'x')", tenant_id=two).returncode != 0
+    vector = f"[{','.join(['0.5'] * 384)}]"
+    assert as_hasura(cluster, applied, f"INSERT INTO app.documents (tenant_id, title, embedding) VALUES ('{one}', 'plan', '{vector}')", tenant_id=one).returncode == 0
+    assert rows(as_hasura(cluster, applied, "SELECT title FROM app.documents", tenant_id=one)) == ["plan"]
+    assert rows(as_owner(cluster, "SELECT title FROM app.documents", tenant_id=one)) == ["plan"]
+    assert rows(as_hasura(cluster, applied, "SELECT count(*) FROM app.documents", tenant_id=two)) == ["0"]
+    assert as_hasura(cluster, applied, f"INSERT INTO app.documents (tenant_id, title) VALUES ('{one}', 'x')", tenant_id=two).returncode != 0
 
 
 def test_public_read_rows_are_readable_by_all_and_writable_by_their_owner(cluster, applied):
     owner, other = str(uuid.uuid4()), str(uuid.uuid4())
-    assert as_role(cluster, applied, "directus", f"INSERT INTO app.articles (owner_id, title) VALUES ('{owner}', 'hello')", user_id=owner).returncode == 0
-    assert as_role(cluster, applied, "hasura", "SELECT title FROM app.articles").stdout.strip() == "hello"
-    assert as_role(cluster, applied, "directus", f"INSERT INTO app.articles (owner_id, title) VALUES ('{owner}', 'forged')", user_id=other).returncode != 0
-    assert as_role(cluster, applied, "directus", "UPDATE app.articles SET title = 'defaced' RETURNING title", user_id=other).stdout.strip() == ""
-    assert as_role(cluster, applied, "directus", "DELETE FROM app.articles RETURNING title", user_id=other).stdout.strip() == ""
-    assert as_role(cluster, applied, "directus", "UPDATE app.articles SET title = 'edited' RETURNING title", user_id=owner).stdout.strip() == "edited"
+    assert as_hasura(cluster, applied, f"INSERT INTO app.articles (owner_id, title) VALUES ('{owner}', 'hello')", user_id=owner).returncode == 0
+    assert rows(as_hasura(cluster, applied, "SELECT title FROM app.articles")) == ["hello"]
+    assert as_hasura(cluster, applied, f"INSERT INTO app.articles (owner_id, title) VALUES ('{owner}', 'forged')", user_id=other).returncode != 0
+    assert rows(as_hasura(cluster, applied, "UPDATE app.articles SET title = 'defaced' RETURNING title", user_id=other)) == []
+    assert rows(as_hasura(cluster, applied, "DELETE FROM app.articles RETURNING title", user_id=other)) == []
+    assert rows(as_hasura(cluster, applied, "UPDATE app.articles SET title = 'edited' RETURNING title", user_id=owner)) == ["edited"]
+
+
+def test_ccoas_settings_and_hasura_session_see_the_same_rows_count_for_count(cluster, applied):
+    """Two users in two tenants, rows written through both doors: each door counts the same."""
+    a, b, tenant_a, tenant_b = (str(uuid.uuid4()) for _ in range(4))
+    for user, tenant, notes, documents in ((a, tenant_a, 3, 2), (b, tenant_b, 1, 4)):
+        for n in range(notes):
+            door = as_hasura(cluster, applied, f"INSERT INTO app.notes (owner_id, body) VALUES ('{user}', 'n{n}')", user_id=user) if n % 2 else as_owner(cluster, f"INSERT INTO app.notes (owner_id, body) VALUES ('{user}', 'n{n}')", user_id=user)
+            assert door.returncode == 0, door.stderr
+        for n in range(documents):
+            assert as_owner(cluster, f"INSERT INTO app.documents (tenant_id, title) VALUES ('{tenant}', 'd{n}')", tenant_id=tenant).returncode == 0
+    for user, tenant, notes, documents in ((a, tenant_a, 3, 2), (b, tenant_b, 1, 4)):
+        by_settings = (rows(as_owner(cluster, "SELECT count(*) FROM app.notes", user_id=user)), rows(as_owner(cluster, "SELECT count(*) FROM app.documents", tenant_id=tenant)))
+        by_hasura = (
+            rows(as_hasura(cluster, applied, "SELECT count(*) FROM app.notes", user_id=user, tenant_id=tenant)),
+            rows(as_hasura(cluster, applied, "SELECT count(*) FROM app.documents", user_id=user, tenant_id=tenant)),
+        )
+        assert by_settings == by_hasura == ([str(notes)], [str(documents)])
+    # ccoas.* wins over hasura.user when both are set; a malformed claim is an error, never rows
+    both = cluster.sql(
+        f"BEGIN; SET LOCAL ROLE app_owner; SET LOCAL ccoas.user_id = '{b}'; SELECT FROM set_config('hasura.user', '{{\"x-hasura-user-id\": \"{a}\"}}', true); SELECT count(*) FROM app.notes; COMMIT",
+        check=False,
+    )
+    assert rows(both) == ["1"]
+    assert as_hasura(cluster, applied, "SELECT count(*) FROM app.notes", user_id="not-a-uuid").returncode != 0
+
+
+def test_identity_functions_are_pinned_and_invoker(cluster, applied):
+    for name in ("current_user_id", "current_tenant_id"):
+        assert cluster.value(
+            f"SELECT prosecdef, provolatile, proconfig FROM pg_proc WHERE oid = 'ccoas.{name}()'::regprocedure"
+        ) == 'f|s|{"search_path=pg_catalog, pg_temp"}'
+    policies = rows(cluster.sql("SELECT qual || coalesce(with_check, '') FROM pg_policies WHERE schemaname = 'app' AND policyname LIKE 'ccoas\\_%' AND policyname <> 'ccoas_directus_control_plane' AND policyname <> 'ccoas_public_read'"))
+    assert policies and all("ccoas.current_" in policy and "current_setting" not in policy for policy in policies)
 
 
 def test_pg_hba_admits_only_app_roles_with_their_password(cluster, applied):
@@ -278,12 +351,17 @@ def test_pg_hba_admits_only_app_roles_with_their_password(cluster, applied):
     assert cluster.sql("SELECT 1", user="app_owner", password="x", check=False).returncode != 0
 
 
-def test_app_roles_cannot_escape_rls_or_create_in_the_app_schema(cluster, applied):
+def test_app_roles_cannot_escape_rls_or_create_in_public_or_the_app_schema(cluster, applied):
     for role in ("directus", "hasura"):
         assert as_role(cluster, applied, role, "ALTER TABLE app.notes DISABLE ROW LEVEL SECURITY").returncode != 0
-        assert as_role(cluster, applied, role, "CREATE TABLE app.sneaky (v int)").returncode != 0
-    assert as_role(cluster, applied, "directus", "CREATE TABLE public.directus_probe (v int); DROP TABLE public.directus_probe").returncode == 0
-    assert as_role(cluster, applied, "hasura", "CREATE SCHEMA hdb_probe; DROP SCHEMA hdb_probe").returncode == 0
+        for schema in ("app", "public", "ccoas"):
+            assert as_role(cluster, applied, role, f"CREATE TABLE {schema}.sneaky (v int)").returncode != 0, (role, schema)
+        assert as_role(cluster, applied, role, "CREATE SCHEMA sneaky").returncode != 0
+    # each keeps its own: Directus's system tables, Hasura's catalog
+    assert as_role(cluster, applied, "directus", "CREATE TABLE directus.directus_probe (v int); DROP TABLE directus.directus_probe").returncode == 0
+    assert as_role(cluster, applied, "hasura", "CREATE TABLE hdb_catalog.probe (v int); DROP TABLE hdb_catalog.probe").returncode == 0
+    assert cluster.value("SELECT count(*) FROM pg_namespace WHERE nspname IN ('public', 'app', 'ccoas') AND (has_schema_privilege('directus', oid, 'CREATE') OR has_schema_privilege('hasura', oid, 'CREATE'))") == "0"
+    assert cluster.value("SELECT has_database_privilege('hasura', 'app', 'CREATE') OR has_database_privilege('directus', 'app', 'CREATE')") == "f"
 
 
 def test_no_password_reaches_the_server_log(cluster, applied):
@@ -311,3 +389,109 @@ def test_a_missing_secret_file_stops_the_bootstrap(cluster, applied):
     assert "missing or empty" in result.stderr
     # and nothing of it was committed: the hasura password is still the one from the file
     assert cluster.value("SELECT 1", user="hasura", password=applied["passwords"]["postgres_hasura_password"]) == "1"
+
+
+# --- the bootstrap cannot be turned against itself ------------------------------------------
+
+TRIPWIRE = "CREATE TABLE IF NOT EXISTS {schema}.tripwire (fired text)"
+PLANTS = """
+CREATE FUNCTION {schema}.ccoas_planted(a name, b name) RETURNS boolean LANGUAGE plpgsql AS $p$
+BEGIN
+    INSERT INTO {schema}.tripwire VALUES (current_user || ' ran ' || a::text);
+    EXECUTE 'GRANT app_owner TO {role}';
+    RETURN a::text LIKE b::text;
+END $p$;
+CREATE OPERATOR {schema}.~~ (LEFTARG = name, RIGHTARG = name, FUNCTION = {schema}.ccoas_planted);
+CREATE OPERATOR {schema}.= (LEFTARG = name, RIGHTARG = text, FUNCTION = {schema}.ccoas_planted_eq);
+CREATE FUNCTION {schema}.current_setting(text, boolean) RETURNS text LANGUAGE plpgsql AS $p$
+BEGIN INSERT INTO {schema}.tripwire VALUES ('current_setting as ' || current_user); EXECUTE 'GRANT app_owner TO {role}'; RETURN 'x'; END $p$;
+CREATE FUNCTION {schema}.format(text, text, text) RETURNS text LANGUAGE plpgsql AS $p$
+BEGIN INSERT INTO {schema}.tripwire VALUES ('format as ' || current_user); EXECUTE 'GRANT app_owner TO {role}'; RETURN ''; END $p$;
+CREATE FUNCTION {schema}.nullif(text, text) RETURNS text LANGUAGE plpgsql AS $p$
+BEGIN INSERT INTO {schema}.tripwire VALUES ('nullif as ' || current_user); EXECUTE 'GRANT app_owner TO {role}'; RETURN $1; END $p$;
+"""
+EQ_HELPER = """
+CREATE FUNCTION {schema}.ccoas_planted_eq(a name, b text) RETURNS boolean LANGUAGE plpgsql AS $p$
+BEGIN INSERT INTO {schema}.tripwire VALUES ('= as ' || current_user); EXECUTE 'GRANT app_owner TO {role}'; RETURN a::text = b; END $p$;
+"""
+
+
+def writable_schemas(cluster, role: str) -> list[str]:
+    return rows(cluster.sql(f"SELECT nspname FROM pg_namespace WHERE has_schema_privilege('{role}', oid, 'CREATE') AND nspname NOT LIKE 'pg\\_%' ORDER BY 1"))
+
+
+def test_the_escalation_replayed_nothing_planted_runs_no_membership_is_gained(cluster, plan, applied):
+    """The external review's attack, from the state the earlier bootstrap left (directus with
+    CREATE on public, hasura with CREATE on the database), plus every schema an app role can
+    write now: operators and functions shadowing what a bootstrap calls, planted in each; a
+    USING (true) policy and memberships planted by someone else. Then the bootstrap, twice."""
+    cluster.sql("GRANT CREATE ON SCHEMA public TO directus; GRANT CREATE ON DATABASE app TO hasura")
+    planted = []
+    for role in ("directus", "hasura"):
+        if role == "hasura":
+            assert as_role(cluster, applied, role, "CREATE SCHEMA hasura_own").returncode == 0
+        for schema in writable_schemas(cluster, role):
+            sql = TRIPWIRE.format(schema=schema) + ";" + EQ_HELPER.format(schema=schema, role=role) + PLANTS.format(schema=schema, role=role)
+            result = as_role(cluster, applied, role, sql)
+            assert result.returncode == 0, (role, schema, result.stderr)
+            planted.append(schema)
+    assert {"public", "directus", "hdb_catalog", "hasura_own"} <= set(planted)
+    cluster.sql(
+        "CREATE POLICY open_door ON app.notes USING (true) WITH CHECK (true);"
+        "CREATE POLICY ccoas_owner_only_too ON app.documents USING (true);"
+        "GRANT app_owner TO directus; GRANT pg_read_all_data TO hasura; GRANT directus TO hasura"
+    )
+    for _ in range(2):
+        result = cluster.psql_file(applied["path"])
+        assert result.returncode == 0, result.stderr
+    fired = [rows(cluster.sql(f"SELECT fired FROM {schema}.tripwire")) for schema in planted]
+    assert fired == [[] for _ in planted], "a planted object ran during the bootstrap"
+    assert cluster.value("SELECT count(*) FROM pg_auth_members WHERE member IN ('directus'::regrole, 'hasura'::regrole, 'app_owner'::regrole) OR roleid IN ('directus'::regrole, 'hasura'::regrole, 'app_owner'::regrole)") == "0"
+    assert cluster.value("SELECT count(*) FROM pg_policies WHERE policyname IN ('open_door', 'ccoas_owner_only_too')") == "0"
+    for table in plan.app_schema.tables:
+        assert cluster.value(f"SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = 'app.{table.name}'::regclass") == "t"
+    assert cluster.value("SELECT has_schema_privilege('directus', 'public', 'CREATE') OR has_database_privilege('hasura', 'app', 'CREATE')") == "f"
+    stranger = str(uuid.uuid4())
+    assert rows(as_hasura(cluster, applied, "SELECT count(*) FROM app.notes", user_id=stranger)) == ["0"]
+    # the attacker's own sessions do not see through either: no membership, no open policy
+    assert as_role(cluster, applied, "hasura", "SET ROLE app_owner").returncode != 0
+
+
+def test_an_app_schema_or_table_owned_by_someone_else_is_refused(cluster, applied):
+    before = cluster.value(CATALOG_SNAPSHOT)
+    cluster.sql("ALTER TABLE app.articles OWNER TO directus")
+    try:
+        result = cluster.psql_file(applied["path"])
+        assert result.returncode != 0
+        assert "table app.articles exists but is owned by directus, not app_owner" in result.stderr
+    finally:
+        cluster.sql("ALTER TABLE app.articles OWNER TO app_owner")
+    cluster.sql("ALTER SCHEMA app OWNER TO hasura")
+    try:
+        result = cluster.psql_file(applied["path"])
+        assert result.returncode != 0 and "schema app exists but is owned by hasura, not app_owner" in result.stderr
+    finally:
+        cluster.sql("ALTER SCHEMA app OWNER TO app_owner")
+    assert cluster.psql_file(applied["path"]).returncode == 0
+    assert cluster.value(CATALOG_SNAPSHOT) == before
+
+
+def test_directus_tables_in_public_from_an_earlier_bootstrap_move_to_their_schema(cluster, applied):
+    """Stacks made before Directus had a schema of its own kept directus_* in public."""
+    cluster.sql("GRANT CREATE ON SCHEMA public TO directus")
+    made = as_role(
+        cluster, applied, "directus",
+        "CREATE TABLE public.directus_users_old (id serial PRIMARY KEY, email text);"
+        "CREATE TABLE public.directus_files_old (id uuid PRIMARY KEY, owner int REFERENCES public.directus_users_old (id));"
+        "INSERT INTO public.directus_users_old (email) VALUES ('a@example.com'), ('b@example.com');"
+        "CREATE TABLE public.not_directus (v int)",
+    )
+    assert made.returncode == 0, made.stderr
+    result = cluster.psql_file(applied["path"])
+    assert result.returncode == 0, result.stderr
+    assert "moving public.directus_users_old" in result.stderr
+    assert rows(as_role(cluster, applied, "directus", "SELECT email FROM directus.directus_users_old ORDER BY id")) == ["a@example.com", "b@example.com"]
+    assert as_role(cluster, applied, "directus", "INSERT INTO directus.directus_users_old (email) VALUES ('c@example.com')").returncode == 0  # its sequence moved too
+    assert cluster.value("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname LIKE 'directus\\_%'") == "0"
+    assert cluster.value("SELECT relnamespace::regnamespace FROM pg_class WHERE relname = 'not_directus'") == "public"
+    as_role(cluster, applied, "directus", "DROP TABLE directus.directus_files_old, directus.directus_users_old; DROP TABLE public.not_directus")

@@ -1,16 +1,37 @@
 -- Rendered by ccoas from the plan of stack pr-42 (ci): do not edit.
 \set ON_ERROR_STOP on
 BEGIN;
-SET LOCAL search_path = pg_catalog, public;
+
+-- 1. Session. Nothing an app role can create is on the search path of this superuser session.
+SET LOCAL search_path = pg_catalog, pg_temp;
 SET LOCAL client_min_messages = warning;
 
+-- 2. The database and public. Nobody but the roles below may connect; nobody but the
+--    database owner may create schemas, and nobody may create in public.
 CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA public;
-
--- Nobody but the roles below may connect; nobody may create objects in public by default.
 REVOKE ALL ON DATABASE "app" FROM PUBLIC;
+DO $ccoas$
+DECLARE
+    grant_ record;
+BEGIN
+    FOR grant_ IN
+        SELECT 'DATABASE' AS kind, d.datname AS object, a.grantee::pg_catalog.regrole::pg_catalog.text AS grantee
+        FROM pg_catalog.pg_database AS d, pg_catalog.aclexplode(d.datacl) AS a
+        WHERE d.datname = 'app' AND a.privilege_type = 'CREATE' AND a.grantee <> d.datdba AND a.grantee <> 0
+        UNION ALL
+        SELECT 'SCHEMA', n.nspname, a.grantee::pg_catalog.regrole::pg_catalog.text
+        FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a
+        WHERE n.nspname IN ('public', 'ccoas', 'app') AND a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner AND a.grantee <> 0
+    LOOP
+        RAISE WARNING 'ccoas: revoking CREATE on % % from %', pg_catalog.lower(grant_.kind), grant_.object, grant_.grantee;
+        EXECUTE pg_catalog.format('REVOKE CREATE ON %s %I FROM %s', grant_.kind, grant_.object, grant_.grantee);
+    END LOOP;
+END
+$ccoas$;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 
--- The owner of the application schema and its tables: never logs in.
+-- 3. Roles. The owner of the application schema and its tables never logs in; each app
+--    role logs in with its own password and holds no membership in any role.
 DO $ccoas$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'app_owner') THEN
@@ -19,9 +40,6 @@ BEGIN
 END
 $ccoas$;
 ALTER ROLE "app_owner" WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
-CREATE SCHEMA IF NOT EXISTS "app" AUTHORIZATION "app_owner";
-ALTER SCHEMA "app" OWNER TO "app_owner";
-REVOKE ALL ON SCHEMA "app" FROM PUBLIC;
 
 -- directus: logs in with the password in /run/secrets/postgres_directus_password.
 DO $ccoas$
@@ -46,9 +64,6 @@ ALTER ROLE "directus" PASSWORD :'pw';
 SET LOCAL log_min_error_statement = error;
 GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "directus";
 GRANT USAGE ON SCHEMA public TO "directus";
-GRANT USAGE ON SCHEMA "app" TO "directus";
--- Directus keeps its system tables (directus_*) in public.
-GRANT CREATE ON SCHEMA public TO "directus";
 
 -- postgraphile: logs in with the password in /run/secrets/postgres_postgraphile_password.
 DO $ccoas$
@@ -73,39 +88,166 @@ ALTER ROLE "postgraphile" PASSWORD :'pw';
 SET LOCAL log_min_error_statement = error;
 GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "postgraphile";
 GRANT USAGE ON SCHEMA public TO "postgraphile";
-GRANT USAGE ON SCHEMA "app" TO "postgraphile";
+
+-- Memberships: this bootstrap grants none, so every membership of a role it manages
+-- (in either direction) was made by someone else, and is revoked.
+DO $ccoas$
+DECLARE
+    membership record;
+BEGIN
+    FOR membership IN
+        SELECT granted.rolname AS granted, member.rolname AS member, grantor.rolname AS grantor
+        FROM pg_catalog.pg_auth_members AS m
+        JOIN pg_catalog.pg_roles AS granted ON granted.oid = m.roleid
+        JOIN pg_catalog.pg_roles AS member ON member.oid = m.member
+        JOIN pg_catalog.pg_roles AS grantor ON grantor.oid = m.grantor
+        WHERE granted.rolname IN ('app_owner', 'directus', 'postgraphile')
+           OR member.rolname IN ('app_owner', 'directus', 'postgraphile')
+    LOOP
+        RAISE WARNING 'ccoas: revoking membership of % in % (granted by %)', membership.member, membership.granted, membership.grantor;
+        EXECUTE pg_catalog.format('REVOKE %I FROM %I GRANTED BY %I CASCADE', membership.granted, membership.member, membership.grantor);
+    END LOOP;
+END
+$ccoas$;
+
+-- 4. Schemas. Each is created for its owner, or refused when someone else owns it.
+-- ccoas: the identity functions every policy calls; owned by the bootstrap's superuser.
+DO $ccoas$
+DECLARE
+    current_owner name := (SELECT nspowner::pg_catalog.regrole::pg_catalog.name FROM pg_catalog.pg_namespace WHERE nspname = 'ccoas');
+BEGIN
+    IF current_owner IS NOT NULL AND current_owner <> 'postgres' THEN
+        RAISE EXCEPTION 'ccoas: % % exists but is owned by %, not %', 'schema', 'ccoas', current_owner, 'postgres'
+            USING HINT = 'ccoas will not adopt an object someone else created: inspect it, then drop it or change its owner by hand';
+    END IF;
+END
+$ccoas$;
+CREATE SCHEMA IF NOT EXISTS ccoas;
+GRANT USAGE ON SCHEMA ccoas TO PUBLIC;
+
+-- app: the application tables, owned by app_owner; the app roles use it, never create in it.
+DO $ccoas$
+DECLARE
+    current_owner name := (SELECT nspowner::pg_catalog.regrole::pg_catalog.name FROM pg_catalog.pg_namespace WHERE nspname = 'app');
+BEGIN
+    IF current_owner IS NOT NULL AND current_owner <> 'app_owner' THEN
+        RAISE EXCEPTION 'ccoas: % % exists but is owned by %, not %', 'schema', 'app', current_owner, 'app_owner'
+            USING HINT = 'ccoas will not adopt an object someone else created: inspect it, then drop it or change its owner by hand';
+    END IF;
+END
+$ccoas$;
+CREATE SCHEMA IF NOT EXISTS "app" AUTHORIZATION "app_owner";
+REVOKE ALL ON SCHEMA "app" FROM PUBLIC;
+GRANT USAGE ON SCHEMA "app" TO "directus", "postgraphile";
+
+-- directus: Directus's system tables (directus_*), its own schema. Stacks made
+-- before it existed kept them in public: they move here, data and all.
+DO $ccoas$
+DECLARE
+    current_owner name := (SELECT nspowner::pg_catalog.regrole::pg_catalog.name FROM pg_catalog.pg_namespace WHERE nspname = 'directus');
+BEGIN
+    IF current_owner IS NOT NULL AND current_owner <> 'directus' THEN
+        RAISE EXCEPTION 'ccoas: % % exists but is owned by %, not %', 'schema', 'directus', current_owner, 'directus'
+            USING HINT = 'ccoas will not adopt an object someone else created: inspect it, then drop it or change its owner by hand';
+    END IF;
+END
+$ccoas$;
+CREATE SCHEMA IF NOT EXISTS "directus" AUTHORIZATION directus;
+REVOKE ALL ON SCHEMA "directus" FROM PUBLIC;
+DO $ccoas$
+DECLARE
+    moved record;
+BEGIN
+    FOR moved IN
+        SELECT c.relname FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = 'public'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p', 'v')
+          AND c.relname LIKE 'directus\_%' AND c.relowner = 'directus'::pg_catalog.regrole
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_class AS d WHERE d.relnamespace = 'directus'::pg_catalog.regnamespace AND d.relname = c.relname)
+        ORDER BY c.relname
+    LOOP
+        RAISE WARNING 'ccoas: moving public.% to the schema directus', moved.relname;
+        EXECUTE pg_catalog.format('ALTER TABLE public.%I SET SCHEMA %I', moved.relname, 'directus');
+    END LOOP;
+END
+$ccoas$;
+
+-- 5. Identity: who the current request is for, whatever front door it came through.
+--    ccoas.user_id / ccoas.tenant_id (set per transaction by a front door that speaks SQL),
+--    else Hasura's hasura.user JSON (x-hasura-user-id, x-hasura-tenant-id), else NULL:
+--    and NULL matches no row. Invoker rights, search_path pinned, STABLE (NULLIF and COALESCE
+--    are SQL syntax, not functions: nothing can shadow them).
+CREATE OR REPLACE FUNCTION ccoas.current_user_id() RETURNS pg_catalog.text
+    LANGUAGE sql STABLE PARALLEL SAFE SECURITY INVOKER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+    SELECT COALESCE(
+        NULLIF(pg_catalog.current_setting('ccoas.user_id', true), ''),
+        NULLIF(NULLIF(pg_catalog.current_setting('hasura.user', true), '')::pg_catalog.jsonb ->> 'x-hasura-user-id', '')
+    )
+$ccoas$;
+CREATE OR REPLACE FUNCTION ccoas.current_tenant_id() RETURNS pg_catalog.text
+    LANGUAGE sql STABLE PARALLEL SAFE SECURITY INVOKER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+    SELECT COALESCE(
+        NULLIF(pg_catalog.current_setting('ccoas.tenant_id', true), ''),
+        NULLIF(NULLIF(pg_catalog.current_setting('hasura.user', true), '')::pg_catalog.jsonb ->> 'x-hasura-tenant-id', '')
+    )
+$ccoas$;
+COMMENT ON FUNCTION ccoas.current_user_id() IS 'The user id of the current request: ccoas.user_id, else x-hasura-user-id of hasura.user, else NULL (no rows).';
+COMMENT ON FUNCTION ccoas.current_tenant_id() IS 'The tenant id of the current request: ccoas.tenant_id, else x-hasura-tenant-id of hasura.user, else NULL (no rows).';
+GRANT EXECUTE ON FUNCTION ccoas.current_user_id(), ccoas.current_tenant_id() TO PUBLIC;
+
+-- 6. Tables.
 
 -- app.notes: owner-only
+DO $ccoas$
+DECLARE
+    current_owner name := (SELECT relowner::pg_catalog.regrole::pg_catalog.name FROM pg_catalog.pg_class WHERE relnamespace = 'app'::pg_catalog.regnamespace AND relname = 'notes');
+BEGIN
+    IF current_owner IS NOT NULL AND current_owner <> 'app_owner' THEN
+        RAISE EXCEPTION 'ccoas: % % exists but is owned by %, not %', 'table', 'app.notes', current_owner, 'app_owner'
+            USING HINT = 'ccoas will not adopt an object someone else created: inspect it, then drop it or change its owner by hand';
+    END IF;
+END
+$ccoas$;
 CREATE TABLE IF NOT EXISTS "app"."notes" (
-    "id" uuid NOT NULL DEFAULT gen_random_uuid(),
+    "id" uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     "owner_id" uuid NOT NULL,
     "body" text,
-    "embedding" vector(384),
+    "embedding" public.vector(384),
     PRIMARY KEY ("id")
 );
+ALTER TABLE "app"."notes" OWNER TO "app_owner";
 ALTER TABLE "app"."notes" ADD COLUMN IF NOT EXISTS "owner_id" uuid NOT NULL;
 ALTER TABLE "app"."notes" ADD COLUMN IF NOT EXISTS "body" text;
-ALTER TABLE "app"."notes" ADD COLUMN IF NOT EXISTS "embedding" vector(384);
-ALTER TABLE "app"."notes" OWNER TO "app_owner";
+ALTER TABLE "app"."notes" ADD COLUMN IF NOT EXISTS "embedding" public.vector(384);
 ALTER TABLE "app"."notes" ENABLE ROW LEVEL SECURITY;
 ALTER TABLE "app"."notes" FORCE ROW LEVEL SECURITY;
 REVOKE ALL ON "app"."notes" FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."notes" TO "directus", "postgraphile";
+-- Every policy on the table is dropped, whoever made it, and the preset's recreated.
 DO $ccoas$
 DECLARE
     policy record;
 BEGIN
     FOR policy IN
-        SELECT policyname FROM pg_catalog.pg_policies
-        WHERE schemaname = 'app' AND tablename = 'notes' AND policyname LIKE 'ccoas\_%'
+        SELECT p.polname FROM pg_catalog.pg_policy AS p
+        JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
+        WHERE c.relnamespace = 'app'::pg_catalog.regnamespace AND c.relname = 'notes'
     LOOP
-        EXECUTE format('DROP POLICY %I ON %I.%I', policy.policyname, 'app', 'notes');
+        EXECUTE pg_catalog.format('DROP POLICY %I ON %I.%I', policy.polname, 'app', 'notes');
     END LOOP;
 END
 $ccoas$;
 CREATE POLICY ccoas_owner_only ON "app"."notes"
-    USING ("owner_id" = NULLIF(current_setting('ccoas.user_id', true), '')::uuid)
-    WITH CHECK ("owner_id" = NULLIF(current_setting('ccoas.user_id', true), '')::uuid);
+    USING ("owner_id" = CAST(ccoas.current_user_id() AS pg_catalog.uuid))
+    WITH CHECK ("owner_id" = CAST(ccoas.current_user_id() AS pg_catalog.uuid));
+-- Directus's control plane: its one role serves every Directus user and enforces their
+-- permissions itself (the app-user policy, provisioned from the same preset).
+CREATE POLICY ccoas_directus_control_plane ON "app"."notes" TO directus
+    USING (true)
+    WITH CHECK (true);
 
 
 -- ============================================================================================

@@ -14,7 +14,8 @@ secret() {
 }
 
 HASURA_GRAPHQL_ADMIN_SECRET=$(secret /run/secrets/hasura_admin_secret)
-jwt_key=$(secret /run/secrets/hasura_jwt_key)
+# Directus signs access tokens with its SECRET (HS256): Hasura verifies them with the same key.
+jwt_key=$(secret /run/secrets/directus_secret)
 HASURA_GRAPHQL_JWT_SECRET=$(printf '{"type":"HS256","key":"%s"}' "$jwt_key")
 # The password generator's alphabet is URL-safe (A-Z a-z 0-9 - _): no escaping needed.
 db_password=$(secret /run/secrets/postgres_hasura_password)

@@ -24,10 +24,10 @@ path "ccoas/data/prod/redis/directus_password" {
 }
 
 # prod-hasura: what the hasura service may read
-path "ccoas/data/prod/hasura/admin_secret" {
+path "ccoas/data/prod/directus/secret" {
   capabilities = ["read"]
 }
-path "ccoas/data/prod/hasura/jwt_key" {
+path "ccoas/data/prod/hasura/admin_secret" {
   capabilities = ["read"]
 }
 path "ccoas/data/prod/postgres/hasura_password" {
