@@ -18,7 +18,7 @@ import pytest
 
 from ccoas.plan import Plan
 from ccoas.planner import load_plan
-from test_bootstrap_sql import applied, as_role, cluster  # noqa: F401 - fixtures shared with the bootstrap tests
+from test_bootstrap_sql import applied, as_owner, cluster  # noqa: F401 - fixtures shared with the bootstrap tests
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,14 @@ def unit(index: int, scale: float = 1.0, **extra: float) -> tuple[float, ...]:
 
 def insert(cluster, applied, tenant: str, rows: dict[str, tuple[float, ...]]) -> None:
     values = ", ".join(f"('{tenant}', '{title}', '{vector(*head)}')" for title, head in rows.items())
-    result = as_role(cluster, applied, "directus", f"INSERT INTO app.documents (tenant_id, title, embedding) VALUES {values}", tenant_id=tenant)
+    result = as_owner(cluster, f"INSERT INTO app.documents (tenant_id, title, embedding) VALUES {values}", tenant_id=tenant)
     assert result.returncode == 0, result.stderr
 
 
 def nearest(cluster, applied, tenant: str | None, query: tuple[float, ...], *args: str, prefix: str = "") -> list[tuple[str, float]]:
     settings = {"tenant_id": tenant} if tenant else {}
     call = ", ".join([f"'{vector(*query)}'", *args])
-    result = as_role(cluster, applied, "directus", f"{prefix}SELECT title, distance FROM app.documents_nearest({call})", **settings)
+    result = as_owner(cluster, f"{prefix}SELECT title, distance FROM app.documents_nearest({call})", **settings)
     assert result.returncode == 0, result.stderr
     return [(line.split("|")[0], float(line.split("|")[1])) for line in result.stdout.split("\n") if line]
 
@@ -113,12 +113,12 @@ def test_a_tenant_gets_k_max_rows_when_another_tenants_rows_are_nearer(cluster, 
         f"SELECT '{crowd}', 'crowd' || i, ('[1,' || (0.01 * i) || ',' || (0.001 * i) || repeat(',0', {DIMENSIONS - 4}) || ',0.001]')::public.vector "
         "FROM generate_series(0, 199) AS i"
     )
-    assert as_role(cluster, applied, "directus", crowd_rows, tenant_id=crowd).returncode == 0
+    assert as_owner(cluster, crowd_rows, tenant_id=crowd).returncode == 0
     insert(cluster, applied, mine, {f"mine{i}": unit(0, e3=1.0 + i) for i in range(5)})
     rows = nearest(cluster, applied, mine, unit(0), "5", prefix="SET enable_seqscan = off; ")
     assert sorted(title for title, _ in rows) == [f"mine{i}" for i in range(5)]
-    plan = as_role(
-        cluster, applied, "directus",
+    plan = as_owner(
+        cluster,
         f"SET enable_seqscan = off; EXPLAIN SELECT id FROM app.documents ORDER BY embedding OPERATOR(public.<=>) '{vector(*unit(0))}' LIMIT 5",
         tenant_id=mine,
     )
@@ -126,16 +126,18 @@ def test_a_tenant_gets_k_max_rows_when_another_tenants_rows_are_nearer(cluster, 
 
 
 def test_the_function_ignores_objects_the_caller_puts_on_its_search_path(cluster, applied):
-    """directus may create objects in public; the function's pinned path never resolves them."""
+    """Objects in a schema the caller puts first on its search_path: the function's pinned path
+    never resolves them."""
     tenant = str(uuid.uuid4())
     insert(cluster, applied, tenant, {"plain": unit(0)})
     trap = (
-        "CREATE OR REPLACE FUNCTION public.greatest_trap() RETURNS int LANGUAGE sql AS 'SELECT 1'; "
-        "CREATE OR REPLACE FUNCTION public.row_number(bigint) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'; "
+        "CREATE SCHEMA callers_trap; GRANT USAGE ON SCHEMA callers_trap TO PUBLIC; "
+        "CREATE FUNCTION callers_trap.greatest(integer, integer) RETURNS int LANGUAGE sql AS 'SELECT 1'; "
+        "CREATE FUNCTION callers_trap.row_number(bigint) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'; "
     )
-    assert as_role(cluster, applied, "directus", trap).returncode == 0
+    assert cluster.sql(trap, check=False).returncode == 0
     try:
-        rows = nearest(cluster, applied, tenant, unit(0), "3", prefix="SET search_path = public, pg_catalog; ")
+        rows = nearest(cluster, applied, tenant, unit(0), "3", prefix="SET search_path = callers_trap, pg_catalog; ")
         assert [title for title, _ in rows] == ["plain"]
     finally:
-        as_role(cluster, applied, "directus", "DROP FUNCTION public.greatest_trap(); DROP FUNCTION public.row_number(bigint)")
+        cluster.sql("DROP SCHEMA callers_trap CASCADE")
