@@ -103,12 +103,11 @@ def nearest(
     from ccoas.components.postgres import DATABASE, SOCKET_DIR, SUPERUSER
     from ccoas.render import sql_ident
 
-    roles = plan.clients("postgres")
-    if not roles:
-        raise QueryError("the stack has no database client role (directus or hasura) to query as")
     function = f"{sql_ident(plan.app_schema.name)}.{sql_ident(table.name + '_nearest')}"
     variables = {
-        "role": roles[0],
+        # the tables' owner: RLS is forced on it, so the preset policies decide (directus's
+        # role would read every row through its control-plane policy)
+        "role": plan.app_schema.owner_role,
         "user_id": user,
         "tenant_id": tenant,
         "query": "[" + ",".join(repr(float(x)) for x in vector) + "]",

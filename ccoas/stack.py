@@ -203,6 +203,12 @@ class Schema(_Strict):
     changes: ChangeRetention = ChangeRetention()
     """Retention of the change log every table's trigger writes to (see :class:`ccoas.plan.ChangeFeed`)."""
 
+    @property
+    def owner_role(self) -> str:
+        """The NOLOGIN role that owns the schema and its tables. RLS is forced, so it is subject
+        to the preset policies like any front door: SQL on a user's behalf runs as it."""
+        return f"{self.name}_owner"
+
     def embedded_tables(self) -> tuple[Table, ...]:
         return tuple(t for t in self.tables if t.embedded)
 
