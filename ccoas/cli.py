@@ -175,10 +175,17 @@ def render(
     stack: StackArg = DEFAULT_STACK,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the rendered files to.")] = Path("out"),
     name: NameOpt = None,
+    target: Annotated[
+        str, typer.Option("--target", help="local (config files, compose.yaml, plan.json) or kubernetes (manifests, kustomization.yaml).")
+    ] = "local",
 ) -> None:
-    """Render every config file of the plan (byte-identical on every run)."""
-    from ccoas.render import render as render_plan
-
+    """Render every config file of the plan, or its Kubernetes manifests (byte-identical on every run)."""
+    if target == "kubernetes":
+        from ccoas.kubernetes import render as render_plan
+    elif target == "local":
+        from ccoas.render import render as render_plan
+    else:
+        raise CcoasError(f"--target: expected local or kubernetes, got {target!r}")
     written = render_plan(_plan(stack, name), out_dir)
     out.print(f"rendered {len(written)} files into {out_dir}")
 

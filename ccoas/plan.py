@@ -232,6 +232,8 @@ class Volume(Model):
     engine_name: str
     service: str
     labels: dict[str, str]
+    size: str = "10Gi"
+    """The capacity a cluster reserves for it (a Kubernetes PersistentVolumeClaim); local volumes grow freely."""
 
 
 class Secret(Model):

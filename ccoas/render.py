@@ -214,6 +214,14 @@ def rendered_files(plan: Plan) -> dict[str, str]:
     """Every file of the render, relative path → text, without touching the disk."""
     from ccoas.compose import compose_document
 
+    files = config_files(plan)
+    files[COMPOSE_FILE] = yaml_text(compose_document(plan))
+    files[PLAN_FILE] = plan.to_json()
+    return dict(sorted(files.items()))
+
+
+def config_files(plan: Plan) -> dict[str, str]:
+    """Every service's rendered config templates, relative path (``<source>/<file>``) → text."""
     files: dict[str, str] = {}
     for service in sorted(plan.services, key=lambda s: s.name):
         if service.config_templates and service.config is None:
@@ -225,8 +233,6 @@ def rendered_files(plan: Plan) -> dict[str, str]:
             if relative in files:
                 raise RenderError(f"{relative} is rendered twice")
             files[relative] = render_template(template, plan, service)
-    files[COMPOSE_FILE] = yaml_text(compose_document(plan))
-    files[PLAN_FILE] = plan.to_json()
     return dict(sorted(files.items()))
 
 
