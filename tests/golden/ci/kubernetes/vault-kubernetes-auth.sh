@@ -32,10 +32,13 @@ vault write auth/kubernetes/role/pr-42-minio \
   bound_service_account_namespaces=ccoas-pr-42 \
   token_policies=pr-42-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
-# postgres: reads postgres/directus_password, postgres/superuser_password
+# postgres: reads postgres/directus_password, postgres/postgraphile_password, postgres/superuser_password
 vault policy write pr-42-postgres - <<'POLICY'
 # pr-42-postgres: what the postgres service may read
 path "ccoas/data/pr-42/postgres/directus_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/postgres/postgraphile_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/pr-42/postgres/superuser_password" {
@@ -89,6 +92,21 @@ vault write auth/kubernetes/role/pr-42-directus \
   bound_service_account_namespaces=ccoas-pr-42 \
   token_policies=pr-42-directus token_ttl=5m token_max_ttl=15m >/dev/null
 
+# postgraphile: reads directus/secret, postgres/postgraphile_password
+vault policy write pr-42-postgraphile - <<'POLICY'
+# pr-42-postgraphile: what the postgraphile service may read
+path "ccoas/data/pr-42/directus/secret" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/postgres/postgraphile_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/pr-42-postgraphile \
+  bound_service_account_names=postgraphile \
+  bound_service_account_namespaces=ccoas-pr-42 \
+  token_policies=pr-42-postgraphile token_ttl=5m token_max_ttl=15m >/dev/null
+
 # nginx: reads nginx/tls_cert, nginx/tls_key
 vault policy write pr-42-nginx - <<'POLICY'
 # pr-42-nginx: what the nginx service may read
@@ -106,7 +124,7 @@ vault write auth/kubernetes/role/pr-42-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas pr-42/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/admin_password (password of the first Directus admin)'; missing=1; }
-vault kv metadata get -mount=ccoas pr-42/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/secret (Directus SECRET (signs access tokens))'; missing=1; }
+vault kv metadata get -mount=ccoas pr-42/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/secret (Directus SECRET (signs access tokens; the GraphQL plane verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/directus_secret_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/directus_secret_key (MinIO secret key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/root_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/root_password (MinIO root password)'; missing=1; }
@@ -114,6 +132,7 @@ vault kv metadata get -mount=ccoas pr-42/minio/root_user >/dev/null 2>&1 || { ec
 vault kv metadata get -mount=ccoas pr-42/nginx/tls_cert >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/nginx/tls_cert (TLS certificate chain for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/nginx/tls_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/nginx/tls_key (TLS private key for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/postgres/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/postgres/directus_password (password of the postgres role directus)'; missing=1; }
+vault kv metadata get -mount=ccoas pr-42/postgres/postgraphile_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/postgres/postgraphile_password (password of the postgres role postgraphile)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/postgres/superuser_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/postgres/superuser_password (password of the postgres superuser)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/redis/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/redis/directus_password (password of the redis ACL user directus)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/redis/health_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/redis/health_password (password of the redis ACL user health (PING only))'; missing=1; }

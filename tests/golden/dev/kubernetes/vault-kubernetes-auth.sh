@@ -32,10 +32,13 @@ vault write auth/kubernetes/role/dev-minio \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
-# postgres: reads postgres/directus_password, postgres/superuser_password
+# postgres: reads postgres/directus_password, postgres/postgraphile_password, postgres/superuser_password
 vault policy write dev-postgres - <<'POLICY'
 # dev-postgres: what the postgres service may read
 path "ccoas/data/dev/postgres/directus_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/postgraphile_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/postgres/superuser_password" {
@@ -89,6 +92,21 @@ vault write auth/kubernetes/role/dev-directus \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-directus token_ttl=5m token_max_ttl=15m >/dev/null
 
+# postgraphile: reads directus/secret, postgres/postgraphile_password
+vault policy write dev-postgraphile - <<'POLICY'
+# dev-postgraphile: what the postgraphile service may read
+path "ccoas/data/dev/directus/secret" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/postgraphile_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/dev-postgraphile \
+  bound_service_account_names=postgraphile \
+  bound_service_account_namespaces=ccoas-dev \
+  token_policies=dev-postgraphile token_ttl=5m token_max_ttl=15m >/dev/null
+
 # nginx: reads nginx/tls_cert, nginx/tls_key
 vault policy write dev-nginx - <<'POLICY'
 # dev-nginx: what the nginx service may read
@@ -106,7 +124,7 @@ vault write auth/kubernetes/role/dev-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas dev/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/admin_password (password of the first Directus admin)'; missing=1; }
-vault kv metadata get -mount=ccoas dev/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/secret (Directus SECRET (signs access tokens))'; missing=1; }
+vault kv metadata get -mount=ccoas dev/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/secret (Directus SECRET (signs access tokens; the GraphQL plane verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas dev/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/minio/directus_secret_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/minio/directus_secret_key (MinIO secret key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/minio/root_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/minio/root_password (MinIO root password)'; missing=1; }
@@ -114,6 +132,7 @@ vault kv metadata get -mount=ccoas dev/minio/root_user >/dev/null 2>&1 || { echo
 vault kv metadata get -mount=ccoas dev/nginx/tls_cert >/dev/null 2>&1 || { echo 'missing: ccoas/dev/nginx/tls_cert (TLS certificate chain for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/nginx/tls_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/nginx/tls_key (TLS private key for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/directus_password (password of the postgres role directus)'; missing=1; }
+vault kv metadata get -mount=ccoas dev/postgres/postgraphile_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/postgraphile_password (password of the postgres role postgraphile)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/superuser_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/superuser_password (password of the postgres superuser)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/redis/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/redis/directus_password (password of the redis ACL user directus)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/redis/health_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/redis/health_password (password of the redis ACL user health (PING only))'; missing=1; }

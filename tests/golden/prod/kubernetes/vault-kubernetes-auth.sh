@@ -127,7 +127,7 @@ vault write auth/kubernetes/role/prod-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas prod/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/admin_password (password of the first Directus admin)'; missing=1; }
-vault kv metadata get -mount=ccoas prod/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/secret (Directus SECRET (signs access tokens))'; missing=1; }
+vault kv metadata get -mount=ccoas prod/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/secret (Directus SECRET (signs access tokens; the GraphQL plane verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas prod/hasura/admin_secret >/dev/null 2>&1 || { echo 'missing: ccoas/prod/hasura/admin_secret (Hasura admin secret)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/hasura/jwt_key >/dev/null 2>&1 || { echo 'missing: ccoas/prod/hasura/jwt_key (HS256 key of the Hasura JWT secret)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/prod/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
