@@ -124,7 +124,7 @@ vault write auth/kubernetes/role/pr-42-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas pr-42/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/admin_password (password of the first Directus admin)'; missing=1; }
-vault kv metadata get -mount=ccoas pr-42/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/secret (Directus SECRET (signs access tokens; the GraphQL plane verifies them with it))'; missing=1; }
+vault kv metadata get -mount=ccoas pr-42/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/secret (Directus SECRET: the HS256 key that signs access tokens (the GraphQL plane, Hasura or PostGraphile, verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/directus_secret_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/directus_secret_key (MinIO secret key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/root_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/root_password (MinIO root password)'; missing=1; }

@@ -92,13 +92,13 @@ vault write auth/kubernetes/role/prod-directus \
   bound_service_account_namespaces=ccoas-prod \
   token_policies=prod-directus token_ttl=5m token_max_ttl=15m >/dev/null
 
-# hasura: reads hasura/admin_secret, hasura/jwt_key, postgres/hasura_password
+# hasura: reads directus/secret, hasura/admin_secret, postgres/hasura_password
 vault policy write prod-hasura - <<'POLICY'
 # prod-hasura: what the hasura service may read
-path "ccoas/data/prod/hasura/admin_secret" {
+path "ccoas/data/prod/directus/secret" {
   capabilities = ["read"]
 }
-path "ccoas/data/prod/hasura/jwt_key" {
+path "ccoas/data/prod/hasura/admin_secret" {
   capabilities = ["read"]
 }
 path "ccoas/data/prod/postgres/hasura_password" {
@@ -127,9 +127,8 @@ vault write auth/kubernetes/role/prod-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas prod/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/admin_password (password of the first Directus admin)'; missing=1; }
-vault kv metadata get -mount=ccoas prod/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/secret (Directus SECRET (signs access tokens; the GraphQL plane verifies them with it))'; missing=1; }
+vault kv metadata get -mount=ccoas prod/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/secret (Directus SECRET: the HS256 key that signs access tokens (the GraphQL plane, Hasura or PostGraphile, verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas prod/hasura/admin_secret >/dev/null 2>&1 || { echo 'missing: ccoas/prod/hasura/admin_secret (Hasura admin secret)'; missing=1; }
-vault kv metadata get -mount=ccoas prod/hasura/jwt_key >/dev/null 2>&1 || { echo 'missing: ccoas/prod/hasura/jwt_key (HS256 key of the Hasura JWT secret)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/prod/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/minio/directus_secret_key >/dev/null 2>&1 || { echo 'missing: ccoas/prod/minio/directus_secret_key (MinIO secret key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/minio/root_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/minio/root_password (MinIO root password)'; missing=1; }
