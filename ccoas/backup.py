@@ -313,7 +313,9 @@ def _minio_script(action: str, buckets: list[str]) -> str:
             lines += [
                 f"mkdir -p /backup/objects/{q}",
                 f"mc --quiet mirror s3/{q} /backup/objects/{q} >/dev/null",
-                f"mc --json stat --recursive s3/{q} > /backup/stat-{q}.json",
+                # `mc stat` of an empty bucket fails ("object does not exist"): no objects, no metadata
+                f"if mc --quiet ls --recursive s3/{q} | grep -q .; then mc --json stat --recursive s3/{q} > /backup/stat-{q}.json; "
+                f"else : > /backup/stat-{q}.json; fi",
             ]
     else:
         lines.append("sh /backup/restore-objects.sh")

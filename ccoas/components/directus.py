@@ -50,6 +50,8 @@ def environment(ctx: Context) -> dict[str, str]:
         "ADMIN_EMAIL": f"admin@{ctx.stack.domain}" if "." in ctx.stack.domain else "admin@example.com",
         "ADMIN_PASSWORD_FILE": ctx.secret_file("directus_admin_password"),
         "TELEMETRY": "false",
+        # see templates/directus/exit-after-shutdown.cjs.j2: a stop signal ends the process
+        "NODE_OPTIONS": "--require /etc/ccoas/directus/exit-after-shutdown.cjs",
         # Trust X-Forwarded-For only from a private-network peer (nginx on the edge network),
         # which sets it to the address it saw: a client cannot choose its logged address.
         "IP_TRUST_PROXY": "uniquelocal",
@@ -109,7 +111,7 @@ def service(ctx: Context) -> Service:
             VolumeMount(volume="directus-uploads", target="/directus/uploads"),
             VolumeMount(volume="directus-extensions", target="/directus/extensions"),
         ),
-        config_templates=("directus/directus.env.j2",),
+        config_templates=("directus/directus.env.j2", "directus/exit-after-shutdown.cjs.j2"),
         healthcheck=check("CMD", "node", "-e", PING_SCRIPT, interval=5, retries=30, start=60),
         liveness=check("CMD", "node", "-e", PING_SCRIPT, interval=10, retries=30, start=60),
     )

@@ -16,7 +16,6 @@ from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Bucket, Hook, Secret, Service, Stop, VolumeMount
 
 PORT = 9000
-CONSOLE_PORT = 9001
 # The last commit of the (now unmaintained) community MinIO: the Go module proxy serves it,
 # while the RELEASE.* pseudo-versions are refused there.
 RELEASE = "v0.0.0-20260212201848-7aac2a2c5b7c"
@@ -93,7 +92,7 @@ def probe(ctx: Context, kind: str):
 def service(ctx: Context) -> Service:
     return ctx.service(
         COMPONENT,
-        command=("minio", "server", "/data", "--address", f":{PORT}", "--console-address", f":{CONSOLE_PORT}"),
+        command=("minio", "server", "/data", "--address", f":{PORT}"),
         stop=Stop(signal="SIGTERM", timeout_s=30, reason="finishes in-flight requests and closes its drive cleanly"),
         environment={
             "MINIO_ROOT_USER_FILE": ctx.secret_file("minio_root_user"),
@@ -123,7 +122,7 @@ COMPONENT = Component(
     summary="MinIO: S3-compatible object storage, console off",
     uid=1000,
     gid=1000,
-    ports=(PORT, CONSOLE_PORT),
+    ports=(PORT,),  # the console is off (MINIO_BROWSER=off): 9001 never listens
     networks=("edge",),
     registry_image="quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e",
     upstream={"local": "MinIO community, last commit 2026-02-12 (Go module)", "registry": "MinIO RELEASE.2025-09-07T16-13-09Z"},

@@ -50,10 +50,11 @@ class Directus:
         self.url = [e for e in rows["nginx"].endpoints if e.startswith("https://")][0] + "/directus"
         self.context = ssl.create_default_context(cafile=str(engine.paths.secret_file("nginx", "nginx_tls_cert")))
         self.context.check_hostname = False
+        self.host = engine.plan.domain  # Nginx answers only for the stack's domain (others: 421)
         self.token = ""
 
     def call(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json") -> bytes:
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": content_type, "Host": self.host}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
@@ -69,7 +70,7 @@ class Directus:
 def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     engine.rotate("postgres")
     versions = {s.name: s.version for s in engine.secrets().list()}
-    assert versions["postgres_directus_password"] >= 2
+    assert versions["postgres/directus_password"] >= 2
     admin_password = engine.paths.secret_file("directus", "directus_admin_password").read_text()
 
     directus = Directus(engine)

@@ -143,7 +143,7 @@ def test_a_forged_x_forwarded_for_is_not_what_directus_records(engine):
 
 def test_remote_addr_of_a_client_on_another_loopback_address(engine):
     """Measured: what $remote_addr is for a client on 127.0.0.2 (see the README, "The edge")."""
-    marker = f"/healthz?probe={uuid.uuid4().hex}"
+    marker = f"/directus/server/ping?probe={uuid.uuid4().hex}"  # logged (/healthz is not)
     result = curl("-k", "--interface", "127.0.0.2", "-o", "/dev/null", "-w", "%{http_code}", "--resolve",
                   f"{engine.plan.domain}:{engine.ports['https']}:127.0.0.1", f"https://{engine.plan.domain}:{engine.ports['https']}{marker}")
     assert result.stdout == "200", result.stderr

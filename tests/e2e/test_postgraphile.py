@@ -32,7 +32,7 @@ import pytest
 import requests
 import websockets
 import yaml
-from test_bootstrap_sql import OS_USER, REPO, applied, cluster  # noqa: F401 - fixtures
+from test_bootstrap_sql import OS_USER, REPO, applied, as_owner, cluster  # noqa: F401 - fixtures
 
 from ccoas.images import fetch_npm_app, fetch_npm_runtime
 from ccoas.host import host_layout
@@ -145,9 +145,8 @@ def test_a_token_sees_exactly_its_own_rows(cluster, applied, server):
     as_alice = gql(server, "{ allNotes { totalCount nodes { ownerId body } } }", token(server["key"], {"id": alice}))
     assert "errors" not in as_alice, as_alice
     notes = as_alice["data"]["allNotes"]
-    sql_count = cluster.sql(
-        f"SET ccoas.user_id = '{alice}'; SELECT count(*) FROM app.notes", user="directus", password=applied["passwords"]["postgres_directus_password"]
-    ).stdout.strip()
+    # as the tables' owner, RLS forced (directus reads every row through its control-plane policy)
+    sql_count = as_owner(cluster, "SELECT count(*) FROM app.notes", user_id=alice).stdout.strip().splitlines()[-1]
     assert notes["totalCount"] == int(sql_count) == 3
     assert {n["ownerId"] for n in notes["nodes"]} == {alice}
 
