@@ -90,7 +90,12 @@ def login_hints(plan: Any, status: Iterable[Any], stack: Any, name: str | None) 
     web = web or [e for row in rows.values() for e in row.endpoints if e.startswith("http")]
     if not web:
         return []
-    hints = [f"open {web[0]}/"]
+    # Nginx answers only to the stack's domain (any other Host, a bare IP included, gets 421)
+    scheme, _, address = web[0].partition("://")
+    ip, _, port = address.rpartition(":")
+    url = f"{scheme}://{plan.domain}:{port}"
+    hints = [f"open {url}/" + ("" if plan.domain == "localhost" else f"  ({plan.domain} must resolve to {ip})")]
+    web = [url]
     if any(s.name == "directus" for s in plan.services):
         email = plan.service("directus").environment.get("ADMIN_EMAIL", "?")
         args = f" {stack}" + (f" --name {name}" if name else "")

@@ -194,8 +194,8 @@ def test_up_says_where_to_log_in_without_a_value():
     hints = login_hints(plan, rows, DEV, "pr-42")
 
     assert hints == [
-        "open https://127.0.0.1:8443/",
-        "Directus: https://127.0.0.1:8443/directus/  admin e-mail admin@example.com; "
+        "open https://localhost:8443/",
+        "Directus: https://localhost:8443/directus/  admin e-mail admin@example.com; "
         f"password: `ccoas secrets get directus/admin_password {DEV} --name pr-42`",
     ]
 
