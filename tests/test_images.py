@@ -163,3 +163,49 @@ def test_unpack_wheel_keeps_modes_and_folds_data_dirs(tmp_path: Path):
     assert tool.is_file() and stat.S_IMODE(tool.stat().st_mode) == 0o755
     assert (tmp_path / "tree" / "demo" / "__init__.py").is_file()
     assert not (tmp_path / "escape").exists()
+
+
+# Where a registry could be reached: the SDK's images.pull, its containers.run (which pulls an
+# image it does not find), and the podman CLI's run/create without --pull never (it defaults
+# to pulling what is missing). Only `ccoas images pull` (LocalEngine.pull_images) may pull.
+PULLING_CALLS = ("images.pull(", "containers.run(", "api.pull(")
+
+
+def _python_sources():
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("ccoas", "tests", "roles"):
+        yield from sorted((root / folder).rglob("*.py"))
+
+
+def test_only_ccoas_images_pull_reaches_a_registry():
+    offenders = []
+    for path in _python_sources():
+        if path == Path(__file__).resolve():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if any(call in line for call in PULLING_CALLS):
+                offenders.append(f"{path.name}:{number}: {line.strip()}")
+    assert [o.split(": ", 1)[1] for o in offenders] == ["self.client.images.pull(service.image.ref)"], offenders
+    assert offenders[0].startswith("local.py:"), offenders
+    source = (Path(__file__).resolve().parent.parent / "ccoas" / "engine" / "local.py").read_text(encoding="utf-8")
+    pull_images = source[source.index("    def pull_images(") : source.index("\n    def ", source.index("    def pull_images(") + 1)]
+    assert "self.client.images.pull(" in pull_images  # the one pull lives in the explicit command's method
+    callers = [
+        f"{path.name}: {line.strip()}"
+        for path in _python_sources()
+        if path != Path(__file__).resolve()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if ".pull_images(" in line
+    ]
+    assert callers == ["cli.py: pulled = _engine(_plan(stack, name), progress).pull_images()"], callers  # `ccoas images pull`, and nothing else
+
+
+def test_every_podman_cli_run_says_pull_never():
+    """`podman run` pulls a missing image by default: every CLI run in code and tests opts out."""
+    missing = []
+    for path in _python_sources():
+        text = path.read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), 1):
+            if ('"run", "-' in line or '"run", "--' in line) and "pull" not in line:
+                missing.append(f"{path.name}:{number}: {line.strip()}")
+    assert missing == [], missing

@@ -42,10 +42,10 @@ def ollama():
     config.chmod(0o755)
     render(plan, config)
     volume = f"{plan.stack}-ollama-models"
-    container = runtime.client.containers.run(
+    # create + start, never the SDK's run(): run() pulls an image it does not find
+    container = runtime.client.containers.create(
         service.image.ref,
         name=f"{plan.stack}-ollama",
-        detach=True,
         user=service.user,
         read_only=service.read_only,
         tmpfs={m.target: "" for m in service.tmpfs},
@@ -56,6 +56,7 @@ def ollama():
         network_mode="none",
         volumes={volume: {"bind": service.volumes[0].target, "mode": "rw"}, str(config / "ollama"): {"bind": service.config.target, "mode": "ro"}},
     )
+    container.start()
     try:
         deadline = time.monotonic() + 60
         while not runtime.exec_check(service, service.liveness, container)[0]:
