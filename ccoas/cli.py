@@ -103,16 +103,15 @@ def _plan(stack: Path, name: str | None):
     return build_plan(load_stack(stack), name=name)
 
 
-def _engine(plan: Plan, progress: ProgressReporter | None = None, recover: bool = False) -> LocalEngine:
-    """``plan`` on the local engine (the rootless API socket, its service started if need be;
-    ``recover``, for ``up`` only, clears a dead engine session first)."""
+def _engine(plan: Plan, progress: ProgressReporter | None = None) -> LocalEngine:
+    """``plan`` on the local engine (the rootless API socket, its service started if need be)."""
     from ccoas.engine.local import LocalEngine
 
-    return LocalEngine.connect(plan, progress=progress, recover=recover)
+    return LocalEngine.connect(plan, progress=progress)
 
 
 def _preflight(
-    plan: Plan | None, stack: Path | None, recover: bool = False, progress: ProgressReporter | None = None
+    plan: Plan | None, stack: Path | None, progress: ProgressReporter | None = None
 ) -> LocalEngine | None:
     """Every preflight rule; raises :class:`PreflightError` (exit 2) listing each failure.
     Returns the connected engine when there is a plan."""
@@ -125,7 +124,7 @@ def _preflight(
         raise PreflightError(failures)
     if plan is None:
         return None
-    engine = _engine(plan, progress, recover=recover)
+    engine = _engine(plan, progress)
     with engine_step(f"stack {plan.stack}", "preflight"):
         failures = check_engine(plan, layout, engine.client)
     if failures:
@@ -220,7 +219,7 @@ def up(
     from ccoas.backup import snapshot_before_up
 
     with ProgressReporter(err) as progress:
-        engine_ = _preflight(resolved, stack, recover=True, progress=progress)
+        engine_ = _preflight(resolved, stack, progress=progress)
         taken = snapshot_before_up(engine_, keep=keep_snapshots, build=build) if snapshot else None
         if taken is not None:
             progress.done(f"snapshot before replacing {', '.join(f'{s} ({why})' for s, why in sorted(taken[1].items()))}: {taken[0].path}")

@@ -271,13 +271,14 @@ def systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAIT_S, recover: bool = False) -> str:
+def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAIT_S) -> str:
     """Make the rootless Podman API answer on ``layout.socket_path``; return its base URL.
 
     Without systemd, ``podman system service --time=0`` is started detached (own session)
-    as the engine user; its output goes to ``<state_root>/podman-service.log``. Only with
-    ``recover`` (``ccoas up``) is a dead session's stale runtime dir cleared first: commands
-    that observe (status, check, plan) never delete anything on the host.
+    as the engine user; its output goes to ``<state_root>/podman-service.log``. Before it is
+    started, a dead session's stale runtime dir is cleared (:func:`_clear_stale_session`), by
+    every command alike: that state is what logind or a reboot would have removed, never data,
+    and a command that only observes needs a working engine as much as ``up`` does.
     """
     layout = layout or host_layout()
     if ping(layout.socket_path):
@@ -285,7 +286,7 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
     if shutil.which("podman") is None:
         raise HostError("podman is not installed: run `ccoas host prepare`")
     systemd = systemd_running()
-    if recover and not systemd:
+    if not systemd:
         _clear_stale_session(layout)
     _ensure_runtime_dir(layout)
     log_path = layout.state_root / "podman-service.log"

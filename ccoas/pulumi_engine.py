@@ -270,7 +270,7 @@ def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -
     from ccoas.state import stack_paths
     from ccoas.steps import Steps
 
-    runtime = Runtime.connect(recover=True)  # an `up`: may clear a dead engine session
+    runtime = Runtime.connect()
     paths, docker_host = stack_paths(runtime.layout.state_root, runtime.layout.runtime_dir, plan.stack), runtime.layout.base_url
     steps = Steps(plan, paths, runtime)
     steps.prepare()

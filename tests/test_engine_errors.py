@@ -181,7 +181,7 @@ def fake_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(Steps, "secrets", lambda self: vault_stub)
 
     def use(client: FakeClient) -> None:
-        def connect(plan, stack, recover=False, progress=None):
+        def connect(plan, stack, progress=None):
             client.hook_commands = {tuple(h.command) for s in plan.services for h in s.hooks if h.command}
             paths = stack_paths(layout.state_root, tmp_path / "run", plan.stack)
             return LocalEngine(plan, Runtime(client, layout), paths, progress)
@@ -215,7 +215,7 @@ def test_the_fake_engine_brings_the_stack_up_when_nothing_fails(stack_file, fake
 
 
 def test_an_engine_error_that_escapes_unnamed_is_still_one_line_and_exit_1(runner, monkeypatch, stack_file):
-    def boom(plan, progress=None, recover=False):
+    def boom(plan, progress=None):
         raise requests.exceptions.ConnectionError("('Connection aborted.', FileNotFoundError(2, 'No such file or directory'))")
 
     monkeypatch.setattr(ccoas.cli, "_engine", boom)

@@ -143,7 +143,7 @@ def test_a_log_gets_a_line_per_step_and_a_heartbeat_while_a_step_runs():
 
 def _status(monkeypatch, rows):
     engine = SimpleNamespace(status=lambda: rows, host_notes=lambda: [])
-    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None, recover=False: engine)
+    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None: engine)
 
 
 def test_status_exits_3_when_a_service_is_not_running_and_healthy(runner, monkeypatch):
@@ -161,20 +161,22 @@ def test_status_exits_0_when_every_service_is_running_and_healthy(runner, monkey
     assert runner.invoke(app, ["status", str(DEV)]).exit_code == 0
 
 
-@pytest.mark.parametrize("recover", [False, True])
-def test_only_up_clears_a_dead_engine_session(recover, monkeypatch, tmp_path):
-    """`status`, `check` and `plan` connect without recovery: they never delete anything."""
+@pytest.mark.parametrize("systemd", [False, True])
+def test_every_command_clears_a_dead_engine_session_where_logind_does_not(systemd, monkeypatch, tmp_path):
+    """`status` and `check` need a working engine as much as `up`: without systemd, whatever
+    connects clears a dead session first (the function itself refuses while a process lives)."""
     cleared, answers = [], iter([False, True])
     monkeypatch.setattr(ccoas.host, "_clear_stale_session", lambda layout: cleared.append(layout))
     monkeypatch.setattr(ccoas.host, "ping", lambda path, timeout=2.0: next(answers, True))
-    monkeypatch.setattr(ccoas.host, "systemd_running", lambda: False)
+    monkeypatch.setattr(ccoas.host, "systemd_running", lambda: systemd)
     monkeypatch.setattr(ccoas.host, "_ensure_runtime_dir", lambda layout: None)
     monkeypatch.setattr(ccoas.host.subprocess, "Popen", lambda *a, **k: None)
+    monkeypatch.setattr(ccoas.host.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stderr=""))
     layout = HostLayout(engine_user="root", state_root=tmp_path)
 
-    ccoas.host.ensure_api_service(layout, recover=recover)
+    ccoas.host.ensure_api_service(layout)
 
-    assert cleared == ([layout] if recover else [])
+    assert cleared == ([] if systemd else [layout])
 
 
 def test_version(runner):
@@ -206,7 +208,7 @@ def test_secrets_list_in_a_log_keeps_names_and_paths_whole(runner, monkeypatch):
     long_path = "secret/data/" + "a-very-long-stack-name-" * 4 + "/directus/admin_password"
     rows = [SecretInfo("directus/admin_password", long_path, 3, ("directus",))]
     engine = SimpleNamespace(secrets=lambda: SimpleNamespace(list=lambda: rows))
-    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None, recover=False: engine)
+    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None: engine)
     monkeypatch.setattr(ccoas.cli, "out", Console(width=80, force_terminal=False))
 
     table = runner.invoke(app, ["secrets", "list", str(DEV)])
@@ -221,12 +223,12 @@ def test_up_reports_every_engine_step_to_the_progress_log(runner, monkeypatch):
     """The reporter `up` makes reaches the engine's steps (builds, waits, hooks), not only `up`."""
     seen = {}
 
-    def engine(plan, progress=None, recover=False):
-        seen["progress"], seen["recover"] = progress, recover
+    def engine(plan, progress=None):
+        seen["progress"] = progress
         raise ccoas.cli.CcoasError("stop here")
 
     monkeypatch.setattr(preflight, "check_host", lambda plan, layout, stack=None: [])
     monkeypatch.setattr(ccoas.cli, "_engine", engine)
 
     assert runner.invoke(app, ["up", str(DEV)]).exit_code == 2
-    assert isinstance(seen["progress"], ProgressReporter) and seen["recover"] is True
+    assert isinstance(seen["progress"], ProgressReporter)

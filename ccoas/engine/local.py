@@ -94,10 +94,9 @@ class LocalEngine:
         """What the user must hear about this run (e.g. a container killed after its stop timeout)."""
 
     @classmethod
-    def connect(cls, plan: Plan, progress: Any = None, layout: HostLayout | None = None, recover: bool = False) -> "LocalEngine":
-        """Connect to the engine user's API socket, starting the service if need be; ``recover``
-        (``up`` only) also clears a dead session's stale runtime dir first."""
-        runtime = Runtime.connect(layout, recover=recover)
+    def connect(cls, plan: Plan, progress: Any = None, layout: HostLayout | None = None) -> "LocalEngine":
+        """Connect to the engine user's API socket, starting the service if need be."""
+        runtime = Runtime.connect(layout)
         return cls(plan, runtime, stack_paths(runtime.layout.state_root, runtime.layout.runtime_dir, plan.stack), progress)
 
     def _step(self, message: str) -> None:

@@ -34,13 +34,13 @@ class Runtime:
     _podman: bool | None = field(default=None, repr=False)
 
     @classmethod
-    def connect(cls, layout: HostLayout | None = None, recover: bool = False) -> "Runtime":
-        """Connect to the engine user's API socket, starting the service if need be; ``recover``
-        (``up`` only) also clears a dead session's stale runtime dir first."""
+    def connect(cls, layout: HostLayout | None = None) -> "Runtime":
+        """Connect to the engine user's API socket, starting the service if need be (after
+        clearing a dead session's stale runtime dir, see :func:`ccoas.host.ensure_api_service`)."""
         import docker
 
         layout = layout or host_layout()
-        base_url = ensure_api_service(layout, recover=recover)
+        base_url = ensure_api_service(layout)
         try:
             client = docker.DockerClient(base_url=base_url, timeout=600, version=API_VERSION)
             client.ping()

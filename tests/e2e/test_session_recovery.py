@@ -1,4 +1,4 @@
-"""The engine user's session dies (every process killed, /run kept): the next `ccoas up` recovers.
+"""The engine user's session dies (every process killed, /run kept): the next command recovers.
 
 On hosts without systemd nothing clears the rootless runtime dir when the processes that used
 it are killed, and Podman then refuses every command ("invalid internal status ... podman
@@ -96,6 +96,13 @@ def test_up_recovers_after_the_engine_users_processes_are_killed(small_stack, se
         _kill_session(session_layout)
         assert (session_layout.runtime_dir / "libpod").is_dir()  # the stale state a reboot would have cleared
 
+        # A command that only observes meets the dead session first (as a CI job does when the
+        # previous job's processes were killed): it answers, and says the services are down.
+        observed = _ccoas(session_layout, "status", str(stack), "--name", name)
+        assert observed.returncode == 3, observed.stdout + observed.stderr
+        assert "Traceback" not in observed.stderr and "did not answer" not in observed.stderr
+
+        _kill_session(session_layout)
         again = _ccoas(session_layout, "up", str(stack), "--name", name, "--no-build")
         assert again.returncode == 0, again.stdout + again.stderr
         assert "Traceback" not in again.stderr
