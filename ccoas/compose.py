@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
+from ccoas.engine.docker_api import log_options
 from ccoas.plan import PLAN_SCHEMA_VERSION, HealthCheck, Plan, SecretMount, Service
 
 SECRETS_DIR_VARIABLE = "${CCOAS_SECRETS_DIR:?run ccoas secrets export}"
@@ -113,6 +114,7 @@ def _service(service: Service) -> dict[str, Any]:
         "restart": f"{service.restart.policy}:{service.restart.max_retries}",
         "stop_signal": service.stop.signal,
         "stop_grace_period": duration(service.stop.timeout_s),
+        "logging": {"options": log_options(service.logs)},
         "labels": dict(sorted(service.labels.items())),
     }
     if service.cap_add:

@@ -565,6 +565,10 @@ def unenforced(plan: Plan, service: Service) -> list[str]:
         notes.append(f"hook {hook.kind} ({hook.stage}): ccoas's own step ({hook.description}); on a cluster, see {VAULT_AUTH_SCRIPT}")
     if service.secrets:
         notes.append(f"secret files: {SECRETS_MEDIUM_NOTE}; rotation takes a rollout restart")
+    notes.append(
+        f"logs at most {service.logs.max_size_bytes} bytes: no pod field; the kubelet rotates every container's log "
+        "(containerLogMaxSize, 10Mi, and containerLogMaxFiles, 5, by default)"
+    )
     return notes
 
 

@@ -163,6 +163,19 @@ class Stop(Model):
     reason: str = "exits cleanly on SIGTERM"
 
 
+class Logs(Model):
+    """A cap on the container's log file (stdout and stderr as the engine stores them).
+
+    One file, emptied and started again when it would pass ``max_size_bytes``: rootless
+    Podman's ``k8s-file`` driver keeps no older files (it takes no file count), so every
+    translation asks for exactly one file and the disk a container's log takes is at most
+    ``max_size_bytes``. Sizes go to the engines as plain bytes: Docker reads ``10m`` as MiB,
+    Podman as MB."""
+
+    max_size_bytes: int = 10 * 1024**2
+    max_files: Literal[1] = 1
+
+
 class Dependency(Model):
     service: str
     condition: Literal["service_healthy"] = "service_healthy"
@@ -208,6 +221,7 @@ class Service(Model):
     limits: Limits
     restart: Restart = Restart()
     stop: Stop = Stop()
+    logs: Logs = Logs()
     healthcheck: HealthCheck
     """Readiness: the engine's health check, gating dependants."""
     liveness: HealthCheck

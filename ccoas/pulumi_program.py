@@ -31,6 +31,7 @@ from typing import Any
 import pulumi
 import pulumi_docker as docker
 
+from ccoas.engine.docker_api import log_options
 from ccoas.errors import CcoasError
 from ccoas.plan import HealthCheck, Network, Plan, Service, Volume
 from ccoas.state import StackPaths
@@ -176,6 +177,8 @@ def container_args(
         "stop_signal": service.stop.signal,
         "stop_timeout": service.stop.timeout_s,
         "max_retry_count": service.restart.max_retries,
+        # No log_driver: the engine's own (k8s-file under rootless Podman), as the local engine does.
+        "log_opts": log_options(service.logs),
         # No network_mode: the provider creates the container, disconnects the default bridge and
         # connects every network below with its aliases before the container starts. (Setting
         # network_mode to one of them too would make that connect fail: already attached.)

@@ -90,6 +90,19 @@ class Limits(_Strict):
         return value
 
 
+class Logs(_Strict):
+    """How much log each container may keep on disk (one file, emptied when full)."""
+
+    max_size: str | int = "10Mi"
+
+    @field_validator("max_size")
+    @classmethod
+    def _max_size(cls, value: str | int) -> str | int:
+        if parse_size(value) < 64 * 1024:
+            raise ValueError("must be at least 64Ki")
+        return value
+
+
 class PublishedPort(_Strict):
     container_port: Annotated[int, Field(ge=1, le=65535)]
     host_port: Annotated[int, Field(ge=0, le=65535)]
@@ -105,6 +118,8 @@ class ComponentConfig(_Strict):
     publish: tuple[PublishedPort, ...] = ()
     depends_on: tuple[ComponentName, ...] = ()
     """Extra start-order dependencies beyond the ones the component declares itself."""
+    logs: Logs | None = None
+    """This component's log cap, when it is not the stack's :attr:`Stack.logs`."""
 
 
 class Embed(_Strict):
@@ -247,6 +262,8 @@ class Stack(_Strict):
     """Default host address for published ports."""
     images: ImageChoice = ImageChoice(source="registry")
     tls: Tls
+    logs: Logs = Logs()
+    """Every container's log cap (a component's ``logs`` overrides it)."""
     components: Components = Components()
     schema_: Schema = Field(default=Schema(), alias="schema")
 

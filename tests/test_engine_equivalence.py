@@ -71,6 +71,7 @@ def normalize_docker(body: dict[str, Any]) -> dict[str, Any]:
         "pids": host.get("PidsLimit"),
         "restart": (host["RestartPolicy"]["Name"], host["RestartPolicy"]["MaximumRetryCount"]),
         "stop": (body["StopSignal"], body["StopTimeout"]),
+        "logs": (host["LogConfig"]["Type"] or None, dict(host["LogConfig"]["Config"])),
         "networks": {name: tuple(e["Aliases"]) for name, e in body["NetworkingConfig"]["EndpointsConfig"].items()},
         "ports": sorted(
             (int(key.split("/")[0]), key.split("/")[1], b["HostIp"], int(b["HostPort"] or 0))
@@ -111,6 +112,7 @@ def normalize_pulumi(result: Declared, container: dict[str, Any]) -> dict[str, A
         "pids": None,  # pulumi-docker has no such argument: see UNENFORCED_BY_PULUMI
         "restart": (container.get("restart", "no"), int(container.get("maxRetryCount", 0))),
         "stop": (container.get("stopSignal"), int(container.get("stopTimeout", 0))),
+        "logs": (container.get("logDriver"), dict(container.get("logOpts") or {})),
         "networks": {n["name"]: tuple(n.get("aliases") or ()) for n in container.get("networksAdvanced") or []},
         "ports": sorted(
             (int(p["internal"]), p.get("protocol", "tcp"), p.get("ip", "0.0.0.0"), int(p.get("external") or 0))
@@ -170,7 +172,7 @@ def test_normalizers_cover_the_same_fields(load_plan):
     pulumi_side = normalize_pulumi(result, result.containers["nginx"])
     assert set(local) == set(pulumi_side) == {
         "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "mounts", "env", "command",
-        "entrypoint", "healthcheck", "memory", "nano_cpus", "pids", "restart", "stop", "networks", "ports",
+        "entrypoint", "healthcheck", "memory", "nano_cpus", "pids", "restart", "stop", "logs", "networks", "ports",
         "labels",
     }  # fmt: skip
 
@@ -207,14 +209,15 @@ def _tamper(service: str, key: str, value: Any):
         _drop("postgres", "cpus"),
         _drop("postgres", "healthcheck"),
         _drop("postgres", "tmpfs"),
+        _drop("postgres", "log_opts"),
         _tamper("postgres", "user", "0:0"),
         _tamper("postgres", "restart", "always"),
         _tamper("postgres", "networks_advanced", []),
         _tamper("postgres", "envs", ["POSTGRES_PASSWORD=hunter2"]),
     ],
     ids=[
-        "read_only", "capabilities", "security_opts", "memory", "cpus", "healthcheck", "tmpfs", "root", "restart",
-        "networks", "env",
+        "read_only", "capabilities", "security_opts", "memory", "cpus", "healthcheck", "tmpfs", "log_opts", "root",
+        "restart", "networks", "env",
     ],  # fmt: skip
 )
 def test_equivalence_check_notices_a_mutated_program(load_plan, transform):
@@ -239,7 +242,7 @@ def test_equivalence_check_notices_a_published_port_outside_nginx(load_plan):
 
 COMPOSE_FIELDS = (
     "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "env", "command", "entrypoint",
-    "healthcheck", "memory", "nano_cpus", "pids", "restart", "networks", "ports", "labels",
+    "healthcheck", "memory", "nano_cpus", "pids", "restart", "logs", "networks", "ports", "labels",
 )  # fmt: skip
 """Every field but ``mounts``: Compose names volumes and secret files in its own terms (checked
 in test_render.py against the plan)."""
@@ -282,6 +285,7 @@ def normalize_compose(plan: Plan, body: dict[str, Any]) -> dict[str, Any]:
         "nano_cpus": int(Decimal(str(limits["cpus"])) * NS) if "cpus" in limits else None,
         "pids": body.get("pids_limit"),
         "restart": (policy, int(retries or 0)),
+        "logs": (body.get("logging", {}).get("driver"), dict(body.get("logging", {}).get("options") or {})),
         "networks": {plan.network(n).engine_name: tuple(v["aliases"]) for n, v in body["networks"].items()},
         "ports": sorted((p["target"], p["protocol"], p["host_ip"], int(p.get("published", 0))) for p in body.get("ports", [])),
         "labels": dict(body["labels"]),
@@ -308,3 +312,13 @@ def test_compose_check_notices_a_tmpfs_without_noexec(load_plan):
     body["tmpfs"] = [entry.replace("noexec,", "") for entry in body["tmpfs"]]
     local = normalize_docker(container_create_body(plan, plan.service("nginx"), example_paths(plan)))
     assert normalize_compose(plan, body)["tmpfs"] != local["tmpfs"]
+
+
+def test_compose_check_notices_a_missing_log_cap(load_plan):
+    from ccoas.compose import compose_document
+
+    plan = load_plan("dev")
+    body = compose_document(plan)["services"]["postgres"]
+    del body["logging"]
+    local = normalize_docker(container_create_body(plan, plan.service("postgres"), example_paths(plan)))
+    assert normalize_compose(plan, body)["logs"] != local["logs"]

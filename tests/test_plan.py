@@ -62,7 +62,7 @@ SERVICE_KEYS = {
     "name", "container_name", "summary", "image", "user", "entrypoint", "command", "environment",
     "networks", "expose", "ports", "volumes", "config", "runtime_mounts", "tmpfs", "secrets",
     "read_only", "cap_drop", "cap_add", "cap_add_reason", "security_opt", "limits", "restart",
-    "stop", "healthcheck", "liveness", "depends_on", "hooks", "labels", "config_templates",
+    "stop", "logs", "healthcheck", "liveness", "depends_on", "hooks", "labels", "config_templates",
 }  # fmt: skip
 NETWORK_KEYS = {"name", "engine_name", "internal", "isolate", "dns", "purpose", "labels"}
 VOLUME_KEYS = {"name", "engine_name", "service", "labels"}
@@ -163,6 +163,24 @@ def test_tmp_is_a_tmpfs(stack, service, plan_of):
     targets = [t.target for t in plan_of(stack).service(service).tmpfs]
     assert "/tmp" in targets
     assert len(targets) == len(set(targets))
+
+
+@pytest.mark.parametrize(("stack", "service"), STACK_SERVICES)
+def test_logs_are_capped(stack, service, plan_of):
+    logs = plan_of(stack).service(service).logs
+    assert 64 * 1024 <= logs.max_size_bytes <= 100 * 1024**2
+    assert logs.max_files == 1
+
+
+def test_a_components_log_cap_overrides_the_stacks(stack_document, write_stack, tmp_path, load_plan):
+    doc = stack_document("prod")
+    doc["logs"] = {"max_size": "2Mi"}
+    doc["components"]["ollama"]["logs"] = {"max_size": "50Mi"}
+
+    plan = load_plan(write_stack(tmp_path, doc))
+
+    assert plan.service("ollama").logs.max_size_bytes == 50 * 1024**2
+    assert {s.logs.max_size_bytes for s in plan.services if s.name != "ollama"} == {2 * 1024**2}
 
 
 @pytest.mark.parametrize(("stack", "service"), STACK_SERVICES)

@@ -104,6 +104,8 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
     ("pids-is-a-word", "prod", put("components", "postgres", "limits", "pids", value="many"), "components.postgres.limits.pids", "integer"),
     ("pids-too-low", "prod", put("components", "postgres", "limits", "pids", value=1), "components.postgres.limits.pids", "16"),
     ("memory-not-a-size", "prod", put("components", "redis", "limits", value={"memory": "lots"}), "components.redis.limits.memory", "512Mi"),
+    ("log-cap-too-small", "prod", put("logs", value={"max_size": "4Ki"}), "logs.max_size", "64Ki"),
+    ("log-cap-not-a-size", "prod", put("components", "ollama", "logs", value={"max_size": "lots"}), "components.ollama.logs.max_size", "512Mi"),
     ("enabled-is-a-string", "prod", put("components", "redis", "enabled", value="yes"), "components.redis.enabled", "bool"),
     ("environment-unknown", "prod", put("environment", value="staging"), "environment", "'prod'"),
     ("tls-missing", "prod", drop("tls"), "tls", "missing"),

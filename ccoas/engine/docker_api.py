@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from ccoas.plan import LABEL_PREFIX, HealthCheck, Network, Plan, Service
+from ccoas.plan import LABEL_PREFIX, HealthCheck, Logs, Network, Plan, Service
 from ccoas.state import StackPaths
 
 SPEC_LABEL = f"{LABEL_PREFIX}.spec"
@@ -48,6 +48,13 @@ def mounts(plan: Plan, service: Service, paths: StackPaths) -> list[dict[str, An
     return result
 
 
+def log_options(logs: Logs) -> dict[str, str]:
+    """The log cap as the engines' log options. The driver stays the engine's own (``""``):
+    ``k8s-file`` under rootless Podman (its containers.conf), ``json-file`` under Docker;
+    both read a plain number as bytes and keep one file."""
+    return {"max-size": str(logs.max_size_bytes), "max-file": str(logs.max_files)}
+
+
 def network_for(plan: Plan, name: str) -> Network:
     return plan.network(name)
 
@@ -68,6 +75,7 @@ def container_create_body(plan: Plan, service: Service, paths: StackPaths) -> di
             for p in service.ports
         },
         "RestartPolicy": {"Name": service.restart.policy, "MaximumRetryCount": service.restart.max_retries},
+        "LogConfig": {"Type": "", "Config": log_options(service.logs)},
         "NetworkMode": primary,
     }
     if service.limits.memory_bytes is not None:
