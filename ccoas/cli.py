@@ -539,11 +539,28 @@ def secrets_get(
 def secrets_export(
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the files (0400); point CCOAS_SECRETS_DIR at it.")] = Path("secrets"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the files (one per reader, 0400, owned by its mapped uid); point CCOAS_SECRETS_DIR at it.")] = Path("secrets"),
 ) -> None:
-    """Write the secret files that the rendered compose.yaml mounts (for docker compose users)."""
+    """Write the secret files that the rendered compose.yaml mounts, from the stack's Vault."""
     written = _engine(_plan(stack, name)).secrets().export(out_dir)
     out.print(f"wrote {len(written)} secret files into {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
+
+
+@secrets_app.command("init")
+@reports_errors
+def secrets_init(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the files (one per reader, 0400, owned by its mapped uid); point CCOAS_SECRETS_DIR at it.")] = Path("secrets"),
+) -> None:
+    """Compose mode (no Vault): generate every secret of the stack as files the rendered compose.yaml mounts."""
+    from ccoas.host import host_layout
+    from ccoas.secrets import init_secret_files
+
+    layout = host_layout()
+    written = init_secret_files(_plan(stack, name), out_dir, layout.give, layout.uid)
+    what = f"wrote {len(written)} secret files" if written else "every secret file is already there, nothing written"
+    out.print(f"{what} in {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
 
 
 @secrets_app.command("rotate")

@@ -1,16 +1,20 @@
-"""The plan as a Compose file (docker compose, podman-compose): a faithful export, nothing added.
+"""The plan as a Compose file (docker compose, podman-compose): Compose mode.
 
 :func:`compose_document` translates each plan field into its Compose spelling and never
 re-derives a setting. What Compose cannot say is kept, not dropped, in ``x-ccoas``
 extension fields, which every Compose implementation ignores and preserves: network
 isolation (the plan's ``isolate``: networks of a stack cannot reach one another, which
-ccoas's engine enforces and Compose has no key for), liveness checks, hooks (the Postgres
-bootstrap, Vault's init and unseal) and why capabilities are what they are.
+ccoas's engine enforces and Compose has no key for), liveness checks, hooks and why
+capabilities are what they are.
+
+Compose mode has no Vault (see the README, "Compose"): the service whose hooks are the
+secret store's own steps is left out, with what only it used (its network, volume and
+runtime dir), and every secret is a file ``ccoas secrets init`` made under
+``$CCOAS_SECRETS_DIR``: one per reader (``<service>/<secret>``), owned by that reader's uid,
+because Compose ignores ``uid``/``gid``/``mode`` on file secrets.
 
 The document belongs in the render directory (``compose.yaml`` beside the ``<component>/``
-config directories it bind-mounts). Secret values are never in it: each secret mount reads
-a file under ``$CCOAS_SECRETS_DIR`` named like its target (``/run/secrets/<name>``), which
-the operator materialises from Vault (formatted for the reader where the plan says so).
+config directories it bind-mounts). Secret values are never in it.
 """
 
 from __future__ import annotations
@@ -20,14 +24,27 @@ from typing import Any
 
 from ccoas.engine.docker_api import log_options
 from ccoas.plan import PLAN_SCHEMA_VERSION, HealthCheck, Plan, SecretMount, Service
+from ccoas.state import secret_file_in
 
-SECRETS_DIR_VARIABLE = "${CCOAS_SECRETS_DIR:?run ccoas secrets export}"
+SECRETS_DIR_VARIABLE = "${CCOAS_SECRETS_DIR:?set CCOAS_SECRETS_DIR to the directory ccoas secrets init wrote}"
 RUNTIME_DIR_VARIABLE = "${CCOAS_RUNTIME_DIR:?set CCOAS_RUNTIME_DIR to a directory shared with the containers}"
 EXTENSION = "x-ccoas"
 
 
+SECRET_STORE_HOOKS = ("vault-init-unseal", "vault-secrets")
+"""Hook kinds that are the secret store's own steps: a service with them is not in Compose mode."""
+
+
+def compose_services(plan: Plan) -> list[Service]:
+    """The services Compose mode runs, in start order: every one but the secret store."""
+    return [s for s in plan.services if not any(h.kind in SECRET_STORE_HOOKS for h in s.hooks)]
+
+
 def compose_document(plan: Plan) -> dict[str, Any]:
     """The whole Compose document for ``plan`` (dump it with ``yaml.safe_dump(sort_keys=True)``)."""
+    services = compose_services(plan)
+    names = {s.name for s in services}
+    used_networks = {n for s in services for n in s.networks}
     document: dict[str, Any] = {
         "name": plan.stack,
         EXTENSION: {
@@ -35,30 +52,34 @@ def compose_document(plan: Plan) -> dict[str, Any]:
             "stack": plan.stack,
             "environment": plan.environment,
             "domain": plan.domain,
-            "start_order": [list(tier) for tier in plan.start_order],
+            "start_order": [[name for name in tier if name in names] for tier in plan.start_order if set(tier) & names],
             "note": (
                 "exported from the ccoas plan; config directories are relative to this file; "
-                "secrets are files under $CCOAS_SECRETS_DIR; x-ccoas fields hold what Compose cannot express"
+                "secrets are files under $CCOAS_SECRETS_DIR (ccoas secrets init); no Vault in Compose mode; "
+                "x-ccoas fields hold what Compose cannot express"
             ),
         },
-        "networks": {network.name: _network(network) for network in sorted(plan.networks, key=lambda n: n.name)},
-        "services": {service.name: _service(service) for service in sorted(plan.services, key=lambda s: s.name)},
+        "networks": {n.name: _network(n) for n in sorted(plan.networks, key=lambda n: n.name) if n.name in used_networks},
+        "services": {service.name: _service(service, names) for service in sorted(services, key=lambda s: s.name)},
     }
-    if plan.volumes:
-        document["volumes"] = {
-            volume.name: {"name": volume.engine_name, "labels": dict(sorted(volume.labels.items()))}
-            for volume in sorted(plan.volumes, key=lambda v: v.name)
-        }
-    files = sorted({secret_file_name(m) for service in plan.services for m in service.secrets})
+    mounted = {m.volume for s in services for m in s.volumes}
+    volumes = [v for v in sorted(plan.volumes, key=lambda v: v.name) if v.name in mounted]
+    if volumes:
+        document["volumes"] = {volume.name: {"name": volume.engine_name, "labels": dict(sorted(volume.labels.items()))} for volume in volumes}
+    files = {secret_name(s, m): secret_path(s, m) for s in services for m in s.secrets}
     if files:
-        document["secrets"] = {name: {"file": f"{SECRETS_DIR_VARIABLE}/{name}"} for name in files}
+        document["secrets"] = {name: {"file": path} for name, path in sorted(files.items())}
     return document
 
 
-def secret_file_name(mount: SecretMount) -> str:
-    """The file a secret mount reads: named after its target (``/run/secrets/<name>``), which is
-    the secret's name, or a per-reader name when the reader gets a formatted value."""
-    return PurePosixPath(mount.target).name
+def secret_name(service: Service, mount: SecretMount) -> str:
+    """The Compose secret for ``service``'s copy of a secret: every reader has its own file."""
+    return f"{service.name}.{mount.secret}"
+
+
+def secret_path(service: Service, mount: SecretMount) -> str:
+    """That file, under ``$CCOAS_SECRETS_DIR``, where ``ccoas secrets init`` writes it."""
+    return f"{SECRETS_DIR_VARIABLE}/{secret_file_in(PurePosixPath(), service.name, mount.secret)}"
 
 
 def duration(seconds: int) -> str:
@@ -98,7 +119,7 @@ def _network(network) -> dict[str, Any]:
     }
 
 
-def _service(service: Service) -> dict[str, Any]:
+def _service(service: Service, exported: set[str]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "container_name": service.container_name,
         "image": service.image.ref,
@@ -134,12 +155,11 @@ def _service(service: Service) -> dict[str, Any]:
     if volumes:
         body["volumes"] = volumes
     if service.secrets:
-        body["secrets"] = [
-            {"source": secret_file_name(m), "target": m.target, "uid": str(m.uid), "gid": str(m.gid), "mode": m.mode}
-            for m in sorted(service.secrets, key=lambda m: m.target)
-        ]
-    if service.depends_on:
-        body["depends_on"] = {d.service: {"condition": d.condition} for d in service.depends_on}
+        # no uid/gid/mode: Compose ignores them on file secrets; the files carry their owner and mode
+        body["secrets"] = [{"source": secret_name(service, m), "target": m.target} for m in sorted(service.secrets, key=lambda m: m.target)]
+    depends_on = {d.service: {"condition": d.condition} for d in service.depends_on if d.service in exported}
+    if depends_on:
+        body["depends_on"] = depends_on
     limits: dict[str, Any] = {}
     if service.limits.memory_bytes is not None:
         limits["memory"] = memory(service.limits.memory_bytes)

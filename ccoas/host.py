@@ -110,6 +110,16 @@ class HostLayout:
             return self.uid
         return self.subuid_start + container_uid - 1
 
+    def give(self, path: Path, uid: int, gid: int) -> None:
+        """chown ``path`` to a container uid/gid, mapped through the rootless user namespace
+        (as root directly; as the engine user through ``podman unshare``)."""
+        host_uid = self.host_uid(uid)
+        host_gid = self.host_uid(gid) if gid else self.gid  # subgid ranges mirror subuid ones
+        if os.geteuid() == 0:
+            os.chown(path, host_uid, host_gid)
+        else:
+            subprocess.run(self.engine_command("podman", "unshare", "chown", f"{uid}:{gid}", str(path)), check=True)
+
     def engine_env(self) -> dict[str, str]:
         """Environment for a process running as the engine user."""
         return {

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from ccoas.errors import CcoasError
 from ccoas.plan import Plan, Secret, Service, VaultPolicy
-from ccoas.state import StackPaths
+from ccoas.state import StackPaths, secret_file_in
 
 SERVICE_TOKEN_TTL = "5m"
 TLS_GENERATORS = ("tls-cert", "tls-key")
@@ -515,25 +515,95 @@ class SecretStore:
         return fingerprints
 
     def export(self, out: Path) -> list[Path]:
-        """Write every mount's file into ``out`` (0400), named like its target: for ``compose.yaml``."""
-        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Write every service's secret files from Vault into ``out``, laid out and owned as
+        :func:`init_secret_files` does (what the rendered ``compose.yaml`` mounts)."""
         written = []
         for service in self.plan.services:
             for mount, value, _ in self._read_mounts(service) if service.secrets else []:
-                path = out / Path(mount.target).name
-                _write_readonly(path, value)
+                path = secret_file_in(out, service.name, mount.secret)
+                write_secret_file(out, path, value, mount.uid, mount.gid, self.chown)
                 written.append(path)
-        return sorted(set(written))
+        return sorted(written)
 
     def _write_file(self, path: Path, value: str, uid: int, gid: int) -> None:
-        for directory in (self.paths.secrets, path.parent):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.chown(directory, 0, 0)  # the engine user (container root) must traverse it to bind-mount
+        write_secret_file(self.paths.secrets, path, value, uid, gid, self.chown)
+
+
+def write_secret_file(root: Path, path: Path, value: str, uid: int, gid: int, chown: Callable[[Path, int, int], None]) -> None:
+    """Write ``value`` to ``path`` under the secrets directory ``root`` (0400, given to the
+    container ``uid``/``gid``); ``root`` and ``path``'s directory stay the engine user's (container
+    root), 0700, which it must traverse to bind-mount the file. An unchanged file is kept."""
+    for directory in (root, path.parent):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        chown(directory, 0, 0)
+    try:
+        if path.read_text() == value:
+            chown(path, uid, gid)
+            return
+    except (FileNotFoundError, PermissionError):
+        pass
+    _write_readonly(path, value)
+    chown(path, uid, gid)
+
+
+def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], None], engine_uid: int) -> list[Path]:
+    """Compose mode, no Vault: generate every secret of ``plan`` with the generators the Vault
+    path uses (:func:`generate`, :func:`ccoas.tls.tls_pair`) and write each service's files into
+    ``out``, laid out and owned exactly as the local engine materialises them: one file per
+    reader (``out/<service>/<secret>``, formatted for that reader where the plan says so), 0400,
+    owned by the host uid the reader's container uid maps to (``chown``), because Compose
+    bind-mounts file secrets and ignores their ``uid``/``gid``/``mode``.
+
+    An existing set is kept (values live on in the stack's volumes): when every file is there
+    nothing is written; a partial set is refused rather than half-replaced.
+    """
+    from ccoas.tls import tls_pair
+
+    check_engine_can_reach(out, chown, engine_uid)
+    mounts = [(service, mount) for service in plan.services for mount in service.secrets]
+    existing = [secret_file_in(out, s.name, m.secret) for s, m in mounts if _exists(secret_file_in(out, s.name, m.secret))]
+    if existing and len(existing) == len(mounts):
+        return []
+    if existing:
+        raise CcoasError(
+            f"{out} holds {len(existing)} of the stack's {len(mounts)} secret files (e.g. {existing[0]}): refusing to mix "
+            "old and new values; remove the directory (and the stack's volumes, which keep the old passwords) to start over"
+        )
+    values = {s.name: generate(s) for s in plan.secrets if s.generator not in TLS_GENERATORS}
+    if any(s.generator in TLS_GENERATORS for s in plan.secrets):
+        assert plan.tls is not None
+        cert, key = tls_pair(plan.tls)  # one pair, so that certificate and key match
+        values.update({s.name: cert if s.generator == "tls-cert" else key for s in plan.secrets if s.generator in TLS_GENERATORS})
+    written = []
+    for service, mount in mounts:
+        value = values[mount.secret]
+        if mount.format:
+            value = mount.format.replace("{value}", value)
+        path = secret_file_in(out, service.name, mount.secret)
+        write_secret_file(out, path, value, mount.uid, mount.gid, chown)
+        written.append(path)
+    return sorted(written)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except PermissionError:  # a directory of the set that only its owner may traverse
+        return True
+
+
+def check_engine_can_reach(out: Path, chown: Callable[[Path, int, int], None], engine_uid: int | None = None) -> None:
+    """The rootless engine (the engine user) bind-mounts files from ``out``: it must be able to
+    traverse every directory above it. ``/root`` (0700) is the usual trap."""
+    if engine_uid is None:
+        return
+    for directory in reversed(out.absolute().parents):
         try:
-            if path.read_text() == value:
-                self.chown(path, uid, gid)
-                return
-        except (FileNotFoundError, PermissionError):
-            pass
-        _write_readonly(path, value)
-        self.chown(path, uid, gid)
+            status = directory.stat()
+        except FileNotFoundError:
+            break
+        if status.st_uid != engine_uid and not status.st_mode & 0o001:
+            raise CcoasError(
+                f"--out {out}: the engine user cannot traverse {directory} (mode {status.st_mode & 0o777:o}, not theirs), "
+                "so the engine could not mount the secret files: choose a directory outside it, e.g. under /var/lib or /srv"
+            )

@@ -43,7 +43,7 @@ class StackPaths:
         return self.runtime / "secrets"
 
     def secret_file(self, service: str, secret: str) -> Path:
-        return self.secrets / service / secret
+        return secret_file_in(self.secrets, service, secret)
 
     def runtime_mount(self, name: str) -> Path:
         return self.runtime / name
@@ -54,6 +54,12 @@ class StackPaths:
     def vault_socket(self, vault: VaultPlan) -> Path:
         """Where Vault's unix socket is on this host (the plan says which runtime mount holds it)."""
         return self.runtime_mount(vault.socket_mount) / vault.socket_file
+
+
+def secret_file_in(root: Path, service: str, secret: str) -> Path:
+    """Where ``service``'s copy of ``secret`` lives under a secrets directory: one file per
+    reader, owned by that reader's uid (the engine's files and ``ccoas secrets init``'s alike)."""
+    return root / service / secret
 
 
 def stack_paths(state_root: Path, runtime_root: Path, stack: str) -> StackPaths:

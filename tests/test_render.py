@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoas.compose import compose_document
+from ccoas.compose import compose_document, compose_services
 from ccoas.plan import Plan
 from ccoas.planner import build_plan, load_stack, parse_stack
 from ccoas.render import RenderError, ccoas_policy_hcl, render, render_text, rendered_files, vault_policy_hcl
@@ -182,14 +182,27 @@ def test_every_secret_reference_points_at_a_secret_the_service_mounts(key):
                     assert f"{SECRETS_DIR}{name}" in mounted, f"{relative} reads {name}, which {service.name} does not mount"
 
 
-def test_compose_secrets_are_files_under_the_secrets_dir_and_mounted_at_the_plan_targets():
+def test_compose_secrets_are_one_file_per_reader_mounted_at_the_plan_targets():
     document = compose_document(PLANS["prod"])
-    for name, secret in document["secrets"].items():
-        assert secret == {"file": "${CCOAS_SECRETS_DIR:?run ccoas secrets export}/" + name}
-    for service in PLANS["prod"].services:
+    exported = compose_services(PLANS["prod"])
+    expected = {f"{s.name}.{m.secret}": f"{s.name}/{m.secret}" for s in exported for m in s.secrets}
+    assert {name: secret["file"] for name, secret in document["secrets"].items()} == {
+        name: "${CCOAS_SECRETS_DIR:?set CCOAS_SECRETS_DIR to the directory ccoas secrets init wrote}/" + path for name, path in expected.items()
+    }
+    for service in exported:
         mounts = document["services"][service.name].get("secrets", [])
-        assert sorted((m["source"], m["target"]) for m in mounts) == sorted((m.target.rsplit("/", 1)[1], m.target) for m in service.secrets)
-        assert all(m["source"] in document["secrets"] for m in mounts)
+        assert sorted((m["source"], m["target"]) for m in mounts) == sorted((f"{service.name}.{m.secret}", m.target) for m in service.secrets)
+        assert all(set(m) == {"source", "target"} for m in mounts)  # Compose ignores uid/gid/mode: the files carry them
+
+
+def test_compose_mode_has_no_vault(load_plan):
+    plan = load_plan("dev")
+    assert plan.has("vault")
+    document = compose_document(plan)
+    assert "vault" not in document["services"] and "vault-data" not in document.get("volumes", {})
+    assert "auth" not in document["networks"]  # only Vault was on it
+    assert all("vault" not in body.get("depends_on", {}) for body in document["services"].values())
+    assert "CCOAS_RUNTIME_DIR" not in yaml.safe_dump(document)  # only Vault's socket needed a runtime dir
 
 
 # --- nginx -------------------------------------------------------------------------------------
@@ -293,12 +306,16 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
     assert set(document) <= {"name", "networks", "services", "volumes", "secrets"} | {k for k in document if k.startswith("x-")}
     assert document["name"] == plan.stack
     for network in plan.networks:
+        if not any(network.name in s.networks for s in compose_services(plan)):
+            assert network.name not in document["networks"]
+            continue
         body = document["networks"][network.name]
         assert body["name"] == network.engine_name and body["internal"] == network.internal and body["labels"] == network.labels
         assert "driver_opts" not in body and body["x-ccoas"]["isolate"] is network.isolate
-    assert {v: body["name"] for v, body in document.get("volumes", {}).items()} == {v.name: v.engine_name for v in plan.volumes}
-    assert set(document["services"]) == {s.name for s in plan.services}
-    for service in plan.services:
+    assert {v: body["name"] for v, body in document.get("volumes", {}).items()} == {v.name: v.engine_name for v in plan.volumes if v.service != "vault"}
+    exported = compose_services(plan)
+    assert {s.name for s in plan.services} - {s.name for s in exported} <= {"vault"}
+    for service in exported:
         body = document["services"][service.name]
         assert body["image"] == service.image.ref
         assert body["pull_policy"] == "never" == service.image.pull
@@ -311,7 +328,7 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
         assert body["restart"] == "on-failure:5"
         assert body["healthcheck"]["test"] == list(service.healthcheck.test)
         assert all(re.fullmatch(r"\d+s", body["healthcheck"][k]) for k in ("interval", "timeout", "start_period"))
-        assert body.get("depends_on", {}) == {d.service: {"condition": "service_healthy"} for d in service.depends_on}
+        assert body.get("depends_on", {}) == {d.service: {"condition": "service_healthy"} for d in service.depends_on if d.service != "vault"}
         assert body["pids_limit"] == service.limits.pids
         assert body["deploy"]["resources"]["limits"]["cpus"] == service.limits.nano_cpus / 1e9
         assert body["labels"] == service.labels

@@ -9,8 +9,6 @@ the steps around its updates (:mod:`ccoas.steps`); neither reaches into the othe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +99,7 @@ class Runtime:
 
     def give(self, path: Path, uid: int, gid: int) -> None:
         """chown ``path`` to a container uid/gid, mapped through the rootless user namespace."""
-        host_uid = self.layout.host_uid(uid)
-        host_gid = self.layout.host_uid(gid) if gid else self.layout.gid  # subgid ranges mirror subuid ones
-        if os.geteuid() == 0:
-            os.chown(path, host_uid, host_gid)
-        else:
-            subprocess.run(self.layout.engine_command("podman", "unshare", "chown", f"{uid}:{gid}", str(path)), check=True)
+        self.layout.give(path, uid, gid)
 
 
 def tail_logs(container: Any, lines: int = 30) -> str:
