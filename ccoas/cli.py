@@ -412,6 +412,31 @@ def query(
         err.print("no rows (none embedded yet, or none this user/tenant may read)", highlight=False)
 
 
+@images_app.command("list")
+@reports_errors
+def images_list(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The rows as JSON.")] = False,
+) -> None:
+    """The stack's image pins, one row per component: what its local recipe builds, the registry
+    image it pins by digest, and where that digest was seen. Contacts no engine and no registry."""
+    from ccoas.image_pins import image_pins
+
+    rows = image_pins(_plan(stack, name))
+    if as_json:
+        sys.stdout.write(json.dumps([row.to_dict() for row in rows], indent=2, sort_keys=True) + "\n")
+        return
+    for row in rows:
+        out.print(f"{row.component} (this stack: {row.source})", highlight=False)
+        out.print(f"  local recipe   {row.local_upstream}", highlight=False)
+        out.print(f"  registry       {row.registry_upstream}", highlight=False)
+        out.print(f"                 {row.registry_ref}", highlight=False, soft_wrap=True)
+        out.print(f"  digest seen    {row.digest_source}", highlight=False, soft_wrap=True)
+        if row.note:
+            out.print(f"  note           {row.note}", highlight=False, soft_wrap=True)
+
+
 @images_app.command("build")
 @reports_errors
 def images_build(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:

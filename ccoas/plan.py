@@ -77,6 +77,19 @@ class LocalRecipe(Model):
     """sha256 over the Containerfile, the files and the artifact specs: the image's content key."""
 
 
+class RegistryPin(Model):
+    """The official image a component runs where a registry is reachable, pinned by digest,
+    with where that digest was seen (no registry is reachable here to resolve it: a reviewer
+    checks the digest against the source named)."""
+
+    ref: str
+    upstream: str
+    """The upstream release the image runs (as its tag names it, for a stack file's own ref)."""
+    digest_source: str
+    note: str = ""
+    """What a reviewer must know about this pin (e.g. a known advisory not yet patched)."""
+
+
 class Image(Model):
     ref: str
     source: Literal["registry", "local", "bundle"]
@@ -88,6 +101,8 @@ class Image(Model):
     upstream: dict[str, str] = {}
     """Image path (``local``, ``registry``) → the upstream version it runs, for every path the
     component has: ``ccoas plan`` prints them side by side (the README says why they differ)."""
+    registry: RegistryPin | None = None
+    """The component's registry pin, whichever source this stack uses (``ccoas images list``)."""
 
 
 class Port(Model):

@@ -27,6 +27,7 @@ from ccoas.plan import (
     LocalRecipe,
     Logs,
     Port,
+    RegistryPin,
     Secret,
     SecretMount,
     Service,
@@ -68,6 +69,10 @@ class Component:
     """Components this one starts after, when they are enabled."""
     upstream: dict[str, str] = field(default_factory=dict)
     """Image path (``local``, ``registry``) → the upstream version that path runs."""
+    registry_digest_source: str | None = None
+    """Where the digest of :attr:`registry_image` was seen (a public record), for review."""
+    registry_note: str = ""
+    """What a reviewer of the registry pin must know (e.g. an advisory the pin does not fix yet)."""
     port_schemes: dict[int, str] = field(default_factory=dict)
     """Container port → what answers there (``https``, ``http``), for published endpoints."""
     declare_buckets: Callable[["Context"], list[Bucket]] | None = None
@@ -157,6 +162,23 @@ class Context:
     def secret_file(self, name: str) -> str:
         return f"{SECRETS_DIR}/{name}"
 
+    def registry_pin(self, component: Component) -> RegistryPin | None:
+        """The registry image this stack pins for ``component``: the stack file's own ref, else
+        the component's, with where its digest was seen."""
+        ref = self.stack.component(component.name).image.ref
+        if ref is not None:
+            return RegistryPin(
+                ref=ref, upstream="as its tag names it", digest_source=f"the stack file (components.{component.name}.image.ref)"
+            )
+        if component.registry_image is None:
+            return None
+        return RegistryPin(
+            ref=component.registry_image,
+            upstream=component.upstream.get("registry", "not recorded"),
+            digest_source=component.registry_digest_source or "not recorded",
+            note=component.registry_note,
+        )
+
     def image(self, component: Component) -> Image:
         choice = self.stack.component(component.name).image
         source = self.stack.image_source(component.name)
@@ -174,11 +196,17 @@ class Context:
                     digest=digest,
                 ),
                 upstream=component.upstream,
+                registry=self.registry_pin(component),
             )
         ref = choice.ref or component.registry_image
         if ref is None:
             raise ValueError(f"{component.name} has no registry image (validation lets no stack ask for one)")
-        return Image(ref=ref, source="bundle" if source == "bundle" else "registry", upstream=component.upstream)
+        return Image(
+            ref=ref,
+            source="bundle" if source == "bundle" else "registry",
+            upstream=component.upstream,
+            registry=self.registry_pin(component),
+        )
 
     def service(
         self,

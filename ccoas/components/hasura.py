@@ -64,6 +64,17 @@ COMPONENT = Component(
     ports=(PORT,),
     networks=("edge", "db"),
     registry_image="docker.io/hasura/graphql-engine:v2.33.1.cli-migrations-v3@sha256:02577c5e456726cbe1888e377d21c464979ed888636047adf3aae678d9ab70e6",
+    registry_digest_source=(
+        "a public Nix expression: dockerTools.pullImage of hasura/graphql-engine with imageDigest <this "
+        "digest>, finalImageTag v2.33.1.cli-migrations-v3 (public code index, 2026-12-01)"
+    ),
+    registry_note=(
+        "v2.33.1 is affected by GHSA-r27x-gc74-qmxh (fixed in v2.49.2). No digest of a patched "
+        "cli-migrations-v3 tag is on public record here; the entrypoint needs that variant (its "
+        "docker-entrypoint.sh applies the rendered metadata with the Hasura CLI). The plain "
+        "v2.51.0 is on record (sha256:5d435a6756de53709bf48c15b822cabab38d57acd22e656cf633cc2df67df150) "
+        "but has no CLI: pin a patched cli-migrations-v3 digest once one is verified"
+    ),
     upstream={"registry": "Hasura GraphQL Engine v2.33.1"},
     recipe=None,
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},

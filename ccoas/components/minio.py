@@ -125,6 +125,10 @@ COMPONENT = Component(
     ports=(PORT,),  # the console is off (MINIO_BROWSER=off): 9001 never listens
     networks=("edge",),
     registry_image="quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e",
+    registry_digest_source=(
+        "a public repository's check script pinning "
+        "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@<this digest> (public code index, 2026-12-01)"
+    ),
     upstream={"local": "MinIO community, last commit 2026-02-12 (Go module)", "registry": "MinIO RELEASE.2025-09-07T16-13-09Z"},
     recipe=Recipe(
         containerfile="minio/Containerfile.j2",

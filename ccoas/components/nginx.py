@@ -54,6 +54,10 @@ COMPONENT = Component(
     ports=(HTTP_PORT, HTTPS_PORT),
     networks=("edge",),
     registry_image="docker.io/nginxinc/nginx-unprivileged:1.29.1@sha256:451ec1db67978686908d931cc090ac9f6649a5dfbde0d7d3b33756f7c6303f7e",
+    registry_digest_source=(
+        "a public repository's Dockerfile, FROM nginxinc/nginx-unprivileged:1.29.1@<this digest> (public "
+        "code index, 2026-12-01)"
+    ),
     upstream={"local": "nginx 1.22.1 (Debian 12 package)", "registry": "nginx 1.29.1 (nginxinc/nginx-unprivileged)"},
     recipe=Recipe(containerfile="nginx/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="nginx"),)),
     default_limits={"memory": "128Mi", "cpus": 0.5, "pids": 128},

@@ -119,6 +119,10 @@ COMPONENT = Component(
     ports=(PORT,),
     networks=("db",),
     registry_image="docker.io/ollama/ollama:0.12.6@sha256:352e045b937ac29d3d9550c22fb85525f60a89e064df34c26579bee5a93b3a16",
+    registry_digest_source=(
+        "public repositories' compose pins of ollama/ollama:0.12.6@<this digest>, asserted by their tests"
+        " (public code index, 2026-12-01)"
+    ),
     upstream={"local": f"Ollama {VERSION} (Go module)", "registry": "Ollama 0.12.6"},
     recipe=Recipe(
         containerfile="ollama/Containerfile.j2",

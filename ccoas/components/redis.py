@@ -70,6 +70,11 @@ COMPONENT = Component(
     ports=(COMPONENT_PORT,),
     networks=("db",),
     registry_image="docker.io/library/redis:7.4.6@sha256:a9cc41d6d01da2aa26c219e4f99ecbeead955a7b656c1c499cce8922311b2514",
+    registry_digest_source=(
+        "a public repository's provenance note: the multi-platform index digest of the official "
+        "redis:7.4.6-bookworm, resolved 2026-07-18 with docker buildx imagetools inspect (public code "
+        "index, 2026-12-01)"
+    ),
     upstream={"local": "Redis 7.0.15 (Debian 12 package)", "registry": "Redis 7.4.6"},
     recipe=Recipe(containerfile="redis/Containerfile.j2", artifacts=(Artifact(kind="deb", spec="redis-server"),)),
     default_limits={"memory": "256Mi", "cpus": 0.5, "pids": 128},

