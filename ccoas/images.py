@@ -102,12 +102,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60]
 
 
-def artifact_dir(layout: HostLayout, artifact: ArtifactLike, runtime: ArtifactLike | None = None) -> Path:
-    """Where a fetched artifact lives in the cache: keyed by kind, spec, options and Node runtime."""
+def artifact_dir(
+    layout: HostLayout, artifact: ArtifactLike, runtime: ArtifactLike | None = None, toolchain: str | None = None
+) -> Path:
+    """Where a fetched artifact lives in the cache: keyed by kind, spec, options, Node runtime and
+    the version of the toolchain that builds it (``go1.27.3``: another Go builds another binary)."""
     parts = [artifact.kind, artifact.spec, artifact.binary or "", str(bool(artifact.cgo))]
     parts += list(getattr(artifact, "ldflags", ()))
     if runtime is not None:
         parts.append(runtime.spec)
+    if toolchain is not None:
+        parts.append(f"toolchain={toolchain}")
     name = artifact.binary if artifact.kind == "go" and artifact.binary else spec_name(artifact.kind, artifact.spec)
     return layout.cache_root / "artifacts" / artifact.kind / f"{_slug(name)}-{cache_key(*parts)}"
 
@@ -284,6 +289,17 @@ def toolchain_env(layout: HostLayout, toolchain: str) -> dict[str, str]:
     return env
 
 
+def go_version(layout: HostLayout) -> str:
+    """The version of the Go toolchain host preparation installed (``go1.27.3``), from its
+    ``VERSION`` file, else from ``go env GOVERSION``."""
+    version_file = layout.toolchain_bin("go").parent / "VERSION"
+    try:
+        return version_file.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (FileNotFoundError, IndexError):
+        go = toolchain_program(layout, "go", "go")
+        return _run([str(go), "env", "GOVERSION"], "go env GOVERSION", env=toolchain_env(layout, "go")).strip()
+
+
 def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
     """``go install module@version`` on the host; module and build caches under the cache root."""
     binary = artifact.binary or spec_name("go", artifact.spec)
@@ -305,7 +321,7 @@ def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
         if not built.is_file():
             raise HostError(f"go install {artifact.spec} built no binary named {binary!r}")
 
-    return _fill(artifact_dir(layout, artifact), fill) / "bin" / binary
+    return _fill(artifact_dir(layout, artifact, toolchain=go_version(layout)), fill) / "bin" / binary
 
 
 # --- build context --------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from ccoas.images import (
     artifact_dir,
     base_tarball,
     cache_key,
+    fetch_go,
+    go_version,
     render_containerfile,
     spec_name,
     template_variables,
@@ -209,3 +211,32 @@ def test_every_podman_cli_run_says_pull_never():
             if ('"run", "-' in line or '"run", "--' in line) and "pull" not in line:
                 missing.append(f"{path.name}:{number}: {line.strip()}")
     assert missing == [], missing
+
+
+def _go_toolchain(root: Path, version: str) -> HostLayout:
+    """A layout whose Go toolchain (where host preparation puts it) says ``version``."""
+    layout = HostLayout(engine_user="nobody-in-particular", cache_root=root / "cache", toolchain_root=root / "toolchains")
+    go_bin = layout.toolchain_bin("go")
+    go_bin.mkdir(parents=True)
+    (go_bin / "go").write_text("#!/bin/sh\nexit 1\n")
+    (go_bin / "go").chmod(0o755)
+    (go_bin.parent / "VERSION").write_text(f"{version}\ntime 2026-10-19T22:20:36Z\n")
+    return layout
+
+
+def test_go_version_is_the_installed_toolchains(tmp_path):
+    assert go_version(_go_toolchain(tmp_path, "go1.27.3")) == "go1.27.3"
+
+
+def test_the_go_artifact_cache_key_changes_with_the_go_version(tmp_path, monkeypatch):
+    """Another Go builds another binary: a cached build of one must not stand for the other."""
+    minio = Artifact(kind="go", spec="github.com/minio/minio@v1", binary="minio")
+    assert artifact_dir(LAYOUT, minio, toolchain="go1.27.3") != artifact_dir(LAYOUT, minio, toolchain="go1.28.0")
+    assert artifact_dir(LAYOUT, minio, toolchain="go1.27.3") == artifact_dir(LAYOUT, minio, toolchain="go1.27.3")
+
+    filled: list[Path] = []
+    monkeypatch.setattr("ccoas.images._fill", lambda target, fill: filled.append(target) or target)
+    fetch_go(_go_toolchain(tmp_path / "a", "go1.27.3"), minio)
+    fetch_go(_go_toolchain(tmp_path / "b", "go1.28.0"), minio)
+    assert filled[0].name != filled[1].name
+    assert filled[0].name == artifact_dir(LAYOUT, minio, toolchain="go1.27.3").name
