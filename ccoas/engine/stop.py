@@ -39,6 +39,8 @@ def stop(client: Any, container: Any, policy: Stop) -> Stopped:
     A container created before its service had a stop policy carries the engine's default
     signal: it gets the plan's signal first, so Postgres still shuts down fast.
     """
+    import docker.errors
+
     container.reload()
     if container.status not in ("running", "paused", "restarting"):
         return Stopped(container.name, policy.signal, policy.timeout_s, killed=False)
@@ -46,7 +48,7 @@ def stop(client: Any, container: Any, policy: Stop) -> Stopped:
         if _stop_signal(container) != policy.signal:
             container.kill(signal=policy.signal)
         client.api.stop(container.id, timeout=policy.timeout_s)
-    except Exception as exc:  # noqa: BLE001 - the engine's refusal, with its words
+    except docker.errors.APIError as exc:  # the engine's refusal, with its words (NotFound is one)
         container.reload()
         if container.status in ("running", "paused", "restarting"):
             raise EngineError(f"stopping {container.name}: {exc}") from None
