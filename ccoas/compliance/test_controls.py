@@ -125,6 +125,27 @@ def test_no_secret_value_in_inspect_or_logs(service):
     assert not leaked, f"{service}: secret values visible in inspect/logs: {leaked}"
 
 
+def engine_size(size: int) -> str:
+    """``size`` bytes as Podman's inspect prints a log cap (go-units HumanSize: decimal, four
+    significant digits): 131072 -> ``131.1kB``."""
+    value, units = float(size), ["B", "kB", "MB", "GB", "TB"]
+    unit = 0
+    while value >= 1000 and unit < len(units) - 1:
+        value, unit = value / 1000, unit + 1
+    return f"{value:.4g}{units[unit]}"
+
+
+@pytest.mark.parametrize("service", services())
+def test_log_file_is_capped(service):
+    """The engine applied the plan's log cap, and the log file on disk is within it."""
+    cap = plan().service(service).logs.max_size_bytes
+    log = inspect(service)["HostConfig"]["LogConfig"]
+    assert log.get("Size") == engine_size(cap), f"{service}: log cap {log.get('Size')!r}, planned {engine_size(cap)} ({cap} bytes)"
+    path = Path(log["Path"])
+    size = path.stat().st_size if path.exists() else 0
+    assert size <= cap, f"{service}: {path} holds {size} bytes, over its cap of {cap}"
+
+
 @pytest.mark.parametrize("network", ["auth", "db"])
 def test_internal_networks_are_internal_and_isolated(network):
     if not any(n.name == network for n in plan().networks):

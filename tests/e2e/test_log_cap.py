@@ -26,10 +26,15 @@ MARKER = f"ccoas-log-cap-marker-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def engine(module_stack):
+def stack(module_stack) -> Path:
     path = module_stack(NAME, "vault")
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "logs": {"max_size": CAP}}, sort_keys=False))
-    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(stack):
+    engine = LocalEngine.connect(build_plan(load_stack(stack), name=NAME))
     try:
         engine.up()
         yield engine
@@ -58,3 +63,21 @@ def test_a_container_writing_far_more_than_its_cap_keeps_its_log_file_under_it(e
     if engine.is_podman:  # what the engine applied (the compat inspect shows no log options)
         applied = engine.client.api.get(engine.runtime.libpod_url(f"/containers/{container.id}/json")).json()
         assert applied["HostConfig"]["LogConfig"]["Size"] == "131.1kB", applied["HostConfig"]["LogConfig"]
+
+
+def test_the_check_control_holds_and_fails_on_a_container_without_a_cap(engine, stack):
+    """``ccoas check``'s log control: it holds on the stack, then a container recreated with the
+    same settings but no log cap fails it. (Last in the module: it leaves that container.)"""
+    from ccoas.compliance import run_checks
+    from ccoas.engine.docker_api import container_create_body
+
+    assert run_checks(stack, NAME, extra=["-k", "log_file_is_capped"]) == 0
+
+    service = engine.plan.service("vault")
+    engine.client.containers.get(service.container_name).remove(force=True)
+    body = container_create_body(engine.plan, service, engine.paths)
+    del body["HostConfig"]["LogConfig"]
+    created = engine.client.api.create_container_from_config(body, name=service.container_name)
+    engine.client.containers.get(created["Id"]).start()
+
+    assert run_checks(stack, NAME, extra=["-k", "log_file_is_capped"]) == 1
