@@ -855,22 +855,23 @@ VALIDATOR_SOURCE = Path(__file__).resolve().parent / "kubernetes_validate"
 VALIDATOR_FILES = ("go.mod", "go.sum", "main.go")
 
 
-def validator_key() -> str:
-    digest = hashlib.sha256()
+def validator_key(go: str) -> str:
+    """The validator's cache key: its source and the Go (``go1.27.3``) that builds it."""
+    digest = hashlib.sha256(f"{go}\0".encode())
     for name in VALIDATOR_FILES:
         digest.update(name.encode() + b"\0" + (VALIDATOR_SOURCE / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
 
 def validator_binary(cache_root: Path | None = None, timeout: int = 1800) -> Path:
-    """The validator, built once per version of its source into ``<cache>/tools/<sha256>/`` with
-    the Go toolchain host preparation installs (as the image builds do)."""
+    """The validator, built once per version of its source and of Go into ``<cache>/tools/<sha256>/``
+    with the Go toolchain host preparation installs (as the image builds do)."""
     from ccoas.host import host_layout
-    from ccoas.images import toolchain_env, toolchain_program
+    from ccoas.images import go_version, toolchain_env, toolchain_program
 
     layout = host_layout()
     root = Path(cache_root) if cache_root is not None else layout.cache_root
-    binary = root / "tools" / validator_key() / "kubernetes_validate"
+    binary = root / "tools" / validator_key(go_version(layout)) / "kubernetes_validate"
     if binary.exists():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)

@@ -511,6 +511,11 @@ def test_start_order_waits_on_each_dependencys_ready_pods(key):
 # --- strict decoding against the Kubernetes API types, and Checkov ------------------------------
 
 
+def test_the_validator_cache_key_changes_with_the_go_version():
+    assert kubernetes.validator_key("go1.27.3") == kubernetes.validator_key("go1.27.3")
+    assert kubernetes.validator_key("go1.27.3") != kubernetes.validator_key("go1.28.0")
+
+
 @pytest.fixture(scope="session")
 def validator() -> Path:
     return kubernetes.validator_binary()  # fails naming `ccoas host prepare` when the Go toolchain is missing
