@@ -8,6 +8,7 @@ compared byte for byte. After an intended change, regenerate them and review the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -562,3 +563,45 @@ def test_config_digest_from_memory_equals_the_digest_of_the_rendered_directory(k
             else:
                 digest.update(f"{rel}/\0".encode())
         assert config_digest(files, service.config.source) == digest.hexdigest(), service.name
+
+
+# --- directus: the presets as Directus permissions, the Hasura claims extension ---------------
+
+
+@pytest.mark.parametrize("key", ["dev", "every-preset"])
+def test_directus_permissions_mirror_the_rls_presets(key):
+    plan = ALL_PLANS[key]
+    access = json.loads(rendered_files(plan)["directus/access.json"])
+    assert access["role"]["name"] == access["policy"]["name"] == "app-user"
+    assert access["policy"]["admin_access"] is False and access["policy"]["app_access"] is False
+    assert access["tenant_field"]["field"] == "tenant_id"
+    by_key = {(p["collection"], p["action"]): p for p in access["permissions"]}
+    assert sorted(by_key) == sorted((t.name, a) for t in plan.app_schema.tables for a in ("create", "read", "update", "delete"))
+    for table in plan.app_schema.tables:
+        column = table.tenant_column if table.policy == "tenant" else table.owner_column
+        variable = "$CURRENT_USER.tenant_id" if table.policy == "tenant" else "$CURRENT_USER"
+        mine = {column: {"_eq": variable}}
+        server_set = {c.name for c in table.columns if c.default in ("gen_random_uuid()", "now()")}
+        read, create, update, delete = (by_key[(table.name, a)] for a in ("read", "create", "update", "delete"))
+        assert read["fields"] == [c.name for c in table.columns]
+        assert read["permissions"] == ({} if table.policy == "public-read" else mine)
+        assert create["presets"] == {column: variable}
+        assert update["permissions"] == delete["permissions"] == mine
+        for written in (create, update):
+            assert column not in written["fields"] and not server_set & set(written["fields"])
+    public = {(p["collection"], p["action"]) for p in access["public_permissions"]}
+    assert public == {(t.name, "read") for t in plan.app_schema.tables if t.policy == "public-read"}
+
+
+def test_directus_loads_the_rendered_hasura_claims_hook():
+    plan = PLANS["dev"]
+    files = rendered_files(plan)
+    manifest = json.loads(files["directus/extensions/ccoas-hasura-claims/package.json"])
+    assert manifest["type"] == "module"
+    assert manifest["directus:extension"] == {"type": "hook", "path": "index.js", "source": "index.js", "host": "^12.0.0"}
+    assert "directus/extensions/ccoas-hasura-claims/index.js" in files
+    directus = plan.service("directus")
+    assert directus.environment["EXTENSIONS_PATH"] == f"{directus.config.target}/extensions"
+    assert directus.environment["DB_SEARCH_PATH"] == f"directus,{plan.app_schema.name}"
+    [hook] = directus.hooks
+    assert hook.kind == "exec" and hook.stage == "ready" and hook.command == ("node", f"{directus.config.target}/provision.mjs")

@@ -1,4 +1,12 @@
-"""Directus: data studio and REST API over Postgres. On edge and db (it never calls Vault: its secrets are files).
+"""Directus: data studio and REST API over Postgres, and the stack's identity provider. On edge
+and db (it never calls Vault: its secrets are files).
+
+Its system tables live in a schema of their own (``directus``); its search path lists the
+app schema too, so the app tables are its collections, served through one named
+control-plane RLS policy. Once healthy, a hook runs the rendered ``provision.mjs`` against
+its own API: the users' ``tenant_id`` field, the role ``app-user`` and item permissions that
+mirror each table's preset (``access.json``). A rendered hook extension adds Hasura's claims
+to the tokens it signs (see README "Identity").
 
 Every credential is a ``*_FILE`` variable pointing at a secret file; telemetry is off and
 the local image starts the API without the CLI's npm update check. Uploads go to MinIO's
@@ -8,9 +16,12 @@ the local image starts the API without the CLI's npm update check. Uploads go to
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Secret, Service, VolumeMount
+from ccoas.plan import Artifact, Hook, Secret, Service, VolumeMount
 
 PORT = 8055
+CONFIG_DIR = "/etc/ccoas/directus"
+TENANT_FIELD = "tenant_id"
+"""The Directus user field ccoas provisions: a user's tenant (tenant tables, x-hasura-tenant-id)."""
 SYSTEM_SCHEMA = "directus"
 """Where Directus keeps its own tables (directus_*): a schema of its own, created for its role
 by the Postgres bootstrap, never public and never the app schema."""
@@ -61,7 +72,10 @@ def environment(ctx: Context) -> dict[str, str]:
         "STORAGE_LOCATIONS": "local",
         "STORAGE_LOCAL_DRIVER": "local",
         "STORAGE_LOCAL_ROOT": "/directus/uploads",
-        "EXTENSIONS_PATH": "/directus/extensions",
+        # Rendered and mounted read-only: the one extension is ccoas's (Hasura claims); nothing
+        # can be installed at run time.
+        "EXTENSIONS_PATH": f"{CONFIG_DIR}/extensions",
+        "CCOAS_TENANT_FIELD": TENANT_FIELD,
         "CACHE_ENABLED": "false",
         "RATE_LIMITER_ENABLED": "false",
         # Realtime: item subscriptions over a websocket at /websocket, authenticated by the
@@ -111,7 +125,22 @@ def service(ctx: Context) -> Service:
             VolumeMount(volume="directus-uploads", target="/directus/uploads"),
             VolumeMount(volume="directus-extensions", target="/directus/extensions"),
         ),
-        config_templates=("directus/directus.env.j2", "directus/exit-after-shutdown.cjs.j2"),
+        config_templates=(
+            "directus/directus.env.j2",
+            "directus/exit-after-shutdown.cjs.j2",
+            "directus/access.json.j2",
+            "directus/provision.mjs.j2",
+            "directus/extensions/ccoas-hasura-claims/package.json.j2",
+            "directus/extensions/ccoas-hasura-claims/index.js.j2",
+        ),
+        hooks=(
+            Hook(
+                kind="exec",
+                stage="ready",
+                command=("node", f"{CONFIG_DIR}/provision.mjs"),
+                description="provision the tenant field, the app-user role and its permissions from the presets (idempotent)",
+            ),
+        ),
         healthcheck=check("CMD", "node", "-e", PING_SCRIPT, interval=5, retries=30, start=60),
         liveness=check("CMD", "node", "-e", PING_SCRIPT, interval=10, retries=30, start=60),
     )

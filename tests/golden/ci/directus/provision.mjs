@@ -1,0 +1,113 @@
+// Rendered by ccoas from the plan of stack pr-42 (ci): do not edit.
+// Makes Directus enforce access.json through its own REST API on localhost, as its admin
+// (credentials read here from the secret file, never passed in): the users' tenant field,
+// the role app-user with its policy, and the item permissions of that policy and of the
+// public policy on the app tables. A second run changes nothing; a changed preset or table
+// converges (permissions of these policies that access.json no longer holds are deleted).
+import { readFileSync } from "node:fs";
+
+const api = "http://127.0.0.1:8055";
+const access = JSON.parse(readFileSync(new URL("./access.json", import.meta.url), "utf8"));
+const counts = { created: 0, updated: 0, deleted: 0 };
+
+function secret(path) {
+	const value = readFileSync(path, "utf8").trim();
+	if (!value) throw new Error(`the secret file ${path} is empty`);
+	return value;
+}
+
+let token = null;
+
+async function call(method, path, body) {
+	const response = await fetch(api + path, {
+		method,
+		headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+		body: body === undefined ? undefined : JSON.stringify(body),
+	});
+	const text = await response.text();
+	if (!response.ok) {
+		const error = new Error(`${method} ${path}: HTTP ${response.status} ${text.slice(0, 500)}`);
+		error.status = response.status;
+		throw error;
+	}
+	return text ? JSON.parse(text).data : null;
+}
+
+const query = (filter) => `filter=${encodeURIComponent(JSON.stringify(filter))}&limit=-1`;
+
+async function ensureOne(collection, filter, wanted) {
+	const [found] = await call("GET", `/${collection}?${query(filter)}`);
+	if (!found) {
+		counts.created += 1;
+		return call("POST", `/${collection}`, wanted);
+	}
+	const changed = Object.fromEntries(Object.entries(wanted).filter(([key, value]) => JSON.stringify(found[key]) !== JSON.stringify(value)));
+	if (Object.keys(changed).length === 0) return found;
+	counts.updated += 1;
+	return call("PATCH", `/${collection}/${found.id}`, changed);
+}
+
+async function ensureTenantField(field) {
+	try {
+		await call("GET", `/fields/directus_users/${field.field}`);
+	} catch (error) {
+		if (error.status !== 403 && error.status !== 404) throw error;
+		counts.created += 1;
+		await call("POST", "/fields/directus_users", {
+			field: field.field,
+			type: field.type,
+			schema: { is_nullable: true },
+			meta: { interface: "input", note: field.note, special: null },
+		});
+	}
+}
+
+// Directus stores an empty filter or field list in more than one way: compare meaning.
+const empty = (value) => value === null || value === undefined || (typeof value === "object" && Object.keys(value).length === 0);
+const same = (a, b) => (empty(a) && empty(b)) || JSON.stringify(a) === JSON.stringify(b);
+const fields = (value) => (value === null || value === undefined ? null : [...value].sort());
+
+async function converge(policy, wanted, manages) {
+	const existing = (await call("GET", `/permissions?${query({ policy: { _eq: policy } })}`)).filter(manages);
+	const key = (p) => `${p.collection}\u0000${p.action}`;
+	const byKey = new Map(existing.map((p) => [key(p), p]));
+	for (const permission of wanted) {
+		const body = { ...permission, policy };
+		const found = byKey.get(key(permission));
+		byKey.delete(key(permission));
+		if (!found) {
+			counts.created += 1;
+			await call("POST", "/permissions", body);
+		} else if (
+			!same(found.permissions, permission.permissions) ||
+			!same(found.validation, permission.validation) ||
+			!same(found.presets, permission.presets) ||
+			JSON.stringify(fields(found.fields)) !== JSON.stringify(fields(permission.fields))
+		) {
+			counts.updated += 1;
+			await call("PATCH", `/permissions/${found.id}`, body);
+		}
+	}
+	for (const stale of byKey.values()) {
+		counts.deleted += 1;
+		await call("DELETE", `/permissions/${stale.id}`);
+	}
+}
+
+const email = process.env.ADMIN_EMAIL;
+const password = secret(process.env.ADMIN_PASSWORD_FILE);
+token = (await call("POST", "/auth/login", { email, password })).access_token;
+
+await ensureTenantField(access.tenant_field);
+const policy = await ensureOne("policies", { name: { _eq: access.policy.name } }, access.policy);
+const role = await ensureOne("roles", { name: { _eq: access.role.name } }, access.role);
+await ensureOne("access", { _and: [{ role: { _eq: role.id } }, { policy: { _eq: policy.id } }] }, { role: role.id, policy: policy.id });
+await converge(policy.id, access.permissions, () => true);
+
+// The public policy is the one attached to no role and no user. Only its permissions on app
+// tables are ccoas's (every collection not Directus's own): an administrator keeps the rest.
+const [publicAccess] = await call("GET", `/access?${query({ _and: [{ role: { _null: true } }, { user: { _null: true } }] })}`);
+if (!publicAccess) throw new Error("Directus has no public policy (an access row with no role and no user)");
+await converge(publicAccess.policy, access.public_permissions, (p) => !p.collection.startsWith("directus_"));
+
+console.log(`directus provision: ${counts.created} created, ${counts.updated} updated, ${counts.deleted} deleted`);
