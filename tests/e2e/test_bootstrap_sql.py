@@ -8,7 +8,10 @@ map so the throwaway OS user may be ``postgres``. The rendered ``bootstrap.sql``
 its passwords from secret files in a temporary directory instead of ``/run/secrets``.
 
 Proves: the SQL applies, applies again without changing anything (idempotent), RLS
-really filters rows for every preset, pg_hba admits only the app roles with their
+really filters rows for every preset, through ccoas.* settings and through Hasura's
+hasura.user session alike (count for count), the bootstrap cannot be turned against itself
+(the planted-operator escalation replayed), Directus's tables of an earlier stack move out
+of public, pg_hba admits only the app roles with their
 passwords, no password reaches the server log, and a rotated password takes effect.
 
 Postgres refuses to run as root, so as root this test creates an OS user
@@ -17,9 +20,9 @@ Postgres refuses to run as root, so as root this test creates an OS user
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
-import json
 import secrets
 import shutil
 import socket

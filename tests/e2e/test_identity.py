@@ -49,11 +49,13 @@ def identity_stack() -> dict[str, Any]:
     return stack
 
 
+def identity_stack_file(directory: Path) -> Path:
+    return _write(directory / "identity.yaml", identity_stack())
+
+
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("identity") / "identity.yaml"
-    path.write_text(yaml.safe_dump(identity_stack(), sort_keys=False))
-    return path
+    return identity_stack_file(tmp_path_factory.mktemp("identity"))
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +307,23 @@ def test_as_token_carries_hasura_claims_and_verifies_with_hasuras_key(engine, st
     assert hmac.compare_digest(expected, signature)
     forged = base64.urlsafe_b64encode(hmac.new(b"another key", f"{header}.{payload}".encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
     assert forged != signature
+
+
+# --- last, as it changes the stack: a changed preset converges on the next up ----------------
+
+
+def test_a_changed_preset_converges_on_the_next_up(engine, stack_file, directus, users, tmp_path):
+    """articles: public-read → owner-only. The next up changes the policies in Postgres and the
+    permissions in Directus: no more anonymous reads; each owner keeps their own."""
+    a = users["a"]["token"]
+    article = directus.ok("POST", "/items/articles", {"title": "private now"}, a)
+    data = yaml.safe_load(stack_file.read_text())
+    [articles] = [t for t in data["schema"]["tables"] if t["name"] == "articles"]
+    articles["policy"] = "owner-only"
+    changed = LocalEngine.connect(build_plan(load_stack(_write(tmp_path / "changed.yaml", data)), name=engine.plan.stack))
+    assert changed.up().changes > 0
+    assert directus.call("GET", "/items/articles?limit=-1")[0] in (401, 403)
+    assert article["id"] not in {x["id"] for x in directus.ok("GET", "/items/articles?limit=-1", token=users["b"]["token"])}
+    assert article["id"] in {x["id"] for x in directus.ok("GET", "/items/articles?limit=-1", token=a)}
+    assert psql(engine, "SELECT string_agg(policyname, ',' ORDER BY policyname) FROM pg_policies WHERE tablename = 'articles'") == ["ccoas_directus_control_plane,ccoas_owner_only"]
+    assert provision(changed) == "directus provision: 0 created, 0 updated, 0 deleted"

@@ -17,11 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
-from test_identity import Directus, identity_stack, psql  # tests/e2e is on sys.path (rootdir imports)
+from test_identity import Directus, identity_stack_file, psql  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,9 +32,7 @@ NAME = f"e2e-h9m-{uuid.uuid4().hex[:6]}"
 
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("migration") / "migration.yaml"
-    path.write_text(yaml.safe_dump(identity_stack(), sort_keys=False))
-    return path
+    return identity_stack_file(tmp_path_factory.mktemp("migration"))
 
 
 @pytest.fixture(scope="module")
