@@ -46,6 +46,9 @@ def identity_stack() -> dict[str, Any]:
     for component in ("redis", "minio", "ollama", "hasura"):
         stack["components"][component] = {"enabled": False, **({"image": {"source": "registry"}} if component == "hasura" else {})}
     stack["schema"] = yaml.safe_load((REPO / "stacks" / "dev.yaml").read_text())["schema"]
+    for table in stack["schema"]["tables"]:  # no Ollama here: the columns stay, unembedded
+        for column in table["columns"]:
+            column.pop("embed", None)
     return stack
 
 
