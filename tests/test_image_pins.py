@@ -20,12 +20,9 @@ from ccoas.planner import CATALOG
 PROD = Path(__file__).resolve().parent.parent / "stacks" / "prod.yaml"
 
 PINNED = sorted(name for name, component in CATALOG.items() if component.registry_image is not None)
-DIRECTUS_PENDING = pytest.mark.xfail(
-    strict=False, reason="directus.py is the identity work's (its pin moves to 11.17.4 there, with its source)"
-)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=DIRECTUS_PENDING) if n == "directus" else n for n in PINNED])
+@pytest.mark.parametrize("name", PINNED)
 def test_every_registry_pin_says_where_its_digest_was_seen(name):
     component = CATALOG[name]
     assert re.search(r"@sha256:[0-9a-f]{64}$", component.registry_image)

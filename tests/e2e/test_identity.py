@@ -12,6 +12,7 @@ and, in test_bootstrap_sql.py, by its hasura.user sessions against a real Postgr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,6 +20,7 @@ import json
 import os
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 import yaml
 
 from ccoas.engine.local import LocalEngine
@@ -76,9 +79,11 @@ class Directus:
 
     def __init__(self, engine: LocalEngine):
         rows = {r.service: r for r in engine.status()}
-        self.url = next(e for e in rows["nginx"].endpoints if e.startswith("https://")) + "/directus"
+        published = next(e for e in rows["nginx"].endpoints if e.startswith("https://"))
+        # Nginx answers only to the stack's domain (SNI and Host): the domain, on the published port
+        self.origin = f"https://{engine.plan.domain}:{published.rsplit(':', 1)[1]}"
+        self.url = self.origin + "/directus"
         self.context = ssl.create_default_context(cafile=str(engine.paths.secret_file("nginx", "nginx_tls_cert")))
-        self.context.check_hostname = False  # the endpoint is an IP; the chain is still verified
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
         request = urllib.request.Request(
@@ -268,6 +273,7 @@ def hasura_jwt_key(engine, stack_file: Path, tmp_path: Path) -> str:
     stack's secret files up to the point where it execs the engine, which prints its env."""
     data = yaml.safe_load(stack_file.read_text())
     data["components"]["hasura"] = {"enabled": True, "image": {"source": "registry"}}
+    data["components"]["postgraphile"] = {"enabled": False}  # one GraphQL plane per stack
     plan = build_plan(load_stack(_write(tmp_path / "with-hasura.yaml", data)), name=engine.plan.stack)
     assert plan.secret("directus_secret").vault_path == engine.plan.secret("directus_secret").vault_path
     assert set(plan.secret("directus_secret").readers) == {"directus", "hasura"}
@@ -298,6 +304,7 @@ def test_as_token_carries_hasura_claims_and_verifies_with_hasuras_key(engine, st
     a = users["a"]
     header, payload, signature = a["token"].split(".")
     assert decode(header)["alg"] == "HS256"
+    assert decode(payload)["tenant_id"] == a["tenant"]  # PostGraphile's tenant claim
     claims = decode(payload)[CLAIMS]
     assert claims == {
         "x-hasura-user-id": a["id"],
@@ -310,6 +317,110 @@ def test_as_token_carries_hasura_claims_and_verifies_with_hasuras_key(engine, st
     assert hmac.compare_digest(expected, signature)
     forged = base64.urlsafe_b64encode(hmac.new(b"another key", f"{header}.{payload}".encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
     assert forged != signature
+
+
+# --- the same user at the GraphQL plane (PostGraphile) through Nginx, with the same token -------
+
+
+def graphql(directus: Directus, query: str, token: str | None = None) -> dict:
+    request = urllib.request.Request(
+        directus.origin + "/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    try:
+        with urllib.request.urlopen(request, context=directus.context, timeout=30) as response:
+            return json.loads(response.read().decode())
+    except urllib.error.HTTPError as error:  # GraphQL over HTTP answers refusals with 4xx and a body
+        return json.loads(error.read().decode() or "{}")
+
+
+def test_a_directus_login_reads_the_same_rows_through_graphql(directus, users, written):
+    for name in ("a", "b"):
+        answer = graphql(directus, "{ allNotes { nodes { rowId ownerId } } allDocuments { nodes { rowId tenantId } } }", users[name]["token"])
+        assert "errors" not in answer, answer
+        notes, documents = answer["data"]["allNotes"]["nodes"], answer["data"]["allDocuments"]["nodes"]
+        assert sorted(n["rowId"] for n in notes) == sorted(written[name]["notes"])
+        assert {n["ownerId"] for n in notes} == {users[name]["id"]}
+        assert sorted(d["rowId"] for d in documents) == sorted(written[name]["documents"])
+        assert {d["tenantId"] for d in documents} == {users[name]["tenant"]}
+    anonymous = graphql(directus, "{ allNotes { nodes { rowId } } }")
+    refused = (anonymous.get("data") or {}).get("allNotes")  # no token: owner-only rows are nobody's
+    assert refused is None or refused["nodes"] == [], anonymous
+
+
+# --- changes reach only the subscribers allowed to see them, through Nginx -----------------------
+
+
+async def _directus_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """Directus realtime over wss: authenticate in the handshake message, subscribe to notes."""
+    url = directus.origin.replace("https://", "wss://") + "/directus/websocket"
+    async with websockets.connect(url, ssl=directus.context, open_timeout=20) as ws:
+        await ws.send(json.dumps({"type": "auth", "access_token": token}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert answer.get("type") == "auth" and answer.get("status") == "ok", answer
+        await ws.send(json.dumps({"type": "subscribe", "collection": "notes", "uid": "notes", "query": {"fields": ["id", "owner_id", "body"]}}))
+        init = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert init.get("type") == "subscription" and init.get("event") == "init", init
+        ready.set()
+        while not stop.is_set():
+            try:
+                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
+            except asyncio.TimeoutError:
+                continue
+            if message.get("type") == "ping":
+                await ws.send(json.dumps({"type": "pong"}))
+            else:
+                received.append((time.monotonic(), message))
+
+
+async def _graphql_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """PostGraphile over wss (graphql-transport-ws), authenticated with the Directus token."""
+    url = directus.origin.replace("https://", "wss://") + "/graphql"
+    async with websockets.connect(url, ssl=directus.context, subprotocols=["graphql-transport-ws"], open_timeout=20) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
+        ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ack["type"] == "connection_ack", ack
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { notesChanged { op node { body ownerId } } }"}}))
+        await asyncio.sleep(0.5)  # the LISTEN is issued when the subscription starts
+        ready.set()
+        while not stop.is_set():
+            try:
+                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
+            except asyncio.TimeoutError:
+                continue
+            received.append((time.monotonic(), message))
+
+
+@pytest.mark.parametrize("subscriber", [_directus_subscriber, _graphql_subscriber], ids=["directus-realtime", "graphql"])
+def test_a_subscriber_gets_its_own_change_and_nothing_of_others(directus, users, subscriber):
+    """A subscribes; B's insert (through Directus) must not reach A; A's own insert must, within 2 s."""
+    a, b = users["a"], users["b"]
+    received: list = []
+    marker = uuid.uuid4().hex[:8]
+
+    async def scenario() -> float:
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(subscriber(directus, a["token"], received, ready, stop))
+        await asyncio.wait_for(ready.wait(), 20)
+        await asyncio.to_thread(directus.ok, "POST", "/items/notes", {"body": f"b {marker}"}, b["token"])
+        await asyncio.sleep(1.5)
+        leaked = list(received)
+        began = time.monotonic()
+        await asyncio.to_thread(directus.ok, "POST", "/items/notes", {"body": f"a {marker}"}, a["token"])
+        while not received[len(leaked):] and time.monotonic() - began < 2:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        assert leaked == [], leaked
+        return began
+
+    began = asyncio.run(scenario())
+    assert len(received) == 1, received
+    at, message = received[0]
+    assert f"a {marker}" in json.dumps(message) and a["id"] in json.dumps(message), message
+    assert f"b {marker}" not in json.dumps(message)
+    print(f"\ninsert through Directus → {subscriber.__name__.strip('_')}: {(at - began) * 1000:.1f} ms")
 
 
 # --- last, as it changes the stack: a changed preset converges on the next up ----------------
@@ -325,6 +436,9 @@ def test_a_changed_preset_converges_on_the_next_up(engine, stack_file, directus,
     articles["policy"] = "owner-only"
     changed = LocalEngine.connect(build_plan(load_stack(_write(tmp_path / "changed.yaml", data)), name=engine.plan.stack))
     assert changed.up().changes > 0
+    # the up may recreate Nginx (it starts after PostGraphile, which serves the changed schema),
+    # and with host_port 0 the engine then picks a new port: reach it as a client would, anew
+    directus = Directus(changed)
     assert directus.call("GET", "/items/articles?limit=-1")[0] in (401, 403)
     assert article["id"] not in {x["id"] for x in directus.ok("GET", "/items/articles?limit=-1", token=users["b"]["token"])}
     assert article["id"] in {x["id"] for x in directus.ok("GET", "/items/articles?limit=-1", token=a)}
