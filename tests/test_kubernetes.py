@@ -489,8 +489,9 @@ def test_a_new_exec_hook_translates_without_changing_the_translation():
         s.model_copy(update={"hooks": (*s.hooks, hook)}) if s is directus else s for s in plan.services
     )})
     template = pod_templates(kubernetes.manifest_files(changed))["directus"]
-    [sidecar] = [c for c in template["spec"]["initContainers"] if c["name"].startswith("hook-")]
-    assert shlex.join(hook.command) in sidecar["command"][2]
+    sidecars = [c for c in template["spec"]["initContainers"] if c["name"].startswith("hook-")]
+    assert len(sidecars) == len(directus.hooks) + 1
+    [sidecar] = [c for c in sidecars if shlex.join(hook.command) in c["command"][2]]
     assert shlex.join(kubernetes.check_command(directus.liveness)) in sidecar["command"][2]
 
 

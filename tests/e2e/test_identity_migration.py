@@ -3,7 +3,9 @@ on public) converges on the next `up` without losing Directus's users, files or 
 
 The earlier state is made by the earlier code itself: the ccoas tree of commit EARLIER,
 extracted with git and run as its own process, brings the stack up; the admin adds a user,
-a file and a setting; then this tree's `up` takes over the same stack.
+a file and a setting; then this tree's `up` takes over the same stack. The earlier code ran
+Directus 12.4 and this tree runs 11.17.4 (see README, "Why Directus 11"): the same test proves
+that Directus 11 starts on the database 12 migrated and keeps what was made under 12.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
-from test_identity import Directus, identity_stack_file, psql  # tests/e2e is on sys.path (rootdir imports)
+from test_identity import Directus, _write, identity_stack, psql  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +34,18 @@ NAME = f"e2e-h9m-{uuid.uuid4().hex[:6]}"
 
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory) -> Path:
-    return identity_stack_file(tmp_path_factory.mktemp("migration"))
+    """The identity stack without the GraphQL plane (the earlier code had no PostGraphile)."""
+    data = identity_stack()
+    data["components"]["postgraphile"] = {"enabled": False}
+    return _write(tmp_path_factory.mktemp("migration") / "identity.yaml", data)
+
+
+@pytest.fixture(scope="module")
+def earlier_stack_file(tmp_path_factory) -> Path:
+    """The same stack as the earlier code reads it (it knew no postgraphile key)."""
+    data = identity_stack()
+    data["components"].pop("postgraphile")
+    return _write(tmp_path_factory.mktemp("migration-earlier") / "identity.yaml", data)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +57,10 @@ def earlier_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def migrated(stack_file, earlier_tree):
+def migrated(stack_file, earlier_stack_file, earlier_tree):
     """The stack up by the earlier code, written to through Directus, then up by this code."""
     earlier = subprocess.run(
-        [sys.executable, "-m", "ccoas.cli", "up", str(stack_file), "--name", NAME],
+        [sys.executable, "-m", "ccoas.cli", "up", str(earlier_stack_file), "--name", NAME],
         capture_output=True, text=True, timeout=1500, cwd=earlier_tree, env={**os.environ, "PYTHONPATH": str(earlier_tree)},
     )
     engine = LocalEngine.connect(build_plan(load_stack(stack_file), name=NAME))
