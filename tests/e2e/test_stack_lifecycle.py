@@ -16,6 +16,7 @@ import uuid
 import urllib.error
 import urllib.request
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -150,8 +151,15 @@ def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engi
     "without Podman's isolate option and the isolation control fails (it passes when this module runs "
     "alone, and on the dev stack); every other control holds. See README, Known gaps.",
 )
-def test_compliance_controls_hold(engine):
-    assert run_checks(STACK, NAME) == 0
+def test_compliance_controls_hold(engine, tmp_path):
+    junit = tmp_path / "controls.xml"
+    code = run_checks(STACK, NAME, junit=junit)
+    failed = [
+        f"{case.get('name')}: {(case.find('failure').get('message') or '')[:300]}"
+        for case in ElementTree.parse(junit).getroot().iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ] if junit.exists() else ["no junit report"]
+    assert code == 0, failed
 
 
 def test_pgvector_extension_and_knn(engine):
