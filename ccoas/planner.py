@@ -21,11 +21,11 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas.components import directus, hasura, minio, nginx, ollama, postgraphile, postgres, redis, vault
+from ccoas.components import directus, hasura, minio, nginx, ollama, postgraphile, postgres, redis, services, vault
 from ccoas.components.base import Component, Context
 from ccoas.errors import Problem, StackError
 from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy
-from ccoas.stack import COMPONENTS, HNSW_MAX_DIMS, RESERVED_SCHEMAS, Schema, Stack, check_name, read_stack, validate_document
+from ccoas.stack import COMPONENTS, HNSW_MAX_DIMS, RESERVED_SCHEMAS, SERVICE_NETWORKS, Schema, Stack, check_name, read_stack, validate_document
 
 CATALOG: dict[str, Component] = {
     m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, vault)
@@ -45,16 +45,24 @@ NETWORK_PURPOSE = {
 Graph = dict[str, tuple[str, ...]]
 
 
+def stack_catalog(stack: Stack) -> dict[str, Component]:
+    """:data:`CATALOG` and the stack's own services (``services:``), each a component."""
+    own = {name: services.component(name, config) for name, config in sorted(stack.services.items())}
+    return {**CATALOG, **own}
+
+
 # -- the one dependency graph -------------------------------------------------------------------
 
 
 def dependency_graph(stack: Stack) -> Graph:
     """Enabled component → what it waits for: its requirements, its soft order and the stack's
     extra ``depends_on``, when enabled. Validation and start order both read this graph."""
-    enabled = set(stack.enabled())
+    names = (*stack.enabled(), *stack.enabled_services())
+    enabled = set(names)
+    catalog = stack_catalog(stack)
     graph: Graph = {}
-    for name in stack.enabled():
-        spec = CATALOG[name]
+    for name in names:
+        spec = catalog[name]
         wanted = {*spec.requires, *spec.after, *stack.component(name).depends_on}
         graph[name] = tuple(sorted(d for d in wanted if d in enabled and d != name))
     return graph
@@ -246,6 +254,73 @@ def ensure_hnsw_columns_fit(stack: Stack) -> list[tuple[str, str]]:
     ]
 
 
+SECRET_ENV_WORDS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE_KEY", "API_KEY", "ACCESS_KEY")
+"""An environment name holding one of these is a secret: it goes under ``secrets:`` (a file)."""
+
+
+def ensure_service_names_free(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (f"services.{name}", f"{name!r} is a component of ccoas: name the service otherwise")
+        for name in stack.services
+        if name in COMPONENTS
+    ]
+
+
+def ensure_service_networks_allowed(stack: Stack) -> list[tuple[str, str]]:
+    """Placement: only nginx is on edge (it alone publishes); a user service joins auth and/or db."""
+    problems = []
+    for name, config in stack.services.items():
+        for index, network in enumerate(config.networks):
+            where = f"services.{name}.networks[{index}]"
+            if network == "edge":
+                problems.append((where, "only nginx is on the edge network (it alone publishes); a user service joins auth and/or db"))
+            elif network not in SERVICE_NETWORKS:
+                problems.append((where, f"expected one of {', '.join(SERVICE_NETWORKS)}, got {network!r}"))
+        if len(set(config.networks)) != len(config.networks):
+            problems.append((f"services.{name}.networks", "a network is listed twice"))
+    return problems
+
+
+def ensure_service_image_known(stack: Stack) -> list[tuple[str, str]]:
+    problems = []
+    for name, config in stack.services.items():
+        image = config.image
+        where = f"services.{name}.image"
+        if (image.recipe is None) == (image.ref is None):
+            problems.append((where, "expected exactly one of recipe (a local recipe ccoas knows) or ref (an image pinned by digest)"))
+        elif image.recipe is not None and image.recipe not in services.RECIPES:
+            known = ", ".join(sorted(services.RECIPES)) or "none"
+            problems.append((f"{where}.recipe", f"expected a recipe ccoas knows ({known}), got {image.recipe!r}"))
+    return problems
+
+
+def ensure_service_environment_has_no_secret(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (
+            f"services.{name}.environment.{key}",
+            "looks like a secret: environment values are visible to anyone who inspects the container; declare it under secrets: (mounted as a file)",
+        )
+        for name, config in stack.services.items()
+        for key in config.environment
+        if any(word in key.upper() for word in SECRET_ENV_WORDS)
+    ]
+
+
+def ensure_service_dependencies_enabled(stack: Stack) -> list[tuple[str, str]]:
+    enabled = {*stack.enabled(), *stack.enabled_services()}
+    problems = []
+    for name in stack.enabled_services():
+        for index, needed in enumerate(stack.services[name].depends_on):
+            where = f"services.{name}.depends_on[{index}]"
+            if needed == name:
+                problems.append((where, f"{name} cannot depend on itself"))
+            elif needed not in enabled:
+                problems.append((where, f"{name} depends on {needed!r}, which is not an enabled component or service"))
+        if stack.services[name].secrets and "vault" not in enabled:
+            problems.append((f"services.{name}.secrets", "secrets are kept in vault, which is not enabled"))
+    return problems
+
+
 RULES: tuple[Rule, ...] = (
     ensure_only_nginx_publishes,
     ensure_requirements_enabled,
@@ -261,6 +336,11 @@ RULES: tuple[Rule, ...] = (
     ensure_tables_well_formed,
     ensure_embedded_columns_valid,
     ensure_hnsw_columns_fit,
+    ensure_service_names_free,
+    ensure_service_networks_allowed,
+    ensure_service_image_known,
+    ensure_service_environment_has_no_secret,
+    ensure_service_dependencies_enabled,
 )
 """Cross-field rules that a schema alone cannot say; each returns ``(field path, message)`` pairs."""
 
@@ -294,11 +374,12 @@ def load_stack(path: str | Path) -> Stack:
 def build_plan(stack: Stack, name: str | None = None) -> Plan:
     """Resolve a validated stack into a plan. ``name`` overrides the stack name (ephemeral stacks)."""
     graph = dependency_graph(stack)
-    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name, components=CATALOG, graph=graph)
+    catalog = stack_catalog(stack)
+    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name, components=catalog, graph=graph)
     labels = {f"{LABEL_PREFIX}.stack": ctx.name}
     tiers = start_tiers(graph)
     order = [c for tier in tiers for c in tier]
-    declared = {c: CATALOG[c].declare(ctx) for c in order}
+    declared = {c: catalog[c].declare(ctx) for c in order}
     services = tuple(declared[c].service for c in order)
     used_networks = {n for s in services for n in s.networks}
     networks = tuple(

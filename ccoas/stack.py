@@ -122,6 +122,78 @@ class ComponentConfig(_Strict):
     """This component's log cap, when it is not the stack's :attr:`Stack.logs`."""
 
 
+SERVICE_NETWORKS = ("auth", "db")
+"""The networks a user service may join: only nginx is on ``edge`` (it alone publishes)."""
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+USER_RE = r"^[1-9][0-9]{0,9}:[1-9][0-9]{0,9}$"
+"""``uid:gid``, neither 0: a user service never runs as root."""
+
+
+class ServiceImage(_Strict):
+    """A user service's image: a local recipe ccoas knows, or an image pinned by digest."""
+
+    recipe: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    """A recipe of :data:`ccoas.components.services.RECIPES`, built by ccoas like a component's."""
+    ref: Annotated[str, Field(pattern=DIGEST_REF_RE)] | None = None
+    """``name:tag@sha256:…``: never a tag alone."""
+
+    @property
+    def source(self) -> str:
+        return "local" if self.recipe is not None else "registry"
+
+
+class ServiceHealthCheck(_Strict):
+    test: Annotated[tuple[str, ...], Field(min_length=2)]
+    """``[CMD, program, arg…]`` or ``[CMD-SHELL, "command line"]``."""
+    interval: Annotated[int, Field(ge=1, le=3600)] = 10
+    timeout: Annotated[int, Field(ge=1, le=600)] = 5
+    retries: Annotated[int, Field(ge=1, le=100)] = 5
+    start_period: Annotated[int, Field(ge=0, le=3600)] = 10
+
+    @field_validator("test")
+    @classmethod
+    def _test(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value[0] not in ("CMD", "CMD-SHELL"):
+            raise ValueError(f"expected CMD or CMD-SHELL first, got {value[0]!r}")
+        return value
+
+
+class ServiceSecret(_Strict):
+    """A credential of the service's own, generated into Vault and mounted as a file."""
+
+    generator: Literal["password", "token", "key"] = "password"
+    length: Annotated[int, Field(ge=16, le=256)] = 32
+    description: str = ""
+
+
+class UserService(_Strict):
+    """A service of the stack's own (``services.<name>``), hardened like every component."""
+
+    enabled: bool = True
+    image: ServiceImage
+    user: Annotated[str, Field(pattern=USER_RE)] = "65534:65534"
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    networks: Annotated[tuple[str, ...], Field(min_length=1)]
+    """``auth`` and/or ``db`` (validated against the placement rules by the planner)."""
+    expose: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = ()
+    """Ports other services of its networks reach it on (never published)."""
+    environment: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = {}
+    """Plain settings; a secret never goes here (the planner refuses secret-looking names)."""
+    secrets: dict[Annotated[str, Field(pattern=IDENT_RE)], ServiceSecret] = {}
+    """Each mounted read-only at ``/run/secrets/<service>_<name>``."""
+    healthcheck: ServiceHealthCheck
+    limits: Limits = Limits()
+    depends_on: tuple[str, ...] = ()
+    """Components or other user services this one starts after (healthy)."""
+    logs: Logs | None = None
+
+    @property
+    def publish(self) -> tuple[PublishedPort, ...]:
+        """Nothing: a user service publishes no port (only nginx does)."""
+        return ()
+
+
 class Embed(_Strict):
     """How a ``vector(N)`` column is filled: the embedding of another column's text, by a model."""
 
@@ -266,14 +338,28 @@ class Stack(_Strict):
     """Every container's log cap (a component's ``logs`` overrides it)."""
     components: Components = Components()
     schema_: Schema = Field(default=Schema(), alias="schema")
+    services: dict[Annotated[str, Field(pattern=NAME_RE)], UserService] = {}
+    """Services of the stack's own (see :mod:`ccoas.components.services`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
-    def component(self, name: str) -> ComponentConfig:
-        return getattr(self.components, name)
+    def component(self, name: str) -> ComponentConfig | UserService:
+        """A component's settings, or a user service's (both carry image, limits, logs,
+        depends_on and publish)."""
+        if name in COMPONENTS:
+            return getattr(self.components, name)
+        return self.services[name]
+
+    def config_path(self, name: str) -> str:
+        """Where ``name``'s settings are in the stack file: ``components.X`` or ``services.X``."""
+        return f"components.{name}" if name in COMPONENTS else f"services.{name}"
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(name for name in COMPONENTS if self.component(name).enabled)
+
+    def enabled_services(self) -> tuple[str, ...]:
+        """The stack's own services that are enabled, sorted by name."""
+        return tuple(sorted(name for name, config in self.services.items() if config.enabled))
 
     def image_source(self, name: str) -> str:
         return self.component(name).image.source or self.images.source or "registry"
@@ -303,8 +389,10 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def _expected_keys(loc: tuple[Any, ...]) -> list[str]:
     """The keys the schema allows at the mapping that holds ``loc[-1]``."""
     model: Any = Stack
+    skip = False
     for item in loc[:-1]:
-        if isinstance(item, int):
+        if isinstance(item, int) or skip:
+            skip = False
             continue
         fields = getattr(model, "model_fields", {})
         field = fields.get(item) or next((f for f in fields.values() if f.alias == item), None)
@@ -313,6 +401,8 @@ def _expected_keys(loc: tuple[Any, ...]) -> list[str]:
         annotation = field.annotation
         for candidate in (annotation, *getattr(annotation, "__args__", ())):
             candidate = getattr(candidate, "__args__", (candidate,))[0] if getattr(candidate, "__origin__", None) is tuple else candidate
+            if getattr(candidate, "__origin__", None) is dict:
+                candidate, skip = candidate.__args__[1], True
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 model = candidate
                 break

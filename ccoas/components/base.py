@@ -115,12 +115,13 @@ class Context:
 
     @cached_property
     def enabled(self) -> frozenset[str]:
-        return frozenset(self.stack.enabled())
+        """Enabled components and user services."""
+        return frozenset((*self.stack.enabled(), *self.stack.enabled_services()))
 
     @cached_property
     def all_secrets(self) -> tuple[Secret, ...]:
         secrets: list[Secret] = []
-        for name in COMPONENTS:
+        for name in (*COMPONENTS, *self.stack.enabled_services()):
             if name in self.enabled:
                 owned = self.components[name].declare_secrets(self)
                 self._owned[name] = owned
@@ -168,7 +169,7 @@ class Context:
         ref = self.stack.component(component.name).image.ref
         if ref is not None:
             return RegistryPin(
-                ref=ref, upstream="as its tag names it", digest_source=f"the stack file (components.{component.name}.image.ref)"
+                ref=ref, upstream="as its tag names it", digest_source=f"the stack file ({self.stack.config_path(component.name)}.image.ref)"
             )
         if component.registry_image is None:
             return None

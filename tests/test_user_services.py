@@ -1,0 +1,160 @@
+"""Services of the stack's own (``services:``): validated at the boundary, planned like a
+component (same hardening), and translated by every consumer of the plan without a special case."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from ccoas import kubernetes
+from ccoas.cli import app
+from ccoas.compose import compose_document
+from ccoas.errors import StackError
+from ccoas.planner import build_plan, parse_stack
+from tests.test_pulumi_program import check_security, declared
+
+REF = "registry.example.org/acme/worker:1.2@sha256:" + "ab" * 32
+
+
+def worker(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "image": {"ref": REF},
+        "user": "1000:1000",
+        "command": ["worker", "--serve"],
+        "networks": ["db"],
+        "expose": [8080],
+        "environment": {"MODE": "fast"},
+        "secrets": {"api_key": {"generator": "token"}},
+        "healthcheck": {"test": ["CMD", "worker", "--check"], "interval": 5},
+        "depends_on": ["postgres"],
+    }
+    body.update(changes)
+    return body
+
+
+def with_service(stack_document, body: dict[str, Any], name: str = "worker", base: str = "dev") -> dict[str, Any]:
+    doc = stack_document(base)
+    doc["services"] = {name: body}
+    return doc
+
+
+def problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(StackError) as raised:
+        parse_stack(doc, "stack.yaml")
+    return [(p.path, p.message) for p in raised.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "fragment"),
+    [
+        ({"networks": ["edge"]}, "services.worker.networks[0]", "only nginx"),
+        ({"networks": ["lan"]}, "services.worker.networks[0]", "auth, db"),
+        ({"networks": []}, "services.worker.networks", "at least 1"),
+        ({"networks": ["db", "db"]}, "services.worker.networks", "twice"),
+        ({"image": {"ref": "registry.example.org/acme/worker:1.2"}}, "services.worker.image.ref", "sha256"),
+        ({"image": {}}, "services.worker.image", "exactly one"),
+        ({"image": {"ref": REF, "recipe": "embedder"}}, "services.worker.image", "exactly one"),
+        ({"image": {"recipe": "no-such-recipe"}}, "services.worker.image.recipe", "recipe ccoas knows"),
+        ({"user": "0:0"}, "services.worker.user", "[1-9]"),
+        ({"user": "root"}, "services.worker.user", "[1-9]"),
+        ({"environment": {"DB_PASSWORD": "hunter2"}}, "services.worker.environment.DB_PASSWORD", "secrets:"),
+        ({"environment": {"api_token": "x"}}, "services.worker.environment.api_token", "secrets:"),
+        ({"healthcheck": {"test": ["RUN", "x"]}}, "services.worker.healthcheck.test", "CMD"),
+        ({"healthcheck": None}, "services.worker.healthcheck", "object"),
+        ({"publish": [{"container_port": 8080, "host_port": 8080}]}, "services.worker.publish", "unknown key (expected one of"),
+        ({"privileged": True}, "services.worker.privileged", "healthcheck"),
+        ({"depends_on": ["nosuch"]}, "services.worker.depends_on[0]", "not an enabled"),
+        ({"depends_on": ["worker"]}, "services.worker.depends_on[0]", "itself"),
+    ],
+)
+def test_a_bad_service_is_one_problem_naming_its_field(stack_document, change, path, fragment):
+    found = problems(with_service(stack_document, worker(**change)))
+    assert len(found) == 1, found
+    assert found[0][0] == path and fragment in found[0][1], found
+
+
+def test_a_service_may_not_take_a_component_name(stack_document):
+    assert problems(with_service(stack_document, worker(), name="redis")) == [
+        ("services.redis", "'redis' is a component of ccoas: name the service otherwise")
+    ]
+
+
+def test_secrets_need_vault(stack_document):
+    doc = with_service(stack_document, worker())
+    doc["components"]["vault"] = {"enabled": False}
+    assert ("services.worker.secrets", "secrets are kept in vault, which is not enabled") in problems(doc)
+
+
+def test_the_cli_exits_2_without_a_traceback(stack_document, write_stack, tmp_path, runner):
+    path = write_stack(tmp_path, with_service(stack_document, worker(networks=["edge"])))
+    result = runner.invoke(app, ["plan", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "services.worker.networks[0]" in result.stderr and "only nginx" in result.stderr
+
+
+@pytest.fixture
+def plan(stack_document):
+    return build_plan(parse_stack(with_service(stack_document, worker()), "stack.yaml"))
+
+
+def test_the_plan_hardens_it_like_every_component(plan):
+    service = plan.service("worker")
+    assert service.user == "1000:1000" and service.read_only is True
+    assert service.cap_drop == ("ALL",) and service.cap_add == ()
+    assert service.security_opt == ("no-new-privileges:true",)
+    assert [t.target for t in service.tmpfs] == ["/tmp"] and "nosuid,nodev,noexec" in service.tmpfs[0].options
+    assert service.limits.memory_bytes and service.limits.nano_cpus and service.limits.pids
+    assert service.ports == () and dict(service.networks) == {"db": ("worker",)}
+    assert service.expose == (8080,)
+    assert service.environment == {"MODE": "fast"}
+    assert service.healthcheck.test == ("CMD", "worker", "--check") and service.healthcheck.interval_s == 5
+    assert service.image.ref == REF and service.image.pull == "never"
+    assert service.image.registry.digest_source == "the stack file (services.worker.image.ref)"
+    assert {d.service for d in service.depends_on} == {"postgres", "vault", "ollama"}
+
+
+def test_its_secrets_are_files_it_alone_reads_and_vault_lets_it_read(plan):
+    secret = next(s for s in plan.secrets if s.name == "worker_api_key")
+    assert secret.owner == "worker" and secret.readers == ("worker",) and secret.generator == "token"
+    mount = plan.service("worker").secrets
+    assert [(m.secret, m.target, m.uid, m.gid, m.mode) for m in mount] == [("worker_api_key", "/run/secrets/worker_api_key", 1000, 1000, 0o400)]
+    policy = next(p for p in plan.vault.policies if p.service == "worker")
+    assert policy.read_paths == ("worker/api_key",)
+    assert not any(secret.name in value for value in plan.service("worker").environment.values())
+
+
+def test_it_starts_after_what_it_depends_on(plan):
+    tier = {name: index for index, names in enumerate(plan.start_order) for name in names}
+    assert tier["worker"] > tier["postgres"] and tier["worker"] > tier["vault"]
+
+
+def test_a_disabled_service_is_not_planned(stack_document):
+    plan = build_plan(parse_stack(with_service(stack_document, worker(enabled=False)), "stack.yaml"))
+    assert "worker" not in {s.name for s in plan.services}
+
+
+def test_the_compose_export_translates_it(plan):
+    body = compose_document(plan)["services"]["worker"]
+    assert body["image"] == REF and body["user"] == "1000:1000" and body["read_only"] is True
+    assert body["cap_drop"] == ["ALL"] and "ports" not in body
+    assert list(body["networks"]) == ["db"]
+
+
+def test_the_pulumi_program_translates_it(plan):
+    container = declared(plan).containers["worker"]
+    check_security(plan, "worker", container)
+
+
+def test_kubernetes_translates_it(plan):
+    files = kubernetes.manifest_files(plan)
+    objects = [o for name in kubernetes.manifests(files) for o in yaml.safe_load_all(files[name]) if o]
+    workloads = [o for o in objects if o.get("kind") in ("Deployment", "StatefulSet") and "worker" in o["metadata"]["name"]]
+    assert len(workloads) == 1
+    pod = workloads[0]["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "worker")
+    assert container["image"] == REF
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
