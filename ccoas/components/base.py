@@ -34,7 +34,7 @@ from ccoas.plan import (
     TmpfsMount,
     Volume,
 )
-from ccoas.stack import COMPONENTS, Stack, parse_size
+from ccoas.stack import COMPONENTS, Stack, UserService, parse_size  # noqa: F401 - UserService: for components/services.py
 
 SECRETS_DIR = "/run/secrets"
 

@@ -12,9 +12,8 @@ environment value) and its health check.
 
 from __future__ import annotations
 
-from ccoas.components.base import Component, Context, Recipe, check
+from ccoas.components.base import Component, Context, Recipe, UserService, check
 from ccoas.plan import Secret, Service
-from ccoas.stack import UserService
 
 RECIPES: dict[str, Recipe] = {}
 """Local image recipes a user service may name (``image.recipe``)."""
