@@ -54,6 +54,16 @@ class HealthCheck(Model):
     retries: int = 5
     start_period_s: int = 10
 
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The check as a command to run: ``CMD`` as is, ``CMD-SHELL`` through ``sh -c``."""
+        kind, *args = self.test
+        if kind == "CMD":
+            return tuple(args)
+        if kind == "CMD-SHELL":
+            return ("sh", "-c", *args)
+        raise ValueError(f"health check {self.test!r}: expected CMD or CMD-SHELL")
+
 
 class Artifact(Model):
     kind: Literal["pypi", "npm", "go", "deb"]

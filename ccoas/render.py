@@ -212,10 +212,10 @@ def file_mode(relative: str) -> int:
 
 def rendered_files(plan: Plan) -> dict[str, str]:
     """Every file of the render, relative path → text, without touching the disk."""
-    from ccoas.compose import compose_document
+    from ccoas.compose import compose_text
 
     files = config_files(plan)
-    files[COMPOSE_FILE] = yaml_text(compose_document(plan))
+    files[COMPOSE_FILE] = compose_text(plan, yaml_text)
     files[PLAN_FILE] = plan.to_json()
     return dict(sorted(files.items()))
 

@@ -241,11 +241,49 @@ def test_equivalence_check_notices_a_published_port_outside_nginx(load_plan):
 # -- the compose export describes the same containers -----------------------------------------------
 
 COMPOSE_FIELDS = (
-    "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "env", "command", "entrypoint",
-    "healthcheck", "memory", "nano_cpus", "pids", "restart", "logs", "networks", "ports", "labels",
+    "image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs", "mounts", "env", "command",
+    "entrypoint", "healthcheck", "memory", "nano_cpus", "pids", "restart", "logs", "networks", "ports", "labels",
 )  # fmt: skip
-"""Every field but ``mounts``: Compose names volumes and secret files in its own terms (checked
-in test_render.py against the plan)."""
+"""Every field: mounts in the terms both sides share (volume names, config directories relative
+to the render, secret files relative to the secrets directory, which is one file per reader on
+both sides)."""
+HARDENING = ("image", "user", "read_only", "cap_drop", "cap_add", "security_opt", "tmpfs")
+"""What the containers the export adds (a service's settle container and its gate) share with it."""
+
+
+def _unescape(value: str) -> str:
+    """Compose's ``$$`` is a ``$``."""
+    return value.replace("$$", "$")
+
+
+def normalize_docker_mounts(plan: Plan, body: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The local engine's mounts, host paths relative to where the stack's files live."""
+    paths = example_paths(plan)
+    result = []
+    for mount in body["HostConfig"]["Mounts"]:
+        source = mount["Source"]
+        if mount["Type"] == "bind":
+            for root, name in ((paths.secrets, "secrets"), (paths.render, "render")):
+                if source.startswith(f"{root}/"):
+                    source = f"{name}/{source.removeprefix(f'{root}/')}"
+        result.append((mount["Type"], source, mount["Target"], mount["ReadOnly"]))
+    return sorted(result)
+
+
+def normalize_compose_mounts(document: dict[str, Any], body: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """A Compose service's volumes and secrets in the same terms."""
+    result = []
+    for entry in body.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        read_only = mode == ["ro"]
+        if source.startswith("./"):
+            result.append(("bind", f"render/{source.removeprefix('./')}", target, read_only))
+        else:
+            result.append(("volume", document["volumes"][source]["name"], target, read_only))
+    for secret in body.get("secrets", []):
+        path = document["secrets"][secret["source"]]["file"]
+        result.append(("bind", "secrets/" + path.split("}/", 1)[1], secret["target"], True))
+    return sorted(result)
 
 
 def _compose_seconds(duration: str) -> int:
@@ -258,8 +296,11 @@ def _compose_bytes(value: str) -> int:
     return int(value[:-1]) * units[value[-1]]
 
 
-def normalize_compose(plan: Plan, body: dict[str, Any]) -> dict[str, Any]:
+def normalize_compose(plan: Plan, body: dict[str, Any], document: dict[str, Any] | None = None) -> dict[str, Any]:
     """One service of the compose export in the common shape (network keys → engine names)."""
+    from ccoas.compose import compose_document
+
+    document = document if document is not None else compose_document(plan)
     health = body["healthcheck"]
     limits = body.get("deploy", {}).get("resources", {}).get("limits", {})
     policy, _, retries = body["restart"].partition(":")
@@ -271,11 +312,12 @@ def normalize_compose(plan: Plan, body: dict[str, Any]) -> dict[str, Any]:
         "cap_add": tuple(sorted(body.get("cap_add", []))),
         "security_opt": tuple(sorted(body["security_opt"])),
         "tmpfs": _tmpfs(dict(entry.split(":", 1) for entry in body.get("tmpfs", []))),
-        "env": dict(body["environment"]),
-        "command": tuple(body["command"]) if "command" in body else None,
-        "entrypoint": tuple(body["entrypoint"]) if "entrypoint" in body else None,
-        "healthcheck": (
-            tuple(health["test"]),
+        "mounts": normalize_compose_mounts(document, body),
+        "env": {key: _unescape(value) for key, value in body.get("environment", {}).items()},
+        "command": tuple(map(_unescape, body["command"])) if "command" in body else None,
+        "entrypoint": tuple(map(_unescape, body["entrypoint"])) if "entrypoint" in body else None,
+        "healthcheck": None if health.get("disable") else (
+            tuple(map(_unescape, health["test"])),
             _compose_seconds(health["interval"]),
             _compose_seconds(health["timeout"]),
             health["retries"],
@@ -286,7 +328,7 @@ def normalize_compose(plan: Plan, body: dict[str, Any]) -> dict[str, Any]:
         "pids": body.get("pids_limit"),
         "restart": (policy, int(retries or 0)),
         "logs": (body.get("logging", {}).get("driver"), dict(body.get("logging", {}).get("options") or {})),
-        "networks": {plan.network(n).engine_name: tuple(v["aliases"]) for n, v in body["networks"].items()},
+        "networks": {plan.network(n).engine_name: tuple(v["aliases"]) for n, v in body.get("networks", {}).items()},
         "ports": sorted((p["target"], p["protocol"], p["host_ip"], int(p.get("published", 0))) for p in body.get("ports", [])),
         "labels": dict(body["labels"]),
     }
@@ -297,11 +339,39 @@ def test_local_engine_and_compose_export_declare_the_same_container(load_plan, s
     from ccoas.compose import compose_document
 
     plan = load_plan(stack)
-    local = normalize_docker(container_create_body(plan, plan.service(service), example_paths(plan)))
+    body = container_create_body(plan, plan.service(service), example_paths(plan))
+    local = {**normalize_docker(body), "mounts": normalize_docker_mounts(plan, body)}
     exported = normalize_compose(plan, compose_document(plan)["services"][service])
     local = {k: local[k] for k in COMPOSE_FIELDS}
     differing = sorted(k for k in local if local[k] != exported.get(k))
     assert local == exported, f"{stack}/{service}: the local engine and the compose export disagree on {differing}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_containers_the_export_adds_are_hardened_as_their_service(load_plan, stack):
+    """A service's settle container (its hooks, in its network namespace) and its gate run its
+    image as its user with its hardening; the settle container reads its secrets and config,
+    never its data volumes; the gate reads only the marks."""
+    from ccoas.compose import MARKS_DIR, compose_document, compose_services, settle_name, settled_name, settled_services
+
+    plan = load_plan(stack)
+    document = compose_document(plan)
+    exported = compose_services(plan)
+    assert settled_services(exported)
+    for name in settled_services(exported):
+        service = plan.service(name)
+        local = normalize_docker(container_create_body(plan, service, example_paths(plan)))
+        settle = normalize_compose(plan, document["services"][settle_name(service)], document)
+        gate = normalize_compose(plan, document["services"][settled_name(service)], document)
+        for added in (settle, gate):
+            assert {k: added[k] for k in HARDENING} == {k: local[k] for k in HARDENING}, f"{stack}/{name}"
+            assert added["networks"] == {} and added["ports"] == []
+        mounts = normalize_compose_mounts(document, document["services"][service.name])
+        assert set(settle["mounts"]) - {m for m in mounts if m[0] == "bind"} == {("volume", f"{plan.stack}-ccoas-settled", MARKS_DIR, False)}
+        assert gate["mounts"] == [("volume", f"{plan.stack}-ccoas-settled", MARKS_DIR, True)]
+        assert document["services"][settle_name(service)]["network_mode"] == f"service:{name}"
+        assert document["services"][settled_name(service)]["network_mode"] == "none"
+        assert "depends_on" not in document["services"][settled_name(service)]  # see gate_service: Podman 4.3
 
 
 def test_compose_check_notices_a_tmpfs_without_noexec(load_plan):
@@ -322,3 +392,15 @@ def test_compose_check_notices_a_missing_log_cap(load_plan):
     del body["logging"]
     local = normalize_docker(container_create_body(plan, plan.service("postgres"), example_paths(plan)))
     assert normalize_compose(plan, body)["logs"] != local["logs"]
+
+
+def test_compose_check_notices_a_secret_file_of_another_reader(load_plan):
+    from ccoas.compose import compose_document
+
+    plan = load_plan("dev")
+    document = compose_document(plan)
+    body = document["services"]["directus"]
+    mount = next(m for m in body["secrets"] if m["source"] == "directus.postgres_directus_password")
+    mount["source"] = "postgres.postgres_directus_password"  # postgres's copy: owned by postgres's uid
+    local = container_create_body(plan, plan.service("directus"), example_paths(plan))
+    assert normalize_compose(plan, body, document)["mounts"] != normalize_docker_mounts(plan, local)

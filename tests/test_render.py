@@ -312,8 +312,8 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
             continue
         body = document["networks"][network.name]
         assert body["name"] == network.engine_name and body["internal"] == network.internal and body["labels"] == network.labels
-        assert "driver_opts" not in body and body["x-ccoas"]["isolate"] is network.isolate
-    assert {v: body["name"] for v, body in document.get("volumes", {}).items()} == {v.name: v.engine_name for v in plan.volumes if v.service != "vault"}
+        assert (body.get("driver_opts") == {"isolate": "true"}) is network.isolate and body["x-ccoas"]["isolate"] is network.isolate
+    assert {v: body["name"] for v, body in document.get("volumes", {}).items() if v != "ccoas-settled"} == {v.name: v.engine_name for v in plan.volumes if v.service != "vault"}
     exported = compose_services(plan)
     assert {s.name for s in plan.services} - {s.name for s in exported} <= {"vault"}
     for service in exported:
@@ -323,13 +323,18 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
         assert body["user"] == service.user and body["read_only"] is service.read_only
         assert body["cap_drop"] == list(service.cap_drop) == ["ALL"]
         assert body["security_opt"] == list(service.security_opt)
-        assert body["environment"] == service.environment
+        assert body["environment"] == {k: v.replace("$", "$$") for k, v in service.environment.items()}
         assert {n: b["aliases"] for n, b in body["networks"].items()} == {n: list(a) for n, a in service.networks.items()}
         assert ("ports" in body) == (service.name == "nginx" and bool(service.ports))
         assert body["restart"] == "on-failure:5"
-        assert body["healthcheck"]["test"] == list(service.healthcheck.test)
+        assert body["healthcheck"]["test"] == [part.replace("$", "$$") for part in service.healthcheck.test]
         assert all(re.fullmatch(r"\d+s", body["healthcheck"][k]) for k in ("interval", "timeout", "start_period"))
-        assert body.get("depends_on", {}) == {d.service: {"condition": "service_healthy"} for d in service.depends_on if d.service != "vault"}
+        expected = {}
+        for d in service.depends_on:
+            if d.service != "vault":
+                expected[d.service] = {"condition": "service_healthy"}
+                expected[f"{d.service}-settled"] = {"condition": "service_completed_successfully"}
+        assert body.get("depends_on", {}) == expected
         assert body["pids_limit"] == service.limits.pids
         assert body["deploy"]["resources"]["limits"]["cpus"] == service.limits.nano_cpus / 1e9
         assert body["labels"] == service.labels
@@ -605,3 +610,45 @@ def test_directus_loads_the_rendered_hasura_claims_hook():
     assert directus.environment["DB_SEARCH_PATH"] == f"directus,{plan.app_schema.name}"
     [hook] = directus.hooks
     assert hook.kind == "exec" and hook.stage == "ready" and hook.command == ("node", f"{directus.config.target}/provision.mjs")
+
+
+@pytest.mark.parametrize("key", sorted(ALL_PLANS))
+def test_compose_settles_every_hooked_or_awaited_service_with_its_hooks_in_order(key):
+    """Every exec hook of every exported service runs in that service's settle container, after
+    the check of its stage (alive: liveness, ready: readiness), in the plan's order; a service
+    another one waits for has a gate its dependants wait for. Hooks are translated from the plan,
+    never listed here."""
+    import shlex
+
+    from ccoas.compose import literal, settle_script
+
+    plan = ALL_PLANS[key]
+    document = compose_document(plan)
+    exported = compose_services(plan)
+    awaited = {d.service for s in exported for d in s.depends_on}
+    for service in exported:
+        hooks = [h for h in service.hooks if h.kind == "exec"]
+        if not hooks and service.name not in awaited:
+            assert f"{service.name}-settle" not in document["services"]
+            continue
+        settle = document["services"][f"{service.name}-settle"]
+        assert settle["command"] == [literal(settle_script(service))] and settle["restart"] == "no"
+        script = settle_script(service)
+        positions = [script.index(f"wait_for alive "), *(script.index(shlex.join(h.command)) for h in hooks if h.stage == "alive"),
+                     script.index(f"wait_for ready "), *(script.index(shlex.join(h.command)) for h in hooks if h.stage == "ready"),
+                     script.index(": > /run/ccoas-settled/")]  # fmt: skip
+        assert positions == sorted(positions), service.name
+        assert shlex.join(service.liveness.argv) in script and shlex.join(service.healthcheck.argv) in script
+        assert f"{service.name}-settled" in document["services"]
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_compose_header_names_every_variable_the_file_uses(key):
+    from ccoas.compose import VARIABLES
+
+    text = rendered_files(PLANS[key])["compose.yaml"]
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
+    assert used == {"CCOAS_SECRETS_DIR"}  # Vault's runtime dir is gone with Vault
+    assert all(f"#   {name}: {VARIABLES[name]}" in header for name in used)
+    assert "podman-compose up -d" in header and "ccoas secrets init" in header

@@ -16,6 +16,12 @@ DATABASE = "app"
 SUPERUSER = "postgres"
 SOCKET_DIR = "/tmp"
 """The unix socket lives on the /tmp tmpfs: the one writable place every image has."""
+HOOK_SOCKET = "@ccoas-postgres"
+"""A second socket, in Linux's abstract namespace, which belongs to the container's network
+namespace and not to its files: the bootstrap hook connects there, so it reaches the server
+(as the superuser, peer-authenticated) from anything that shares that namespace: an exec in
+the container (ccoas's engines) or a Compose one-shot with ``network_mode: service:postgres``,
+which has its own /tmp. Nothing outside the container's network namespace can see it."""
 
 
 def secrets(ctx: Context) -> list[Secret]:
@@ -46,7 +52,7 @@ def service(ctx: Context) -> Service:
             Hook(
                 kind="exec",
                 stage="ready",
-                command=("psql", "-X", "-q", "-h", SOCKET_DIR, "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", DATABASE, "-f", "/etc/ccoas/postgres/bootstrap.sql"),
+                command=("psql", "-X", "-q", "-h", HOOK_SOCKET, "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", DATABASE, "-f", "/etc/ccoas/postgres/bootstrap.sql"),
                 description="apply roles, pgvector and row-level security (idempotent)",
             ),
         ),
