@@ -15,6 +15,10 @@ Build context layout (what a Containerfile template may ``COPY``):
   installed on the host with the recipe's Node runtime so native modules match it.
 - ``bin/<binary>``: a Go module built on the host (``go install``; ``CGO_ENABLED`` and
   ``-ldflags`` per artifact; module and build caches under the cache root).
+- ``bin/<binary>``: a Rust crate shipped under ``templates/`` (a ``cargo`` artifact: its folder),
+  built on the host with the Rust toolchain of host preparation (``cargo build --release
+  --locked``: the versions its ``Cargo.lock`` pins, from crates.io); cached by the crate's
+  content and the toolchain's version, the registry and build caches under the cache root.
 - ``deb`` artifacts are not fetched: the template receives them as ``deb_packages`` and
   installs them with apt-get in the build (Debian's archive is reachable from builds).
 - the recipe's ``files`` under their template-relative path minus the component folder.
@@ -113,7 +117,7 @@ def artifact_dir(
         parts.append(runtime.spec)
     if toolchain is not None:
         parts.append(f"toolchain={toolchain}")
-    name = artifact.binary if artifact.kind == "go" and artifact.binary else spec_name(artifact.kind, artifact.spec)
+    name = artifact.binary if artifact.kind in ("go", "cargo") and artifact.binary else spec_name(artifact.kind, artifact.spec)
     return layout.cache_root / "artifacts" / artifact.kind / f"{_slug(name)}-{cache_key(*parts)}"
 
 
@@ -136,7 +140,7 @@ def template_variables(recipe: Any) -> dict[str, Any]:
             pypi[name] = f"pypi/{name}"
         elif artifact.kind == "npm":
             npm[name] = "node" if NODE_RUNTIME.match(name) else f"npm/{name}"
-        elif artifact.kind == "go":
+        elif artifact.kind in ("go", "cargo"):
             binary = artifact.binary or name
             go[binary] = f"bin/{binary}"
         elif artifact.kind == "deb":
@@ -289,6 +293,48 @@ def toolchain_env(layout: HostLayout, toolchain: str) -> dict[str, str]:
     return env
 
 
+def crate_digest(folder: Path) -> str:
+    """sha256 over a crate's files (relative path and content), ``target/`` left out."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "target" not in p.relative_to(folder).parts):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def rust_version(layout: HostLayout) -> str:
+    """``rustc -V`` of the Rust toolchain host preparation installed."""
+    rustc = toolchain_program(layout, "rust", "rustc")
+    return _run([str(rustc), "-V"], "rustc -V", env=toolchain_env(layout, "rust")).strip()
+
+
+def fetch_cargo(layout: HostLayout, artifact: ArtifactLike, templates_dir: Path = TEMPLATES_DIR) -> Path:
+    """``cargo build --release --locked`` of a crate ccoas ships, on the host; keyed by the crate's
+    content and the toolchain's version (the registry and build caches under the cache root)."""
+    crate = templates_dir / artifact.spec
+    binary = artifact.binary or spec_name("cargo", artifact.spec)
+
+    def fill(scratch: Path) -> None:
+        shutil.copytree(crate, scratch / "crate", ignore=shutil.ignore_patterns("target"))
+        env = toolchain_env(layout, "rust")
+        env.update(
+            CARGO_HOME=str(layout.cache_root / "cargo" / "home"),
+            CARGO_TARGET_DIR=str(layout.cache_root / "cargo" / "target"),
+            CARGO_TERM_COLOR="never",
+            CARGO_NET_RETRY="5",
+        )
+        cargo = toolchain_program(layout, "rust", "cargo")
+        _run([str(cargo), "build", "--release", "--locked"], f"cargo build {artifact.spec}", env=env, cwd=scratch / "crate")
+        built = layout.cache_root / "cargo" / "target" / "release" / binary
+        if not built.is_file():
+            raise HostError(f"cargo build {artifact.spec} built no binary named {binary!r}")
+        (scratch / "bin").mkdir()
+        shutil.copy2(built, scratch / "bin" / binary)
+        shutil.rmtree(scratch / "crate")
+
+    toolchain = f"{rust_version(layout)} crate={crate_digest(crate)}"
+    return _fill(artifact_dir(layout, artifact, toolchain=toolchain), fill) / "bin" / binary
+
+
 def go_version(layout: HostLayout) -> str:
     """The version of the Go toolchain host preparation installed (``go1.27.3``), from its
     ``VERSION`` file, else from ``go env GOVERSION``."""
@@ -362,8 +408,8 @@ def assemble_context(recipe: Any, layout: HostLayout, progress: Progress = _quie
             _link_tree(fetch_pypi(layout, artifact), context / "pypi" / name)
         elif artifact.kind == "npm":
             _link_tree(fetch_npm_app(layout, artifact, runtime_artifact, runtime_dir), context / "npm" / name)
-        elif artifact.kind == "go":
-            built = fetch_go(layout, artifact)
+        elif artifact.kind in ("go", "cargo"):
+            built = fetch_go(layout, artifact) if artifact.kind == "go" else fetch_cargo(layout, artifact, templates_dir)
             (context / "bin").mkdir(exist_ok=True)
             shutil.copy2(built, context / "bin" / built.name)
         else:

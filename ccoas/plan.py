@@ -13,6 +13,7 @@ versioned by :data:`PLAN_SCHEMA_VERSION` and documented in the README.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -66,11 +67,12 @@ class HealthCheck(Model):
 
 
 class Artifact(Model):
-    kind: Literal["pypi", "npm", "go", "deb"]
+    kind: Literal["pypi", "npm", "go", "deb", "cargo"]
     spec: str
-    """``name==version`` (pypi), ``name@version`` (npm, go module), a Debian package name."""
+    """``name==version`` (pypi), ``name@version`` (npm, go module), a Debian package name, or
+    (cargo) the template-relative folder of a crate ccoas ships with its ``Cargo.lock``."""
     binary: str | None = None
-    """For go artifacts: the binary the module's main package builds."""
+    """For go and cargo artifacts: the binary the module's main package (the crate) builds."""
     cgo: bool = False
     ldflags: tuple[str, ...] = ()
     """For go artifacts: extra ``-ldflags`` (e.g. ``-X`` version stamps)."""
@@ -445,3 +447,16 @@ class Plan(Model):
     def to_json(self) -> str:
         """Stable JSON: sorted keys, two-space indent, trailing newline."""
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+CHANNEL_BYTES = 63
+"""Postgres truncates identifiers (and so channel names) to NAMEDATALEN - 1 bytes."""
+
+
+def change_channel(schema: str, table: str) -> str:
+    """``ccoas_<schema>_<table>``; past 63 bytes a hash of the full name keeps it unique."""
+    channel = f"ccoas_{schema}_{table}"
+    if len(channel) <= CHANNEL_BYTES:
+        return channel
+    suffix = hashlib.sha256(channel.encode()).hexdigest()[:8]
+    return f"{channel[: CHANNEL_BYTES - 9]}_{suffix}"

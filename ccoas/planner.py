@@ -16,19 +16,18 @@ it to :data:`CATALOG` and to ``ccoas.stack.COMPONENTS``.
 
 from __future__ import annotations
 
-import hashlib
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas.components import directus, hasura, minio, nginx, ollama, postgraphile, postgres, redis, services, vault
+from ccoas.components import directus, embedder, hasura, minio, nginx, ollama, postgraphile, postgres, redis, services, vault
 from ccoas.components.base import Component, Context
 from ccoas.errors import Problem, StackError
-from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy
+from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy, change_channel
 from ccoas.stack import COMPONENTS, HNSW_MAX_DIMS, RESERVED_SCHEMAS, SERVICE_NETWORKS, Schema, Stack, check_name, read_stack, validate_document
 
 CATALOG: dict[str, Component] = {
-    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, vault)
+    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, embedder, vault)
 }
 """Every component ccoas knows, by name."""
 
@@ -375,7 +374,7 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
     """Resolve a validated stack into a plan. ``name`` overrides the stack name (ephemeral stacks)."""
     graph = dependency_graph(stack)
     catalog = stack_catalog(stack)
-    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name, components=catalog, graph=graph)
+    ctx = Context(stack=stack, name=check_name(name) if name is not None else stack.name, components=catalog, graph=graph, models=ollama.MODELS)
     labels = {f"{LABEL_PREFIX}.stack": ctx.name}
     tiers = start_tiers(graph)
     order = [c for tier in tiers for c in tier]
@@ -434,19 +433,6 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
         changes=change_feed(stack.schema_) if "postgres" in ctx.enabled else None,
         embedding_models=tuple(ollama.MODELS[name] for name in stack.schema_.embedding_models()),
     )
-
-
-CHANNEL_BYTES = 63
-"""Postgres truncates identifiers (and so channel names) to NAMEDATALEN - 1 bytes."""
-
-
-def change_channel(schema: str, table: str) -> str:
-    """``ccoas_<schema>_<table>``; past 63 bytes a hash of the full name keeps it unique."""
-    channel = f"ccoas_{schema}_{table}"
-    if len(channel) <= CHANNEL_BYTES:
-        return channel
-    suffix = hashlib.sha256(channel.encode()).hexdigest()[:8]
-    return f"{channel[: CHANNEL_BYTES - 9]}_{suffix}"
 
 
 def change_feed(schema: Schema) -> ChangeFeed:

@@ -21,8 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ccoas.errors import Problem, StackError
 
-COMPONENTS = ("nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "vault")
-ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "vault"]
+COMPONENTS = ("nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault")
+ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault"]
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -320,6 +320,8 @@ class Components(_Strict):
     redis: ComponentConfig = ComponentConfig()
     minio: ComponentConfig = ComponentConfig()
     ollama: ComponentConfig = ComponentConfig()
+    embedder: ComponentConfig = ComponentConfig()
+    """The embedding worker: runs only when the schema has embedded columns (and not when disabled)."""
     vault: ComponentConfig = ComponentConfig()
 
 
@@ -355,7 +357,18 @@ class Stack(_Strict):
         return f"components.{name}" if name in COMPONENTS else f"services.{name}"
 
     def enabled(self) -> tuple[str, ...]:
-        return tuple(name for name in COMPONENTS if self.component(name).enabled)
+        """Enabled components; the embedder only when there is something to embed."""
+        return tuple(
+            name
+            for name in COMPONENTS
+            if self.component(name).enabled and (name != "embedder" or self.embedder_wanted())
+        )
+
+    def embedder_wanted(self) -> bool:
+        """The embedding worker runs when there is something to embed and what it needs runs
+        (else the rules name what is missing for the embedded columns themselves)."""
+        needed = (self.components.postgres, self.components.ollama, self.components.vault)
+        return bool(self.schema_.embedded_tables()) and all(c.enabled for c in needed)
 
     def enabled_services(self) -> tuple[str, ...]:
         """The stack's own services that are enabled, sorted by name."""

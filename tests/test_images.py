@@ -139,8 +139,8 @@ def test_undefined_template_variable_is_an_error(tmp_path: Path):
 
 
 def test_unknown_artifact_kind_is_an_error():
-    recipe = SimpleNamespace(component="demo", artifacts=(SimpleNamespace(kind="cargo", spec="x", binary=None, cgo=False),), digest="0")
-    with pytest.raises(HostError, match="cargo"):
+    recipe = SimpleNamespace(component="demo", artifacts=(SimpleNamespace(kind="gem", spec="x", binary=None, cgo=False),), digest="0")
+    with pytest.raises(HostError, match="gem"):
         template_variables(recipe)
 
 

@@ -132,7 +132,7 @@ def test_one_workload_per_service_statefulsets_for_data_and_services_for_every_p
         assert container.get("args") == (list(service.command) if service.command else None)
         assert {e["name"]: e["value"] for e in container.get("env", [])} == service.environment
         assert container["imagePullPolicy"] == ("IfNotPresent" if service.image.source == "registry" else "Never")
-        for alias in {a for names in service.networks.values() for a in names}:
+        for alias in {a for names in service.networks.values() for a in names if service.expose}:  # a listener only
             ports = {p["port"] for p in found[("Service", alias)]["spec"]["ports"]}
             assert ports == set(service.expose)
         assert found[("Service", kubernetes.pods_service(service))]["spec"]["clusterIP"] == "None"
@@ -342,8 +342,8 @@ def reachable(files: dict[str, str], reasons: set[str] | None = None) -> dict[tu
 
 
 def plan_matrix(plan: Plan) -> set[tuple[str, str]]:
-    """The plan's reachability matrix: services that share a network."""
-    return {(a.name, b.name) for a in plan.services for b in plan.services if a.name != b.name and set(a.networks) & set(b.networks)}
+    """The plan's reachability matrix: services that share a network (with one that listens)."""
+    return {(a.name, b.name) for a in plan.services for b in plan.services if a.name != b.name and set(a.networks) & set(b.networks) and b.expose}
 
 
 @pytest.mark.parametrize("key", sorted(STACKS))

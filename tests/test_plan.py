@@ -48,6 +48,7 @@ NETWORKS = {
     "postgres": {"db"},
     "redis": {"db"},
     "ollama": {"db"},
+    "embedder": {"db"},
     "minio": {"edge"},
 }
 

@@ -111,6 +111,8 @@ class Context:
     components: dict[str, Component]
     graph: dict[str, tuple[str, ...]]
     """Component → what it waits for (the planner's one dependency graph)."""
+    models: dict[str, plan_types.EmbeddingModel] = field(default_factory=dict)
+    """The embedding models ccoas knows, by name (Ollama's catalog, given by the planner)."""
     _owned: dict[str, list[Secret]] = field(default_factory=dict)
 
     @cached_property

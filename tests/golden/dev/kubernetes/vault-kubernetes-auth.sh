@@ -32,10 +32,13 @@ vault write auth/kubernetes/role/dev-minio \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
-# postgres: reads postgres/directus_password, postgres/postgraphile_password, postgres/superuser_password
+# postgres: reads postgres/directus_password, postgres/embedder_password, postgres/postgraphile_password, postgres/superuser_password
 vault policy write dev-postgres - <<'POLICY'
 # dev-postgres: what the postgres service may read
 path "ccoas/data/dev/postgres/directus_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/embedder_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/postgres/postgraphile_password" {
@@ -92,6 +95,18 @@ vault write auth/kubernetes/role/dev-directus \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-directus token_ttl=5m token_max_ttl=15m >/dev/null
 
+# embedder: reads postgres/embedder_password
+vault policy write dev-embedder - <<'POLICY'
+# dev-embedder: what the embedder service may read
+path "ccoas/data/dev/postgres/embedder_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/dev-embedder \
+  bound_service_account_names=embedder \
+  bound_service_account_namespaces=ccoas-dev \
+  token_policies=dev-embedder token_ttl=5m token_max_ttl=15m >/dev/null
+
 # postgraphile: reads directus/secret, postgres/postgraphile_password
 vault policy write dev-postgraphile - <<'POLICY'
 # dev-postgraphile: what the postgraphile service may read
@@ -132,6 +147,7 @@ vault kv metadata get -mount=ccoas dev/minio/root_user >/dev/null 2>&1 || { echo
 vault kv metadata get -mount=ccoas dev/nginx/tls_cert >/dev/null 2>&1 || { echo 'missing: ccoas/dev/nginx/tls_cert (TLS certificate chain for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/nginx/tls_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/nginx/tls_key (TLS private key for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/directus_password (password of the postgres role directus)'; missing=1; }
+vault kv metadata get -mount=ccoas dev/postgres/embedder_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/embedder_password (password of the postgres role embedder)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/postgraphile_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/postgraphile_password (password of the postgres role postgraphile)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/superuser_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/superuser_password (password of the postgres superuser)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/redis/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/redis/directus_password (password of the redis ACL user directus)'; missing=1; }

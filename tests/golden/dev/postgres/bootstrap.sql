@@ -65,6 +65,30 @@ SET LOCAL log_min_error_statement = error;
 GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "directus";
 GRANT USAGE ON SCHEMA public TO "directus";
 
+-- embedder: logs in with the password in /run/secrets/postgres_embedder_password.
+DO $ccoas$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'embedder') THEN
+        CREATE ROLE "embedder" LOGIN;
+    END IF;
+END
+$ccoas$;
+ALTER ROLE "embedder" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 50;
+-- The statement carries the password: keep it out of the server log even if it fails.
+SET LOCAL log_statement = 'none';
+SET LOCAL log_min_error_statement = panic;
+\set pw `cat /run/secrets/postgres_embedder_password`
+SELECT :'pw' = '' AS ccoas_pw_missing \gset
+\if :ccoas_pw_missing
+DO $ccoas$ BEGIN RAISE EXCEPTION 'ccoas: the secret file /run/secrets/postgres_embedder_password is missing or empty'; END $ccoas$;
+\endif
+ALTER ROLE "embedder" PASSWORD :'pw';
+\unset pw
+\unset ccoas_pw_missing
+SET LOCAL log_min_error_statement = error;
+GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "embedder";
+GRANT USAGE ON SCHEMA public TO "embedder";
+
 -- postgraphile: logs in with the password in /run/secrets/postgres_postgraphile_password.
 DO $ccoas$
 BEGIN
@@ -101,8 +125,8 @@ BEGIN
         JOIN pg_catalog.pg_roles AS granted ON granted.oid = m.roleid
         JOIN pg_catalog.pg_roles AS member ON member.oid = m.member
         JOIN pg_catalog.pg_roles AS grantor ON grantor.oid = m.grantor
-        WHERE granted.rolname IN ('app_owner', 'directus', 'postgraphile')
-           OR member.rolname IN ('app_owner', 'directus', 'postgraphile')
+        WHERE granted.rolname IN ('app_owner', 'directus', 'embedder', 'postgraphile')
+           OR member.rolname IN ('app_owner', 'directus', 'embedder', 'postgraphile')
     LOOP
         RAISE WARNING 'ccoas: revoking membership of % in % (granted by %)', membership.member, membership.granted, membership.grantor;
         EXECUTE pg_catalog.format('REVOKE %I FROM %I GRANTED BY %I CASCADE', membership.granted, membership.member, membership.grantor);
@@ -138,7 +162,7 @@ END
 $ccoas$;
 CREATE SCHEMA IF NOT EXISTS "app" AUTHORIZATION "app_owner";
 REVOKE ALL ON SCHEMA "app" FROM PUBLIC;
-GRANT USAGE ON SCHEMA "app" TO "directus", "postgraphile";
+GRANT USAGE ON SCHEMA "app" TO "directus", "embedder", "postgraphile";
 
 -- directus: Directus's system tables (directus_*), its own schema. Stacks made
 -- before it existed kept them in public: they move here, data and all.
@@ -198,6 +222,18 @@ COMMENT ON FUNCTION ccoas.current_user_id() IS 'The user id of the current reque
 COMMENT ON FUNCTION ccoas.current_tenant_id() IS 'The tenant id of the current request: ccoas.tenant_id, else x-hasura-tenant-id of hasura.user, else NULL (no rows).';
 GRANT EXECUTE ON FUNCTION ccoas.current_user_id(), ccoas.current_tenant_id() TO PUBLIC;
 
+-- The embedding of a changed source is stale: BEFORE UPDATE OF <source>, the column named by
+-- TG_ARGV[0] is set back to NULL (the embedding worker fills it again).
+CREATE OR REPLACE FUNCTION ccoas.embedding_stale() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+BEGIN
+    NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(TG_ARGV[0], NULL));
+    RETURN NEW;
+END
+$ccoas$;
+
 -- 6. Tables.
 
 -- app.notes: owner-only
@@ -248,6 +284,7 @@ CREATE POLICY ccoas_owner_only ON "app"."notes"
 CREATE POLICY ccoas_directus_control_plane ON "app"."notes" TO directus
     USING (true)
     WITH CHECK (true);
+REVOKE ALL ON "app"."notes" FROM "embedder";
 
 -- app.documents: tenant
 DO $ccoas$
@@ -297,6 +334,19 @@ CREATE POLICY ccoas_tenant ON "app"."documents"
 CREATE POLICY ccoas_directus_control_plane ON "app"."documents" TO directus
     USING (true)
     WITH CHECK (true);
+REVOKE ALL ON "app"."documents" FROM "embedder";
+-- The embedding worker: reads the key, the source and the embedding (to find the rows still
+-- NULL), writes the embedding only; every row, through its one named policy.
+GRANT SELECT ("id", "title", "embedding") ON "app"."documents" TO "embedder";
+GRANT UPDATE ("embedding") ON "app"."documents" TO "embedder";
+CREATE POLICY ccoas_embedder ON "app"."documents" FOR ALL TO "embedder"
+    USING (true)
+    WITH CHECK (true);
+-- A changed title makes embedding stale: it goes back to NULL, for the worker to fill.
+DROP TRIGGER IF EXISTS ccoas_embedding_stale ON "app"."documents";
+CREATE TRIGGER ccoas_embedding_stale BEFORE UPDATE OF "title" ON "app"."documents"
+    FOR EACH ROW WHEN (OLD."title" IS DISTINCT FROM NEW."title")
+    EXECUTE FUNCTION ccoas.embedding_stale('embedding');
 
 -- app.articles: public-read
 DO $ccoas$
@@ -352,6 +402,7 @@ CREATE POLICY ccoas_owner_delete ON "app"."articles" FOR DELETE
 CREATE POLICY ccoas_directus_control_plane ON "app"."articles" TO directus
     USING (true)
     WITH CHECK (true);
+REVOKE ALL ON "app"."articles" FROM "embedder";
 
 -- app.documents.embedding: embedding of title by all-minilm-l6-v2
 CREATE INDEX IF NOT EXISTS "documents_embedding_hnsw"

@@ -23,6 +23,11 @@ path "ccoas/data/dev/redis/directus_password" {
   capabilities = ["read"]
 }
 
+# dev-embedder: what the embedder service may read
+path "ccoas/data/dev/postgres/embedder_password" {
+  capabilities = ["read"]
+}
+
 # dev-minio: what the minio service may read
 path "ccoas/data/dev/minio/directus_access_key" {
   capabilities = ["read"]
@@ -55,6 +60,9 @@ path "ccoas/data/dev/postgres/postgraphile_password" {
 
 # dev-postgres: what the postgres service may read
 path "ccoas/data/dev/postgres/directus_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/embedder_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/postgres/postgraphile_password" {
