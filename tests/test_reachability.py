@@ -62,3 +62,36 @@ def test_differences_name_each_edge(load_plan):
     assert reachability.differences(plan, measured) == []
     measured.matrix[("nginx", "postgres", 5432)] = True
     assert reachability.differences(plan, measured) == ["nginx → postgres:5432: declared unreachable, measured reachable"]
+
+
+def test_a_source_that_listens_on_nothing_is_proved_by_a_declared_peer(load_plan):
+    """The embedding worker exposes no port: its probe has no ``self`` line, and what proves it
+    could see a connection is a peer the plan lets it reach."""
+    plan = load_plan("dev")
+    assert plan.service("embedder").expose == ()
+    assert "probe self" not in reachability.probe_script(None, [("postgres", 5432, "10.0.0.2")])
+    wanted = reachability.declared(plan)
+    by_container = {s.container_name: s.name for s in plan.services}
+
+    def as_declared(container: str, image: str, script: str) -> tuple[int, str, str]:
+        source = by_container[container]
+        out = []
+        for line in script.splitlines():
+            if line.startswith("probe ") and line.endswith("&"):
+                _, target, port, address, _ = line.split()
+                open_ = target == "self" or wanted[(source, target, int(port))]
+                out.append(f"{target} {port} {address} {'open' if open_ else 'closed'}")
+        return 0, "\n".join(out) + "\n", ""
+
+    measured = reachability.measure(plan, {s.name: ["10.0.0.1"] for s in plan.services}, as_declared)
+    assert reachability.differences(plan, measured) == []
+    assert measured.proofs["embedder"] in {"ollama:11434", "postgres:5432", "directus:8055", "postgraphile:5678", "redis:6379"}
+
+    def silent(container: str, image: str, script: str) -> tuple[int, str, str]:
+        code, out, err = as_declared(container, image, script)
+        if by_container[container] == "embedder":
+            out = out.replace(" open", " closed")
+        return code, out, err
+
+    with pytest.raises(reachability.ProbeError, match="embedder: the probe reached neither"):
+        reachability.measure(plan, {s.name: ["10.0.0.1"] for s in plan.services}, silent)

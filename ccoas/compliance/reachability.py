@@ -51,13 +51,15 @@ class Measured:
     """Source service → the connection that proved its probe works (``self:8200``, ``directus:8055``)."""
 
 
-def probe_script(own_port: int, targets: list[tuple[str, int, str]]) -> str:
-    """Bash: one line ``<target> <port> <address> open|closed`` per attempt, in parallel."""
+def probe_script(own_port: int | None, targets: list[tuple[str, int, str]]) -> str:
+    """Bash: one line ``<target> <port> <address> open|closed`` per attempt, in parallel.
+    ``own_port`` None: the source listens on nothing (a worker), so only a declared peer can
+    prove the probe works."""
     lines = [
         "set -u",
         "command -v timeout >/dev/null || { echo 'probe: timeout (coreutils) is missing' >&2; exit 127; }",
         f'probe() {{ if timeout {PROBE_TIMEOUT_S} bash -c "exec 3<>/dev/tcp/$3/$2" 2>/dev/null; then echo "$1 $2 $3 open"; else echo "$1 $2 $3 closed"; fi; }}',
-        f"probe self {own_port} 127.0.0.1 &",
+        *([f"probe self {own_port} 127.0.0.1 &"] if own_port is not None else []),
     ]
     lines += [f"probe {shlex.quote(t)} {port} {shlex.quote(address)} &" for t, port, address in targets]
     lines.append("wait")
@@ -77,7 +79,8 @@ def measure(plan: Plan, addresses: dict[str, list[str]], run: Runner) -> Measure
     result = Measured()
     for source in plan.services:
         targets = [(t.name, port, ip) for t in plan.services if t.name != source.name for port in t.expose for ip in addresses[t.name]]
-        code, out, err = run(source.container_name, probe_image, probe_script(source.expose[0], targets))
+        own_port = source.expose[0] if source.expose else None
+        code, out, err = run(source.container_name, probe_image, probe_script(own_port, targets))
         if code != 0:
             raise ProbeError(f"{source.name}: the probe could not run (exit {code}): {err.strip() or out.strip()}")
         seen = {}
@@ -85,8 +88,9 @@ def measure(plan: Plan, addresses: dict[str, list[str]], run: Runner) -> Measure
             target, port, address, state = line.split()
             key = (target, int(port))
             seen[key] = seen.get(key, False) or state == "open"
-        if len(seen) != len({(t, p) for t, p, _ in targets}) + 1:
-            raise ProbeError(f"{source.name}: the probe answered {len(seen)} of {len(targets) + 1} attempts:\n{out}{err}")
+        expected = len({(t, p) for t, p, _ in targets}) + (own_port is not None)
+        if len(seen) != expected:
+            raise ProbeError(f"{source.name}: the probe answered {len(seen)} of {expected} attempts:\n{out}{err}")
         proof = [f"{t}:{p}" for (t, p), open_ in sorted(seen.items()) if open_ and (t == "self" or wanted.get((source.name, t, p)))]
         if not proof:
             raise ProbeError(f"{source.name}: the probe reached neither its own port nor any declared peer: it proves nothing")

@@ -10,6 +10,8 @@ row, including those written while a service was down, ends with an embedding.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -186,6 +188,17 @@ def test_the_worker_role_has_one_named_policy_and_sees_every_row(stack):
     assert sql_ok(stack, "SELECT policyname FROM pg_policies WHERE 'embedder' = ANY(roles) ORDER BY 1") == "ccoas_embedder"
     total = sql_ok(stack, "SELECT count(*) FROM app.documents")
     assert sql_ok(stack, "SELECT count(id) FROM app.documents", role="embedder") == total != "0"
+
+
+def test_every_compliance_control_holds_for_the_worker(stack, tmp_path):
+    """`ccoas check` on this stack: the hardening controls per container (the worker's among
+    them) and the measured reachability matrix (the worker listens on nothing: its probe is
+    proved by a peer it may reach)."""
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(stack_document(stack.plan.stack), sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "ccoas.cli", "check", str(path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "embedder →" in result.stdout
 
 
 @pytest.mark.parametrize("killed", ["ollama", "postgres"])
