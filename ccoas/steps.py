@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ from ccoas.plan import HealthCheck, Hook, Plan, Service
 from ccoas.state import StackPaths
 
 POLL_S = 1.0
+PORT_FORWARD_GRACE_S = 15.0
+"""How long a healthy container's published port may refuse connections before the engine
+restarts the container once (see :meth:`Steps.restart_for_ports`)."""
 
 
 def input_hash(*parts: Any) -> str:
@@ -72,6 +76,8 @@ class Steps:
         self.progress = progress
         self.fingerprints: dict[str, str] | None = None
         """Secret-version fingerprint per service, set when the ``vault-secrets`` hook ran."""
+        self.notes: list[str] = []
+        """What the user must hear about the steps that ran (e.g. a container restarted)."""
 
     def say(self, message: str) -> None:
         if self.progress is not None:
@@ -162,6 +168,8 @@ class Steps:
         self.say(f"waiting for {service.name} to be {what}")
         deadline = time.monotonic() + max(timeout, check.start_period_s + check.interval_s * check.retries)
         last = ""
+        closed_since: float | None = None
+        restarted = False
         while time.monotonic() < deadline:
             container = self.runtime.container(service)
             if container is None:
@@ -169,12 +177,33 @@ class Steps:
             if container.status in ("exited", "dead"):
                 raise EngineError(f"{service.name}: container exited while starting:\n{tail_logs(container)}")
             ok, last = self.runtime.probe(service, check, container)
+            if ok and check is service.healthcheck and (closed := unreachable_published_ports(container)):
+                ok, last = False, f"healthy, but published port(s) not accepting connections: {', '.join(closed)}"
+                closed_since = closed_since or time.monotonic()
+                if not restarted and time.monotonic() - closed_since > PORT_FORWARD_GRACE_S:
+                    self.restart_for_ports(service, container, closed)
+                    restarted, closed_since = True, None
             if ok:
                 return
             time.sleep(POLL_S)
         raise EngineError(
             f"{service.name}: not {what} after {timeout}s (last check: {last.strip()[:300]})\n{tail_logs(self.runtime.container(service))}"
         )
+
+    def restart_for_ports(self, service: Service, container: Any, closed: list[str]) -> None:
+        """Rootless Podman 4.3 sometimes starts a restarted container without its port
+        forwarder (seen under load when the engine restarts Nginx after a dependency was
+        replaced): healthy inside, nothing listening on the host. One more stop and start
+        brings the forwarder up; the user is told it happened."""
+        from ccoas.engine.stop import stop
+
+        note = f"{service.name}: healthy, but nothing listened on {', '.join(closed)} after {PORT_FORWARD_GRACE_S:.0f}s: restarted it once (rootless port forwarder missing)"
+        self.say(note)
+        self.notes.append(note)
+        addresses = published_addresses(container)
+        stop(self.runtime.client, container, service.stop)
+        wait_until_released(service.name, addresses)
+        container.start()
 
     def run_hook(self, service: Service, hook: Hook) -> int:
         self.say(f"{service.name}: {hook.description}")
@@ -204,3 +233,44 @@ class Steps:
 
         vault = self.vault()
         return SecretStore(self.plan, self.paths, vault.socket, vault.ccoas_client(), chown=self.runtime.give)
+
+
+def published_addresses(container: Any) -> list[tuple[str, int]]:
+    """The host addresses a running container's ports are published on (the engine's choice
+    where the plan says port 0)."""
+    container.reload()
+    addresses = []
+    for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
+        for binding in bindings or []:
+            host = binding.get("HostIp") or "127.0.0.1"
+            addresses.append((host if host not in ("0.0.0.0", "::") else "127.0.0.1", int(binding["HostPort"])))
+    return addresses
+
+
+def accepts(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def unreachable_published_ports(container: Any) -> list[str]:
+    """The container's published host ports that refuse a TCP connection from the host.
+
+    A container can be healthy inside before the host side of its published ports listens
+    (rootless Podman's port forwarder starts beside it): a service counts as ready only once a
+    client on the host could reach it.
+    """
+    return [f"{host}:{port}" for host, port in published_addresses(container) if not accepts((host, port))]
+
+
+def wait_until_released(service: str, addresses: list[tuple[str, int]], timeout_s: float = 30) -> None:
+    """Wait until no process listens on ``addresses`` any more (the stopped container's port
+    forwarder exits a moment after the container; a start before then cannot bind them)."""
+    deadline = time.monotonic() + timeout_s
+    while held := [a for a in addresses if accepts(a)]:
+        if time.monotonic() > deadline:
+            ports = ", ".join(f"{h}:{p}" for h, p in held)
+            raise EngineError(f"{service}: {ports} still accept connections {timeout_s:.0f}s after its container stopped (another process holds them?)")
+        time.sleep(0.2)

@@ -245,3 +245,94 @@ def test_down_stops_each_container_with_its_own_signal_in_reverse_start_order(en
         service = engine.plan.service(container.labels["io.ccoas.service"])
         assert container.events[-1] == f"stop {service.stop.signal} {service.stop.timeout_s}s", name
     assert engine.client.containers_by_name == {}
+
+
+def test_a_published_port_counts_as_ready_only_once_the_host_side_accepts_connections():
+    """Healthy inside is not enough: rootless Podman's port forwarder may listen a moment later."""
+    import socket
+    from types import SimpleNamespace
+
+    from ccoas.steps import unreachable_published_ports
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    ports = {
+        "8443/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(listening.getsockname()[1])}],
+        "8080/tcp": [{"HostIp": "", "HostPort": str(closed_port)}],
+        "9000/tcp": None,  # exposed, not published
+    }
+    container = SimpleNamespace(attrs={"NetworkSettings": {"Ports": ports}}, reload=lambda: None)
+    try:
+        assert unreachable_published_ports(container) == [f"127.0.0.1:{closed_port}"]
+    finally:
+        listening.close()
+    assert len(unreachable_published_ports(container)) == 2
+
+
+def test_a_restart_waits_until_the_stopped_containers_ports_are_released():
+    """The old port forwarder may hold a published port a moment after its container stopped:
+    a start before then cannot bind it, so the engine waits, and says so if it never happens."""
+    import socket
+    import threading
+
+    from ccoas.errors import EngineError
+    from ccoas.steps import wait_until_released
+
+    held = socket.create_server(("127.0.0.1", 0))
+    address = held.getsockname()
+    threading.Timer(0.5, held.close).start()
+    wait_until_released("nginx", [address], timeout_s=10)  # returns once the listener is gone
+
+    stuck = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(EngineError, match=rf"nginx: 127.0.0.1:{stuck.getsockname()[1]} still accept connections"):
+            wait_until_released("nginx", [stuck.getsockname()], timeout_s=0.5)
+    finally:
+        stuck.close()
+
+
+def test_a_healthy_container_whose_port_never_listens_is_restarted_once_and_the_user_told(monkeypatch, tmp_path):
+    """Podman 4.3 sometimes starts a restarted container without its port forwarder: the wait
+    for readiness restarts it once (gracefully), then it is ready; a note says so."""
+    import socket
+    from types import SimpleNamespace
+
+    import ccoas.steps
+    from ccoas.plan import Stop
+    from ccoas.steps import Steps
+
+    monkeypatch.setattr(ccoas.steps, "POLL_S", 0.05)
+    monkeypatch.setattr(ccoas.steps, "PORT_FORWARD_GRACE_S", 0.2)
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    listeners: list[socket.socket] = []
+    calls: list[str] = []
+
+    class Container:
+        name, id, status = "x-nginx", "abc", "running"
+        attrs = {"NetworkSettings": {"Ports": {"8443/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}}, "Config": {"StopSignal": "SIGQUIT"}, "State": {"ExitCode": 0}}
+
+        def reload(self):
+            pass
+
+        def start(self):
+            calls.append("start")
+            listeners.append(socket.create_server(("127.0.0.1", port)))
+
+    container = Container()
+    client = SimpleNamespace(api=SimpleNamespace(stop=lambda cid, timeout: calls.append("stop")))
+    healthcheck = SimpleNamespace(start_period_s=0, interval_s=1, retries=1)
+    service = SimpleNamespace(name="nginx", container_name="x-nginx", healthcheck=healthcheck, stop=Stop(signal="SIGQUIT", timeout_s=5))
+    runtime = SimpleNamespace(client=client, container=lambda s: container, probe=lambda s, c, ctr: (True, "ok"))
+    steps = Steps(SimpleNamespace(), SimpleNamespace(), runtime)
+    try:
+        steps.wait(service, healthcheck, "ready", timeout=10)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+    assert calls == ["stop", "start"]
+    assert len(steps.notes) == 1 and f"127.0.0.1:{port}" in steps.notes[0] and "restarted it once" in steps.notes[0]

@@ -44,7 +44,7 @@ from ccoas.errors import EngineError, engine_step
 from ccoas.host import HostLayout
 from ccoas.plan import LABEL_PREFIX, Plan, Service, Stop
 from ccoas.state import StackPaths, stack_paths
-from ccoas.steps import StepRecord, Steps, input_hash
+from ccoas.steps import StepRecord, Steps, input_hash, published_addresses, wait_until_released
 
 PART_LABEL = f"{SPEC_LABEL}."
 """``io.ccoas.spec.<part>``: the hash of each part of a container's desired state."""
@@ -331,7 +331,7 @@ class LocalEngine:
         self.steps.runtime_dirs()
         observed, desired, operations = self.plan_operations(files)
         result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
-        result.notes = [*self.notes, *self.host_notes()]
+        result.notes = [*self.notes, *self.steps.notes, *self.host_notes()]
         return result
 
     def apply(
@@ -441,7 +441,9 @@ class LocalEngine:
         if op.action == "restart" and current is not None:
             self._step(f"restarting {service.container_name}: {op.cause}")
             with engine_step(service.name, "start"):
+                published = published_addresses(current) if current.status == "running" else []
                 self._stop(current, service.stop)
+                wait_until_released(service.name, published)
                 current.start()
             return
         if op.action == "start" and current is not None:
@@ -453,8 +455,10 @@ class LocalEngine:
         with engine_step(service.name, "create"):
             if current is not None:
                 self._step(f"recreating {service.container_name}: {op.cause}")
+                published = published_addresses(current) if current.status == "running" else []
                 self._stop(current, service.stop)
                 current.remove()
+                wait_until_released(service.name, published)
             else:
                 self._step(f"creating {service.container_name}")
             created = self.client.api.create_container_from_config(self.desired_body(service, want), name=service.container_name)

@@ -18,11 +18,8 @@ import hashlib
 import hmac
 import json
 import os
-import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ import pytest
 import websockets
 import yaml
 
+from ccoas.edge import Edge
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from ccoas.render import rendered_files
@@ -75,29 +73,16 @@ def engine(stack_file):
 
 
 class Directus:
-    """Directus's REST API through Nginx over TLS, as a browser or app would reach it."""
+    """Directus's REST API through Nginx over TLS (the stack's edge), as a browser or app reaches it."""
 
     def __init__(self, engine: LocalEngine):
-        rows = {r.service: r for r in engine.status()}
-        published = next(e for e in rows["nginx"].endpoints if e.startswith("https://"))
-        # Nginx answers only to the stack's domain (SNI and Host): the domain, on the published port
-        self.origin = f"https://{engine.plan.domain}:{published.rsplit(':', 1)[1]}"
+        self.edge = Edge.of(engine)
+        self.origin, self.context = self.edge.origin, self.edge.context
         self.url = self.origin + "/directus"
-        self.context = ssl.create_default_context(cafile=str(engine.paths.secret_file("nginx", "nginx_tls_cert")))
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-        )
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
-                text = response.read().decode()
-                return response.status, (json.loads(text).get("data") if text else None)
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read().decode() or "{}")
+        status, answer = self.edge.request(method, "/directus" + path, body, token)
+        return status, (answer.get("data") if 200 <= status < 300 and isinstance(answer, dict) else answer or {})
 
     def ok(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         status, data = self.call(method, path, body, token)
@@ -323,16 +308,7 @@ def test_as_token_carries_hasura_claims_and_verifies_with_hasuras_key(engine, st
 
 
 def graphql(directus: Directus, query: str, token: str | None = None) -> dict:
-    request = urllib.request.Request(
-        directus.origin + "/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    try:
-        with urllib.request.urlopen(request, context=directus.context, timeout=30) as response:
-            return json.loads(response.read().decode())
-    except urllib.error.HTTPError as error:  # GraphQL over HTTP answers refusals with 4xx and a body
-        return json.loads(error.read().decode() or "{}")
+    return directus.edge.request("POST", "/graphql", {"query": query}, token)[1]
 
 
 def test_a_directus_login_reads_the_same_rows_through_graphql(directus, users, written):
@@ -354,7 +330,7 @@ def test_a_directus_login_reads_the_same_rows_through_graphql(directus, users, w
 
 async def _directus_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
     """Directus realtime over wss: authenticate in the handshake message, subscribe to notes."""
-    url = directus.origin.replace("https://", "wss://") + "/directus/websocket"
+    url = directus.edge.websocket_url("/directus/websocket")
     async with websockets.connect(url, ssl=directus.context, open_timeout=20) as ws:
         await ws.send(json.dumps({"type": "auth", "access_token": token}))
         answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -376,7 +352,7 @@ async def _directus_subscriber(directus: Directus, token: str, received: list, r
 
 async def _graphql_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
     """PostGraphile over wss (graphql-transport-ws), authenticated with the Directus token."""
-    url = directus.origin.replace("https://", "wss://") + "/graphql"
+    url = directus.edge.websocket_url("/graphql")
     async with websockets.connect(url, ssl=directus.context, subprotocols=["graphql-transport-ws"], open_timeout=20) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
         ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
