@@ -192,18 +192,21 @@ class Steps:
 
     def restart_for_ports(self, service: Service, container: Any, closed: list[str]) -> None:
         """Rootless Podman 4.3 sometimes starts a restarted container without its port
-        forwarder (seen under load when the engine restarts Nginx after a dependency was
-        replaced): healthy inside, nothing listening on the host. One more stop and start
-        brings the forwarder up; the user is told it happened."""
-        from ccoas.engine.stop import stop
+        forwarder: healthy inside, nothing listening on the host. Reproduced when the process
+        driving the API had opened websockets through Nginx before restarting it; a restart
+        asked for through the API by the same process leaves it so, while one made by a
+        ``podman`` process of its own brings the forwarder up. So the engine restarts the
+        container once that way (its stop signal and timeout kept), and tells the user."""
+        import subprocess
 
         note = f"{service.name}: healthy, but nothing listened on {', '.join(closed)} after {PORT_FORWARD_GRACE_S:.0f}s: restarted it once (rootless port forwarder missing)"
         self.say(note)
         self.notes.append(note)
-        addresses = published_addresses(container)
-        stop(self.runtime.client, container, service.stop)
-        wait_until_released(service.name, addresses)
-        container.start()
+        layout = self.runtime.layout
+        for args in (("stop", "--time", str(service.stop.timeout_s)), ("start",)):
+            result = subprocess.run(layout.engine_command("podman", *args, container.name), capture_output=True, text=True, timeout=service.stop.timeout_s + 60)
+            if result.returncode != 0:
+                raise EngineError(f"{service.name}: podman {args[0]} {container.name}: {result.stderr.strip()[-500:]}")
 
     def run_hook(self, service: Service, hook: Hook) -> int:
         self.say(f"{service.name}: {hook.description}")
