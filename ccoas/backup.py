@@ -590,6 +590,15 @@ def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: boo
     risky = risky_replacements(engine)
     if not risky:
         return None
+    stopped = [r.service for r in engine.status(probe=False) if r.service in DATA_SERVICES and r.state != "running"]
+    if stopped:
+        # After a reboot or `down` the data services are stopped: nothing can be dumped, and
+        # refusing would leave the stack down. Their volumes are kept by the replacement.
+        engine.notes.append(
+            f"no snapshot before replacing {', '.join(sorted(risky))}: {', '.join(stopped)} not running, so nothing "
+            "could be dumped (the volumes are kept); take `ccoas backup` of the running stack before risky changes"
+        )
+        return None
     directory = snapshot_dir(engine)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -100,3 +100,27 @@ def test_object_metadata_keeps_content_headers_and_user_metadata():
         )
     )
     assert _object_metadata(lines, "up") == {"a/b.txt": {"Content-Type": "text/plain", "X-Amz-Meta-Owner": "u1"}}
+
+
+def test_no_snapshot_but_a_note_when_the_data_services_are_stopped():
+    """After a reboot the stack is stopped: `up` must still bring it back (replacing what
+    changed, volumes kept) rather than refuse because nothing can be dumped; the user is told."""
+    from types import SimpleNamespace
+
+    from ccoas.backup import snapshot_before_up
+    from ccoas.engine.diff import Operation
+
+    replace = Operation(kind="container", action="recreate", resource="postgres", cause="image changed")
+    rows = [SimpleNamespace(service="postgres", state="created"), SimpleNamespace(service="vault", state="running")]
+    engine = SimpleNamespace(
+        prepare_images=lambda build: None,
+        plan_operations=lambda: (None, None, [replace]),
+        status=lambda probe=True: rows,
+        notes=[],
+    )
+
+    assert snapshot_before_up(engine) is None
+    assert engine.notes == [
+        "no snapshot before replacing postgres: postgres not running, so nothing could be dumped (the volumes are kept); "
+        "take `ccoas backup` of the running stack before risky changes"
+    ]
