@@ -96,11 +96,10 @@ COMMIT;
 """
 
 
-def nearest(
-    client: Any, plan: Plan, table: Table, vector: list[float], *, user: str = "", tenant: str = "", k_max: int = AUTO_K_MAX, dynamic: bool = False
-) -> list[Match]:
-    """The rows nearest to ``vector`` that ``user``/``tenant`` may read, nearest first."""
-    from ccoas.components.postgres import DATABASE, SOCKET_DIR, SUPERUSER
+def nearest_script(
+    plan: Plan, table: Table, vector: list[float], *, user: str = "", tenant: str = "", k_max: int = AUTO_K_MAX, dynamic: bool = False
+) -> tuple[str, dict[str, str]]:
+    """The psql script of a nearest-rows query and its variables (``psql -v key=value``)."""
     from ccoas.render import sql_ident
 
     function = f"{sql_ident(plan.app_schema.name)}.{sql_ident(table.name + '_nearest')}"
@@ -114,14 +113,29 @@ def nearest(
         "k_max": str(k_max),
         "dynamic": "true" if dynamic else "false",
     }
+    return NEAREST_SQL.format(function=function), variables
+
+
+def parse_matches(output: str) -> list[Match]:
+    """The script's last output line: a JSON array of ``{row, distance}``."""
+    lines = output.strip().splitlines()
+    rows = json.loads(lines[-1]) if lines else []
+    return [Match(row=r["row"], distance=float(r["distance"])) for r in rows]
+
+
+def nearest(
+    client: Any, plan: Plan, table: Table, vector: list[float], *, user: str = "", tenant: str = "", k_max: int = AUTO_K_MAX, dynamic: bool = False
+) -> list[Match]:
+    """The rows nearest to ``vector`` that ``user``/``tenant`` may read, nearest first."""
+    from ccoas.components.postgres import DATABASE, SOCKET_DIR, SUPERUSER
+
+    script, variables = nearest_script(plan, table, vector, user=user, tenant=tenant, k_max=k_max, dynamic=dynamic)
     psql = ["psql", "-X", "-qAt", "-h", SOCKET_DIR, "-U", SUPERUSER, "-d", DATABASE, "-f", "-"]
     for key, value in variables.items():
         psql += ["-v", f"{key}={value}"]
     # the script goes in on stdin (meta-commands and :'variables' need psql's script mode)
-    shell = ["sh", "-c", 'printf "%s" "$0" | "$@"', NEAREST_SQL.format(function=function), *psql]
-    reply = _exec(client, plan, "postgres", shell).strip()
-    rows = json.loads(reply.splitlines()[-1]) if reply else []
-    return [Match(row=r["row"], distance=float(r["distance"])) for r in rows]
+    shell = ["sh", "-c", 'printf "%s" "$0" | "$@"', script, *psql]
+    return parse_matches(_exec(client, plan, "postgres", shell))
 
 
 def query(client: Any, plan: Plan, table_name: str, text: str, *, user: str = "", tenant: str = "", k: str = "auto") -> list[Match]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ccoas import retrieval
 from ccoas.plan import Plan
 from ccoas.planner import load_plan
 from test_bootstrap_sql import applied, as_owner, cluster  # noqa: F401 - fixtures shared with the bootstrap tests
@@ -141,3 +142,39 @@ def test_the_function_ignores_objects_the_caller_puts_on_its_search_path(cluster
         assert [title for title, _ in rows] == ["plain"]
     finally:
         cluster.sql("DROP SCHEMA callers_trap CASCADE")
+
+
+def test_the_ccoas_query_script_reads_under_rls_with_the_tenant_set(cluster, plan, applied):
+    """``ccoas query``'s psql script and variables, run by the same psql the container has: as the
+    tables' owner (RLS forced on it), so the tenant setting alone decides the rows."""
+    tenant, other = str(uuid.uuid4()), str(uuid.uuid4())
+    insert(cluster, applied, tenant, {"q-near": unit(0, e1=0.1), "q-far": unit(4)})
+    insert(cluster, applied, other, {"q-other": unit(0)})
+    table = retrieval.embedded_table(plan, "documents")
+    query = [float(x) for x in vector(*unit(0))[1:-1].split(",")]
+
+    def psql(**options):
+        script, variables = retrieval.nearest_script(plan, table, query, **options)
+        path = cluster.root / "query.sql"
+        path.write_text(script)
+        path.chmod(0o644)
+        args = [str(cluster.bindir / "psql"), "-X", "-qAt", "-h", str(cluster.root / "sock"), "-p", str(cluster.port), "-U", "postgres", "-d", "app", "-f", str(path)]
+        for key, value in variables.items():
+            args += ["-v", f"{key}={value}"]
+        return cluster.run(*args, check=False)
+
+    def run(**options) -> list[retrieval.Match]:
+        result = psql(**options)
+        assert result.returncode == 0, result.stderr
+        return retrieval.parse_matches(result.stdout)
+
+    matches = run(tenant=tenant, k_max=5)
+    assert [m.row["title"] for m in matches] == ["q-near", "q-far"]
+    assert set(matches[0].row) == {"id", "title"} and matches[0].distance == pytest.approx(1 - 1 / 1.01**0.5, abs=1e-4)
+    assert [m.row["title"] for m in run(tenant=tenant, k_max=5, dynamic=True)] == ["q-near"]
+    assert run(k_max=5) == []  # no tenant: nothing
+    assert [m.row["title"] for m in run(tenant=other, k_max=5)] == ["q-other"]
+    # a hostile "tenant" is a value, never SQL: it fails as a uuid and drops nothing
+    hostile = psql(tenant="x'); DROP TABLE app.documents; --", k_max=5)
+    assert hostile.returncode != 0 and "invalid input syntax for type uuid" in hostile.stderr
+    assert cluster.value("SELECT count(*) > 0 FROM app.documents") == "t"
