@@ -328,6 +328,19 @@ def test_a_directus_login_reads_the_same_rows_through_graphql(directus, users, w
 # --- changes reach only the subscribers allowed to see them, through Nginx -----------------------
 
 
+async def _collect(ws, received: list, stop: asyncio.Event) -> None:
+    """Every message until ``stop``, with its arrival time; Directus's heartbeat pings answered."""
+    while not stop.is_set():
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
+        except asyncio.TimeoutError:
+            continue
+        if message.get("type") == "ping":
+            await ws.send(json.dumps({"type": "pong"}))
+        else:
+            received.append((time.monotonic(), message))
+
+
 async def _directus_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
     """Directus realtime over wss: authenticate in the handshake message, subscribe to notes."""
     url = directus.edge.websocket_url("/directus/websocket")
@@ -339,15 +352,7 @@ async def _directus_subscriber(directus: Directus, token: str, received: list, r
         init = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert init.get("type") == "subscription" and init.get("event") == "init", init
         ready.set()
-        while not stop.is_set():
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
-            except asyncio.TimeoutError:
-                continue
-            if message.get("type") == "ping":
-                await ws.send(json.dumps({"type": "pong"}))
-            else:
-                received.append((time.monotonic(), message))
+        await _collect(ws, received, stop)
 
 
 async def _graphql_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
@@ -360,12 +365,7 @@ async def _graphql_subscriber(directus: Directus, token: str, received: list, re
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { notesChanged { op node { body ownerId } } }"}}))
         await asyncio.sleep(0.5)  # the LISTEN is issued when the subscription starts
         ready.set()
-        while not stop.is_set():
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
-            except asyncio.TimeoutError:
-                continue
-            received.append((time.monotonic(), message))
+        await _collect(ws, received, stop)
 
 
 @pytest.mark.parametrize("subscriber", [_directus_subscriber, _graphql_subscriber], ids=["directus-realtime", "graphql"])
