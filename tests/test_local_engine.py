@@ -8,6 +8,7 @@ Vault) are recorded instead of run: they have their own e2e tests.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,6 +69,8 @@ class FakeClient:
         self.containers_by_name: dict[str, FakeContainer] = {}
         self.stopped: list[str] = []
         self.network_names: dict[str, dict[str, Any]] = {}
+        self.drop_isolate = False
+        """Answer network inspection as the Podman service did in whole e2e runs: without ``isolate``."""
         self.volume_names: dict[str, dict[str, str]] = {}
         self.image_ids = images
         self.containers = SimpleNamespace(list=self._list_containers, get=self._get_container)
@@ -76,7 +79,7 @@ class FakeClient:
         self.images = SimpleNamespace(get=self._get_image)
         self.api = SimpleNamespace(
             base_url="http+unix://fake",
-            get=lambda url: SimpleNamespace(headers={"Libpod-Api-Version": "4.3.1"}),
+            get=self._get,
             post=self._post,
             create_container_from_config=self._create,
             stop=self._stop,
@@ -126,6 +129,13 @@ class FakeClient:
             raise docker.errors.ImageNotFound(ref)
         return SimpleNamespace(id=self.image_ids[ref])
 
+    def _get(self, url: str) -> Any:
+        if url.endswith("/_ping"):
+            return SimpleNamespace(status_code=200, headers={"Libpod-Api-Version": "4.3.1"})
+        name = url.split("/networks/")[1].removesuffix("/json")
+        network = {**self.network_names[name], **({"options": {}} if self.drop_isolate else {})}
+        return SimpleNamespace(status_code=200, json=lambda: network)
+
     def _post(self, url: str, data: str, headers: dict) -> Any:
         import json
 
@@ -133,7 +143,7 @@ class FakeClient:
         payload = json.loads(data)
         assert payload["options"] == {"isolate": "true"} and payload["dns_enabled"] is True
         self.network_names[payload["name"]] = payload
-        return SimpleNamespace(status_code=201, text="")
+        return SimpleNamespace(status_code=201, text=json.dumps(payload), json=lambda: payload)
 
     def _create(self, body: dict[str, Any], name: str) -> dict[str, str]:
         assert name not in self.containers_by_name
@@ -181,6 +191,14 @@ def test_first_up_creates_everything_in_start_order_and_settles_each_service(eng
     assert [name for name, _ in engine.settled] == ["vault", "postgres", "redis"]
     assert result.changes == len(result.operations) == 8
     assert [s.health for s in result.status] == ["healthy"] * 3
+
+
+def test_a_network_the_podman_service_holds_without_isolation_is_never_silent(engine):
+    engine.client.drop_isolate = True
+    result = engine.up()
+    notes = [n for n in result.notes if "without the isolation" in n]
+    assert [n.split()[1] for n in notes] == ["fx-auth:", "fx-db:"]
+    assert all("`ccoas down` then `ccoas up`" in n for n in notes)
 
 
 def test_a_second_up_observes_a_converged_stack_and_does_nothing(engine):

@@ -331,7 +331,7 @@ class LocalEngine:
         self.steps.runtime_dirs()
         observed, desired, operations = self.plan_operations(files)
         result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
-        result.notes = [*self.notes, *self.steps.notes, *self.host_notes()]
+        result.notes = [*self.notes, *self.steps.notes, *self.unisolated_networks(), *self.host_notes()]
         return result
 
     def apply(
@@ -476,6 +476,27 @@ class LocalEngine:
             engine_name = self.plan.network(name).engine_name
             if engine_name not in attached:
                 self.client.api.connect_container_to_network(container.id, engine_name, aliases=list(aliases))
+
+    def unisolated_networks(self) -> list[str]:
+        """A note per network of the plan whose isolation the Podman service does not hold.
+
+        Seen in whole e2e runs, not understood (README, known gaps): the network's file on disk
+        has ``isolate`` while the long-running service answers, and so would hand netavark at
+        the next container start, a copy without it. Never silent."""
+        if not self.is_podman:
+            return []
+        notes = []
+        for network in self.plan.networks:
+            if not network.isolate:
+                continue
+            answer = self.client.api.get(self.runtime.libpod_url(f"/networks/{network.engine_name}/json"))
+            options = (answer.json() or {}).get("options") or {} if answer.status_code == 200 else {}
+            if options.get("isolate") != "true":
+                notes.append(
+                    f"network {network.engine_name}: the Podman service holds it without the isolation the plan asks for "
+                    f"(options={options}); `ccoas check` fails on it: `ccoas down` then `ccoas up` recreates it"
+                )
+        return notes
 
     def _create_network(self, network: Any) -> None:
         self._step(f"creating network {network.engine_name}")

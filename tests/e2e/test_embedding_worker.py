@@ -10,6 +10,7 @@ row, including those written while a service was down, ends with an embedding.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -108,11 +109,11 @@ def sql_ok(engine, sql: str, role: str | None = None) -> str:
     return out
 
 
-def insert(engine, titles: list[str]) -> None:
+def insert(engine, titles: list[str], tenant: str = TENANT) -> None:
     """Through the tables' owner role: row-level security is forced on it, so it writes only
     with the tenant set, as any front door does."""
-    values = ", ".join(f"('{TENANT}', '{t}', 'not for the worker')" for t in titles)
-    sql_ok(engine, f"SET ROLE app_owner; SET ccoas.tenant_id = '{TENANT}'; INSERT INTO app.documents (tenant_id, title, secret_note) VALUES {values}")
+    values = ", ".join(f"('{tenant}', '{t}', 'not for the worker')" for t in titles)
+    sql_ok(engine, f"SET ROLE app_owner; SET ccoas.tenant_id = '{tenant}'; INSERT INTO app.documents (tenant_id, title, secret_note) VALUES {values}")
 
 
 def missing(engine) -> int:
@@ -152,6 +153,39 @@ def test_rows_written_under_rls_get_their_embedding_in_bounded_time(stack):
     wait_until_embedded(stack, 120)
     after = sql_ok(stack, "SELECT embedding::text FROM app.documents WHERE title = 'The moon pulls the sea'")
     assert after.startswith("[") and after != before  # the changed text was embedded again
+
+
+def ccoas_query(engine, tmp_path: Path, text: str, tenant: str, k: str) -> list[dict]:
+    """`ccoas query documents TEXT` as an operator runs it: the CLI, its JSON rows."""
+    stack_file = tmp_path / "stack.yaml"
+    stack_file.write_text(yaml.safe_dump(stack_document(engine.plan.stack), sort_keys=False))
+    result = subprocess.run(
+        [sys.executable, "-m", "ccoas.cli", "query", "documents", text, str(stack_file), "--tenant", tenant, "--k", k, "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_ccoas_query_ranks_a_paraphrase_first_sees_one_tenant_and_auto_k_cuts_the_cluster(stack, tmp_path):
+    """The tenant's corpus: the password rows of the test above and a cluster about the sea; the
+    other tenant holds the closest text of all. As the tenant, the paraphrase ranks first and
+    nothing of the other tenant ever shows; `--k auto` stops after the password cluster."""
+    other = str(uuid.uuid4())
+    insert(stack, ["Waves break on the rocky shore", "Sailors watch the sea at dawn"])
+    insert(stack, ["I forgot my password and cannot log in"], tenant=other)
+    wait_until_embedded(stack, 120)
+    own = {"How do I reset my password", "Steps to change a forgotten password", "The moon pulls the sea", "Waves break on the rocky shore", "Sailors watch the sea at dawn"}
+
+    every = ccoas_query(stack, tmp_path, "I forgot my password", TENANT, "10")
+    auto = ccoas_query(stack, tmp_path, "I forgot my password", TENANT, "auto")
+
+    titles = [row["row"]["title"] for row in every]
+    assert set(titles) == own  # all of the tenant's rows, the other tenant's never
+    assert titles[0] in {"How do I reset my password", "Steps to change a forgotten password"}
+    assert [d["distance"] for d in every] == sorted(d["distance"] for d in every)
+    assert {row["row"]["title"] for row in auto} == {"How do I reset my password", "Steps to change a forgotten password"}
+    assert [row["row"]["title"] for row in ccoas_query(stack, tmp_path, "I forgot my password", other, "10")] == ["I forgot my password and cannot log in"]
 
 
 @pytest.mark.parametrize(
