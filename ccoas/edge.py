@@ -28,7 +28,7 @@ class Edge:
     @classmethod
     def of(cls, engine: Any) -> "Edge":
         """The edge of ``engine``'s running stack (a :class:`ccoas.engine.local.LocalEngine`)."""
-        rows = {row.service: row for row in engine.status()}
+        rows = {row.service: row for row in engine.status(probe=False)}  # endpoints only: no health checks run
         published = [e for e in (rows["nginx"].endpoints if "nginx" in rows else ()) if e.startswith("https://")]
         if not published:
             raise EngineError(f"stack {engine.plan.stack}: nginx publishes no HTTPS port (is it running?)")
