@@ -166,6 +166,16 @@ def plan(
 
     for table in plan_tables(resolved):
         out.print(table)
+    out.print(f"state on this host: {_state_line(resolved)}", highlight=False, soft_wrap=True)
+
+
+def _state_line(plan: Plan) -> str:
+    """What the stack's state dir on this host says about the ccoas that wrote it (no engine needed)."""
+    from ccoas.host import host_layout
+    from ccoas.migrations import describe
+    from ccoas.state import state_dir
+
+    return describe(state_dir(host_layout().state_root, plan.stack))
 
 
 @app.command()
@@ -201,8 +211,16 @@ def up(
     snapshot: Annotated[bool, typer.Option("--snapshot/--no-snapshot", help="Back up first when a data service (postgres, minio, vault) would be replaced.")] = True,
     keep_snapshots: Annotated[int, typer.Option("--keep-snapshots", min=1, help="How many such snapshots to keep per stack.")] = 3,
 ) -> None:
-    """Provision the stack in rootless containers and wait until everything is healthy."""
+    """Provision the stack in rootless containers and wait until everything is healthy.
+
+    A stack whose state an older ccoas wrote is migrated first (the notes say how); one whose
+    state a newer ccoas wrote is refused (exit 2) before anything is touched."""
+    from ccoas.host import host_layout
+    from ccoas.migrations import check as check_state
+    from ccoas.state import state_dir
+
     resolved = _plan(stack, name)
+    check_state(state_dir(host_layout().state_root, resolved.stack))
     if engine is Engine.pulumi:
         from ccoas import pulumi_engine
 
@@ -364,6 +382,7 @@ def status(
         out.print(status_table(rows))
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    err.print(f"state: {_state_line(resolved)}", highlight=False, soft_wrap=True)
     unwell = [r.service for r in rows if (r.state, r.health) != ("running", "healthy")]
     if unwell:
         err.print(f"not running and healthy: {', '.join(unwell)}", highlight=False)

@@ -266,6 +266,7 @@ def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -
     """
     require_tools()  # before touching the host: a missing CLI is the first thing to say
     passphrase_env()
+    from ccoas import migrations
     from ccoas.engine.runtime import Runtime
     from ccoas.state import stack_paths
     from ccoas.steps import Steps
@@ -273,6 +274,8 @@ def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -
     runtime = Runtime.connect()
     paths, docker_host = stack_paths(runtime.layout.state_root, runtime.layout.runtime_dir, plan.stack), runtime.layout.base_url
     steps = Steps(plan, paths, runtime)
+    for note in migrations.migrate(paths):  # a state of a newer ccoas is refused before anything
+        on_output(f"note: {note}")
     steps.prepare()
     if plan.vault is not None:
         up(plan, paths, docker_host, stack_file, only=["vault"], on_output=on_output)

@@ -62,5 +62,10 @@ def secret_file_in(root: Path, service: str, secret: str) -> Path:
     return root / service / secret
 
 
+def state_dir(state_root: Path, stack: str) -> Path:
+    """A stack's persistent state dir under the host's state root (``/var/lib/ccoas``)."""
+    return state_root / "stacks" / stack
+
+
 def stack_paths(state_root: Path, runtime_root: Path, stack: str) -> StackPaths:
-    return StackPaths(state=state_root / "stacks" / stack, runtime=runtime_root / "ccoas" / stack)
+    return StackPaths(state=state_dir(state_root, stack), runtime=runtime_root / "ccoas" / stack)

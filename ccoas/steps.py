@@ -24,7 +24,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ccoas.engine.runtime import Runtime, tail_logs
 from ccoas.errors import EngineError, HostError, engine_step
@@ -60,6 +60,18 @@ class StepRecord:
 
     def set(self, key: str, value: str) -> None:
         self.entries[key] = value
+        self._write()
+
+    def forget(self, which: Callable[[str], bool]) -> list[str]:
+        """Drop the entries whose key ``which`` selects (their steps run again); the keys dropped."""
+        dropped = sorted(key for key in self.entries if which(key))
+        if dropped:
+            for key in dropped:
+                del self.entries[key]
+            self._write()
+        return dropped
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True) + "\n")

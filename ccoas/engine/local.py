@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ccoas import migrations
 from ccoas.engine.diff import (
     VAULT_BOOTSTRAP,
     VAULT_SECRETS,
@@ -295,6 +296,7 @@ class LocalEngine:
 
         files = rendered_files(self.plan)
         self.prepare_images(build)
+        migrations.migrate(self.paths)  # a new stack's state starts with its marker
         self.steps.render(files)
         self.steps.runtime_dirs()
         observed, desired, operations = self.plan_operations(files)
@@ -319,19 +321,23 @@ class LocalEngine:
         """Observe, diff, apply. ``after_ready(service)``, if given, runs once each service it
         touched has settled (before its dependants start); restore uses it."""
         started = time.monotonic()
+        found = migrations.check(self.paths.state)  # a state of a newer ccoas: refused before anything
         if dry_run:
             _, _, operations = self.plan_operations()
-            return UpResult(changes=0, status=[], operations=operations)
+            migrating = [Operation("migrate", "state", m.name, m.summary) for m in migrations.pending(found, migrations.MIGRATIONS)]
+            return UpResult(changes=0, status=[], operations=[*migrating, *operations])
         from ccoas.render import rendered_files
 
         files = rendered_files(self.plan)
         with engine_step("images", "build"):
             self.steps.resolve_images(build)
+        migrated = migrations.migrate(self.paths)
         self.steps.render(files)
         self.steps.runtime_dirs()
         observed, desired, operations = self.plan_operations(files)
         result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
-        result.notes = [*self.notes, *self.steps.notes, *self.unisolated_networks(), *self.host_notes()]
+        result.changes += len(migrated)
+        result.notes = [*migrated, *self.notes, *self.steps.notes, *self.unisolated_networks(), *self.host_notes()]
         return result
 
     def apply(
