@@ -530,7 +530,68 @@ def host_prepare(
     result = prepare(target=target, ssh_user=ssh_user, unprivileged_port_start=port)
     for change in result.changes:
         out.print(f"changed: {change}", highlight=False)
-    out.print(f"host prepared: {result.changed} changes", highlight=False)
+    changed = result.changed
+    if target == "@local":
+        from ccoas.boot import install_unit
+        from ccoas.host import host_layout
+
+        unit = install_unit(host_layout())
+        changed += unit.changed
+        out.print(f"{'changed' if unit.changed else 'boot unit' if unit.installed else 'skipped'}: {unit.reason}", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"skipped: the boot unit is installed by `ccoas host prepare` on the host itself (@local), not on {target}", highlight=False)
+    out.print(f"host prepared: {changed} changes", highlight=False)
+
+
+@host_app.command("enable-boot")
+@reports_errors
+def host_enable_boot(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
+    """Bring this stack up at every boot (`ccoas host boot`, run by the boot unit where systemd is PID 1)."""
+    from ccoas.boot import enable, systemd_is_pid1
+    from ccoas.host import host_layout
+
+    resolved = _plan(stack, name)
+    path = enable(host_layout().state_root, resolved.stack, stack, name)
+    out.print(f"stack {resolved.stack} enabled for boot ({path})", highlight=False)
+    on_systemd, seen = systemd_is_pid1()
+    if not on_systemd:
+        out.print(f"note: {seen}: no unit runs at boot here; after a reboot run `ccoas host boot`", highlight=False)
+
+
+@host_app.command("disable-boot")
+@reports_errors
+def host_disable_boot(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
+    """Stop bringing this stack up at boot (the stack itself is left as it is)."""
+    from ccoas.boot import disable
+    from ccoas.host import host_layout
+
+    resolved = _plan(stack, name)
+    was = disable(host_layout().state_root, resolved.stack)
+    out.print(f"stack {resolved.stack} {'no longer' if was else 'was not'} enabled for boot", highlight=False)
+
+
+@host_app.command("boot")
+@reports_errors
+def host_boot(
+    list_only: Annotated[bool, typer.Option("--list", help="Only list the stacks enabled for boot.")] = False,
+) -> None:
+    """Bring up every stack enabled for boot, one `ccoas up --no-build` each (what the boot unit runs
+    after a reboot). Exit 1 if any of them failed; the others are still brought up."""
+    from ccoas.boot import boot, ccoas_command, enabled
+    from ccoas.host import host_layout
+
+    state_root = host_layout().state_root
+    if list_only:
+        stacks = enabled(state_root)
+        for item in stacks:
+            out.print(" ".join(item.up_command(["ccoas"])), highlight=False, soft_wrap=True)
+        out.print(f"{len(stacks)} stacks enabled for boot", highlight=False)
+        return
+    results = boot(state_root, ccoas_command())
+    failed = [item.stack for item, code in results if code != 0]
+    out.print(f"{len(results) - len(failed)} of {len(results)} stacks up" + (f"; failed: {', '.join(failed)}" if failed else ""), highlight=False)
+    if failed:
+        raise typer.Exit(EXIT_APPLY_FAILED)
 
 
 @host_app.command("check")

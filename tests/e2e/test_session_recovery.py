@@ -1,4 +1,6 @@
-"""The engine user's session dies (every process killed, /run kept): the next command recovers.
+"""The engine user's session dies (every process killed, /run kept): the next command recovers;
+and a reboot (every process killed, the runtime dir and /dev/shm cleared) is followed by one
+`ccoas host boot`, what the boot unit runs, that brings the enabled stack back with its data.
 
 On hosts without systemd nothing clears the rootless runtime dir when the processes that used
 it are killed, and Podman then refuses every command ("invalid internal status ... podman
@@ -11,6 +13,7 @@ touch stacks of the host's main engine user; the images are copied over from the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,5 +114,54 @@ def test_up_recovers_after_the_engine_users_processes_are_killed(small_stack, se
         rows = [line for line in status.stdout.splitlines() if f"{name}-" in line]
         assert len(rows) == 2 and all("running" in row and "healthy" in row for row in rows), status.stdout
     finally:
+        down = _ccoas(session_layout, "down", str(stack), "--name", name, "--purge")
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def _reboot(layout: HostLayout) -> None:
+    """What a reboot does to the engine user: every process gone, /run (a tmpfs) and its /dev/shm files emptied."""
+    _kill_session(layout)
+    shutil.rmtree(layout.runtime_dir)
+    for ipc in Path("/dev/shm").glob("*"):
+        if ipc.is_file() and ipc.stat().st_uid == layout.uid:
+            ipc.unlink()
+
+
+def _psql(engine: LocalEngine, sql: str) -> str:
+    container = engine.client.containers.get(engine.plan.service("postgres").container_name)
+    result = container.exec_run(["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c", sql], user="999:999")
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode().strip()
+
+
+def test_one_boot_brings_an_enabled_stack_back_after_a_reboot(small_stack, session_layout: HostLayout):
+    stack = small_stack("boot", "vault", "postgres")
+    name = f"boot-{uuid.uuid4().hex[:6]}"
+    plan = build_plan(load_stack(stack), name=name)
+    LocalEngine.connect(plan).build_images()
+    _copy_images([s.image.ref for s in plan.services], host_layout(), session_layout)
+    try:
+        first = _ccoas(session_layout, "up", str(stack), "--name", name, "--no-build")
+        assert first.returncode == 0, first.stdout + first.stderr
+        engine = LocalEngine.connect(plan, layout=session_layout)
+        _psql(engine, "CREATE TABLE kept_across_reboot (note text); INSERT INTO kept_across_reboot VALUES ('before the reboot')")
+        enabled = _ccoas(session_layout, "host", "enable-boot", str(stack), "--name", name)
+        assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+
+        _reboot(session_layout)
+        assert not session_layout.runtime_dir.exists()  # the secret files and Vault's socket with it
+
+        booted = _ccoas(session_layout, "host", "boot")
+        assert booted.returncode == 0, booted.stdout[-3000:] + booted.stderr[-3000:]
+        assert "1 of 1 stacks up" in booted.stdout and "Traceback" not in booted.stderr, booted.stdout
+        status = _ccoas(session_layout, "status", str(stack), "--name", name)
+        assert status.returncode == 0, status.stdout + status.stderr
+        rows = [line for line in status.stdout.splitlines() if f"{name}-" in line]
+        assert len(rows) == 2 and all("running" in row and "healthy" in row for row in rows), status.stdout
+        again = LocalEngine.connect(plan, layout=session_layout)
+        assert _psql(again, "SELECT note FROM kept_across_reboot") == "before the reboot"
+        assert again.paths.secret_file("postgres", plan.service("postgres").secrets[0].secret).is_file()
+    finally:
+        _ccoas(session_layout, "host", "disable-boot", str(stack), "--name", name)
         down = _ccoas(session_layout, "down", str(stack), "--name", name, "--purge")
         assert down.returncode == 0, down.stdout + down.stderr
