@@ -102,10 +102,6 @@ class FakeClient:
             def create(self, name, labels=None):
                 return None
 
-        class Networks:
-            def list(self, filters=None):
-                return []
-
         class Containers:
             def list(self, all=False, filters=None):
                 return list(outer.by_name.values())
@@ -121,7 +117,9 @@ class FakeClient:
         class Api:
             base_url = "http+docker://localhost"
 
-            def get(self, url):
+            def get(self, url, params=None):
+                if url.endswith("/libpod/networks/json"):
+                    return FakeResponse(200, [])
                 if url.endswith("/_ping"):
                     return FakeResponse(200, "OK", headers={"Libpod-Api-Version": "4.3.1"})
                 if url.endswith("/healthcheck"):
@@ -139,8 +137,10 @@ class FakeClient:
             def connect_container_to_network(self, *args, **kwargs):
                 pass
 
+            def _raise_for_status(self, response):
+                pass
+
         self.images, self.volumes, self.containers, self.api = Images(), Volumes(), Containers(), Api()
-        self.networks = Networks()
 
     def maybe_fail(self, step: str) -> None:
         if step == self.fail_at:

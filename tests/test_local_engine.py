@@ -19,6 +19,7 @@ import pytest
 from ccoas.engine.local import LocalEngine
 from ccoas.engine.observed import ObservedVault
 from ccoas.engine.runtime import Runtime
+from ccoas.errors import EngineError
 from ccoas.planner import load_plan
 from ccoas.state import stack_paths
 
@@ -70,17 +71,21 @@ class FakeClient:
         self.stopped: list[str] = []
         self.network_names: dict[str, dict[str, Any]] = {}
         self.drop_isolate = False
-        """Answer network inspection as the Podman service did in whole e2e runs: without ``isolate``."""
+        """Hold the networks without ``isolate``, as the Podman service does once a Docker-API client read them."""
+        self.files_lack_isolate = False
+        """Their files lack it too: reading them again does not help."""
         self.volume_names: dict[str, dict[str, str]] = {}
         self.image_ids = images
         self.containers = SimpleNamespace(list=self._list_containers, get=self._get_container)
-        self.networks = SimpleNamespace(list=self._list_networks, create=None)
+        self.networks = SimpleNamespace(list=self._compat_networks, get=self._compat_networks, create=self._compat_networks)
         self.volumes = SimpleNamespace(list=self._list_volumes, create=self._create_volume)
         self.images = SimpleNamespace(get=self._get_image)
         self.api = SimpleNamespace(
             base_url="http+unix://fake",
             get=self._get,
             post=self._post,
+            delete=self._delete,
+            _raise_for_status=lambda response: None,
             create_container_from_config=self._create,
             stop=self._stop,
             connect_container_to_network=None,
@@ -105,12 +110,9 @@ class FakeClient:
                 return container
         raise docker.errors.NotFound(key)
 
-    def _list_networks(self, filters: dict | None = None) -> list[Any]:
-        return [
-            SimpleNamespace(name=n, attrs={"Internal": spec["internal"]}, remove=lambda n=n: self.network_names.pop(n))
-            for n, spec in self.network_names.items()
-            if self._selected(spec["labels"], filters or {})
-        ]
+    @staticmethod
+    def _compat_networks(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the Docker-API network endpoints drop isolate on Podman 4.3: only libpod's may be used")
 
     def _list_volumes(self, filters: dict | None = None) -> list[Any]:
         return [SimpleNamespace(name=n) for n, labels in self.volume_names.items() if self._selected(labels, filters or {})]
@@ -129,19 +131,33 @@ class FakeClient:
             raise docker.errors.ImageNotFound(ref)
         return SimpleNamespace(id=self.image_ids[ref])
 
-    def _get(self, url: str) -> Any:
+    def _get(self, url: str, params: dict | None = None) -> Any:
+        import json
+
         if url.endswith("/_ping"):
             return SimpleNamespace(status_code=200, headers={"Libpod-Api-Version": "4.3.1"})
-        name = url.split("/networks/")[1].removesuffix("/json")
-        network = {**self.network_names[name], **({"options": {}} if self.drop_isolate else {})}
-        return SimpleNamespace(status_code=200, json=lambda: network)
+        assert url.endswith("/libpod/networks/json")
+        filters = json.loads((params or {}).get("filters", "{}"))
+        held = [
+            {**spec, **({"options": {}} if self.drop_isolate else {})}
+            for spec in self.network_names.values()
+            if self._selected(spec["labels"], filters)
+        ]
+        return SimpleNamespace(status_code=200, json=lambda: held)
+
+    def _delete(self, url: str) -> Any:
+        self.network_names.pop(url.rsplit("/", 1)[1])
+        return SimpleNamespace(status_code=204)
 
     def _post(self, url: str, data: str, headers: dict) -> Any:
         import json
 
         assert url.endswith("/libpod/networks/create")
         payload = json.loads(data)
-        assert payload["options"] == {"isolate": "true"} and payload["dns_enabled"] is True
+        if payload["name"].endswith("-ccoas-reload"):
+            self.drop_isolate = self.files_lack_isolate  # the service reads every network's file again
+        else:
+            assert payload["options"] == {"isolate": "true"} and payload["dns_enabled"] is True
         self.network_names[payload["name"]] = payload
         return SimpleNamespace(status_code=201, text=json.dumps(payload), json=lambda: payload)
 
@@ -193,12 +209,27 @@ def test_first_up_creates_everything_in_start_order_and_settles_each_service(eng
     assert [s.health for s in result.status] == ["healthy"] * 3
 
 
-def test_a_network_the_podman_service_holds_without_isolation_is_never_silent(engine):
-    engine.client.drop_isolate = True
+def test_networks_held_without_isolation_are_read_again_and_their_containers_restarted(engine):
+    engine.up()
+    engine.settled.clear()
+    engine.client.drop_isolate = True  # what a Docker-API client's `network ls` does to Podman 4.3's service
+    planned = [str(op) for op in engine.up(dry_run=True).operations]
+    assert [p.split(":")[0] for p in planned] == [
+        "reload network fx-auth", "reload network fx-db", "restart vault", "restart postgres", "restart redis"
+    ]
+    assert planned[2] == "restart vault: network auth started without isolation"
     result = engine.up()
-    notes = [n for n in result.notes if "without the isolation" in n]
-    assert [n.split()[1] for n in notes] == ["fx-auth:", "fx-db:"]
-    assert all("`ccoas down` then `ccoas up`" in n for n in notes)
+    assert engine.client.drop_isolate is False and "fx-ccoas-reload" not in engine.client.network_names
+    assert engine.client.containers_by_name["fx-redis"].events[-1] == "start" and engine.client.containers_by_name["fx-redis"].events[-2].startswith("stop ")
+    assert sum("without isolation" in n for n in result.notes) == 2
+    assert engine.up().changes == 0
+
+
+def test_a_network_whose_file_lacks_isolation_is_refused_with_what_to_do(engine):
+    engine.up()
+    engine.client.drop_isolate = engine.client.files_lack_isolate = True
+    with pytest.raises(EngineError, match=r"fx-auth: still without isolation.*`ccoas down` then `ccoas up`"):
+        engine.up()
 
 
 def test_a_second_up_observes_a_converged_stack_and_does_nothing(engine):

@@ -18,7 +18,7 @@ import pytest
 import testinfra
 
 from ccoas.host import host_layout
-from ccoas.plan import Plan
+from ccoas.plan import LABEL_PREFIX, Plan
 from ccoas.planner import build_plan, load_stack
 
 
@@ -146,14 +146,57 @@ def test_log_file_is_capped(service):
     assert size <= cap, f"{service}: {path} holds {size} bytes, over its cap of {cap}"
 
 
-@pytest.mark.parametrize("network", ["auth", "db"])
-def test_internal_networks_are_internal_and_isolated(network):
-    if not any(n.name == network for n in plan().networks):
-        pytest.skip(f"stack has no {network} network")
-    name = plan().network(network).engine_name
-    info = json.loads(podman("network", "inspect", name).stdout)[0]
-    assert info["internal"] is True
-    assert info.get("options", {}).get("isolate") == "true"
+def networks():
+    return [pytest.param(n.name, id=n.name) for n in plan().networks]
+
+
+@pytest.mark.parametrize("network", networks())
+def test_network_is_as_planned_and_held_isolated(network):
+    """Internal as planned, and the engine holds ``isolate`` (read from the Podman service, which
+    is what netavark gets at the next container start, not from the file on disk)."""
+    planned = plan().network(network)
+    info = json.loads(podman("network", "inspect", planned.engine_name).stdout)[0]
+    assert info["internal"] is planned.internal, f"{planned.engine_name}: internal={info['internal']}, planned {planned.internal}"
+    if planned.isolate:
+        assert (info.get("options") or {}).get("isolate") == "true", f"{planned.engine_name}: held without isolate: {info.get('options')}"
+
+
+def test_another_isolated_network_cannot_reach_the_stack():
+    """Tried as a neighbouring stack would: from a network of its own with ``isolate`` (what every
+    ccoas stack has), a probe connects to every port of every service on a routed (non-internal)
+    network of this stack; none may answer. The same probe from Podman's default network (not
+    isolated) must connect, or the probe proves nothing. (Internal networks have no address in
+    the rootless network namespace, so nothing routes to them from any other network.)"""
+    from ccoas.compliance import reachability
+
+    routed = {n.name for n in plan().networks if not n.internal}
+    targets = sorted(
+        (s.name, address["IPAddress"], port)
+        for s in plan().services
+        for net, address in inspect(s.name)["NetworkSettings"]["Networks"].items()
+        if address.get("IPAddress") and any(plan().network(r).engine_name == net for r in routed)
+        for port in s.expose
+    )
+    if not targets:
+        pytest.skip("no service listens on a routed network")
+    image = next(plan().service(s).image.ref for s in reachability.PROBE_SERVICES if plan().has(s))
+    neighbour = f"{plan().stack}-ccoas-probe"
+    created = podman("network", "create", "--opt", "isolate=true", "--label", f"{LABEL_PREFIX}.stack={plan().stack}", neighbour)
+    assert created.returncode == 0, f"creating the probe network: {created.stderr.strip()}"
+    try:
+        for service, address, port in targets:
+            script = f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}'"
+            reached = {
+                where: podman(
+                    "run", "--rm", "--pull", "never", "--network", where, "--user", "65534:65534", "--read-only",
+                    "--cap-drop", "ALL", "--entrypoint", "bash", image, "-c", script,
+                ).returncode == 0
+                for where in (neighbour, "podman")
+            }
+            assert reached["podman"], f"control probe: {service} at {address}:{port} not reachable even from the default network"
+            assert not reached[neighbour], f"{service} at {address}:{port} answers a container on another isolated network"
+    finally:
+        podman("network", "rm", "-f", neighbour)
 
 
 def _probe(source_container: str, image: str, script: str) -> tuple[int, str, str]:

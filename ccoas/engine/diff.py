@@ -75,10 +75,27 @@ def recreate_cause(desired: DesiredService, current: ObservedContainer) -> str:
     return ", ".join(changed) or "desired state changed"
 
 
+UNISOLATED = (
+    "the engine holds it without isolation (a Docker-API client listed or inspected it: Podman 4.3 then drops "
+    "`isolate` from its in-memory copy); read again from its file, and its running containers restart"
+)
+
+
+def unisolated(plan: Plan, observed: ObservedState) -> frozenset[str]:
+    """Networks of the plan (by name) that the engine holds, or runs, without the isolation the plan asks for."""
+    return frozenset(
+        n.name
+        for n in plan.networks
+        if n.isolate and (held := observed.networks.get(n.engine_name)) is not None and not (held.isolate and held.enforced)
+    )
+
+
 def container_operation(
-    service: Service, desired: DesiredService, current: ObservedContainer | None, replaced: set[str]
+    service: Service, desired: DesiredService, current: ObservedContainer | None, replaced: set[str], lost: frozenset[str] = frozenset()
 ) -> Operation | None:
-    """What ``service``'s container needs, given which of its dependencies got a new container."""
+    """What ``service``'s container needs, given which of its dependencies got a new container
+    and which of the plan's networks the engine held without isolation (``lost``): netavark
+    applies a network's isolation when a container on it starts."""
     if current is None:
         return Operation("create", "container", service.name, "container missing")
     if current.spec != desired.spec:
@@ -89,6 +106,9 @@ def container_operation(
     if moved:
         # a dependency got a new container (and address): restart so it resolves and connects afresh
         return Operation("restart", "container", service.name, f"dependency {', '.join(moved)} replaced")
+    regained = sorted(set(service.networks) & lost)
+    if regained:
+        return Operation("restart", "container", service.name, f"network {', '.join(regained)} started without isolation")
     return None
 
 
@@ -149,6 +169,8 @@ def diff(plan: Plan, desired: Desired, observed: ObservedState) -> list[Operatio
                 f"network {network.engine_name} exists with internal={current.internal}; "
                 f"run `ccoas down` first so it can be recreated as the plan says"
             )
+        elif network.isolate and not current.isolate:
+            ops.append(Operation("reload", "network", network.engine_name, UNISOLATED))
     for volume in plan.volumes:
         if volume.engine_name not in observed.volumes:
             ops.append(Operation("create", "volume", volume.engine_name, "missing"))
@@ -158,8 +180,9 @@ def diff(plan: Plan, desired: Desired, observed: ObservedState) -> list[Operatio
             why = f"service {container.service} is not in the plan" if container.service else "not in the plan"
             ops.append(Operation("remove", "container", name, why))
     replaced: set[str] = set()
+    lost = unisolated(plan, observed)
     for service in plan.services:
-        op = container_operation(service, desired.services[service.name], observed.containers.get(service.container_name), replaced)
+        op = container_operation(service, desired.services[service.name], observed.containers.get(service.container_name), replaced, lost)
         if op is not None:
             ops.append(op)
             replaced.add(service.name)

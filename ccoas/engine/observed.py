@@ -35,6 +35,12 @@ class ObservedContainer:
 class ObservedNetwork:
     name: str
     internal: bool
+    isolate: bool = True
+    """Whether the engine holds it with Podman's ``isolate`` option now (what netavark gets at
+    the next container start), not what its file on disk says."""
+    enforced: bool = True
+    """Whether its bridge, if up, has netavark's isolation rule (false: containers on it were
+    started while the engine held it without ``isolate``, and run unisolated until restarted)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ccoas.engine.observed import ObservedNetwork
 from ccoas.errors import HostError
 from ccoas.host import HostLayout, ensure_api_service, host_layout
 from ccoas.plan import HealthCheck, Service
@@ -56,6 +57,73 @@ class Runtime:
 
     def libpod_url(self, path: str) -> str:
         return f"{self.client.api.base_url}/v4.0.0/libpod{path}"
+
+    def networks(self, label: str) -> list[ObservedNetwork]:
+        """The networks labelled ``label`` (``key=value``), as the engine holds them now.
+
+        On Podman only the libpod endpoints are used for networks: Podman 4.3's Docker-API
+        network list and inspect delete ``isolate`` from the service's in-memory copy of each
+        network they answer for (the compat handler edits the shared options map in place), so
+        every container it starts afterwards runs without isolation while the network's file on
+        disk still has it (measured: containers on two isolated bridges reach each other).
+        Nothing in ccoas calls those endpoints; ``up`` repairs what another Docker-API client
+        did (:meth:`reload_networks`, then restarts). ``enforced`` is read from the rootless
+        network namespace: netavark's drop rule for each routed bridge that is up."""
+        if not self.is_podman:
+            return [
+                ObservedNetwork(n.name, bool(n.attrs.get("Internal")))
+                for n in self.client.networks.list(filters={"label": [label]})
+            ]
+        response = self.client.api.get(self.libpod_url("/networks/json"), params={"filters": json.dumps({"label": [label]})})
+        self.client.api._raise_for_status(response)
+        held = response.json() or []
+        routed = [n for n in held if not n.get("internal")]
+        up, dropped = self._bridges() if routed else (set(), set())
+        return [
+            ObservedNetwork(
+                n["name"],
+                bool(n.get("internal")),
+                (n.get("options") or {}).get("isolate") == "true",
+                n.get("internal") or n.get("network_interface") not in up or n.get("network_interface") in dropped,
+            )
+            for n in held
+        ]
+
+    def _bridges(self) -> tuple[set[str], set[str]]:
+        """Bridges up in the engine user's rootless network namespace, and those with netavark's
+        isolation drop rule (``NETAVARK_ISOLATION_2 -o BRIDGE -j DROP``). Read only when that
+        namespace exists (joining it must not create one)."""
+        import subprocess
+
+        netns = self.layout.runtime_dir / "netns"
+        if not any(p.name.startswith("rootless-netns") for p in (netns.iterdir() if netns.is_dir() else ())):
+            return set(), set()
+        script = "ip -o link show; echo --; iptables -S NETAVARK_ISOLATION_2 2>/dev/null || true"
+        command = self.layout.engine_command("podman", "unshare", "--rootless-netns", "sh", "-c", script)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise HostError(f"reading the rootless network namespace: {result.stderr.strip()}")
+        links, _, rules = result.stdout.partition("--\n")
+        up = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if line.count(":") >= 2}
+        dropped = {parts[3] for parts in (line.split() for line in rules.splitlines()) if parts[2:3] == ["-o"] and parts[-1] == "DROP"}
+        return up, dropped
+
+    def remove_network(self, name: str) -> None:
+        if not self.is_podman:
+            self.client.networks.get(name).remove()
+            return
+        self.client.api._raise_for_status(self.client.api.delete(self.libpod_url(f"/networks/{name}")))
+
+    def reload_networks(self, name: str, labels: dict[str, str]) -> None:
+        """Make the Podman service read every network from its file again.
+
+        The service re-reads its networks directory when the directory's modification time
+        changes: creating and removing a network of our own (``name``, labelled) changes it,
+        through the same API and as the same user, with nothing else touched."""
+        body = {"name": name, "driver": "bridge", "internal": True, "labels": labels}
+        created = self.client.api.post(self.libpod_url("/networks/create"), data=json.dumps(body), headers={"Content-Type": "application/json"})
+        self.client.api._raise_for_status(created)
+        self.remove_network(name)
 
     def container(self, service: Service) -> Any | None:
         import docker.errors

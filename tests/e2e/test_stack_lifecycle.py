@@ -145,12 +145,6 @@ def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engi
     assert mc(*directus_user, "admin", "user", "list", "local")[0] != 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, not understood: the Podman service may hold this stack's internal networks without "
-    "their isolate option (their files on disk have it), and the isolation control fails on that; every "
-    "other control holds. See README, Known gaps.",
-)
 def test_compliance_controls_hold(engine, tmp_path):
     junit = tmp_path / "controls.xml"
     code = run_checks(STACK, NAME, junit=junit)
@@ -279,7 +273,7 @@ def test_purge_leaves_nothing_behind(engine, plan):
     engine.down(purge=True)
     selector = {"label": f"io.ccoas.stack={NAME}"}
     assert engine.client.containers.list(all=True, filters=selector) == []
-    assert engine.client.networks.list(filters=selector) == []
+    assert engine.runtime.networks(selector["label"]) == []
     assert engine.client.volumes.list(filters=selector) == []
     assert not engine.paths.state.exists() and not engine.paths.runtime.exists()
 
