@@ -15,7 +15,8 @@ Build context layout (what a Containerfile template may ``COPY``):
   installed on the host with the recipe's Node runtime so native modules match it.
 - ``bin/<binary>``: a Go module built on the host (``go install``; ``CGO_ENABLED`` and
   ``-ldflags`` per artifact; module and build caches under the cache root).
-- ``bin/<binary>``: a Rust crate shipped under ``templates/`` (a ``cargo`` artifact: its folder),
+- ``bin/<binary>``: a Rust crate (a ``cargo`` artifact: its folder, relative to ``templates/`` for
+  the crates ccoas ships, absolute for a user service's own),
   built on the host with the Rust toolchain of host preparation (``cargo build --release
   --locked``: the versions its ``Cargo.lock`` pins, from crates.io); cached by the crate's
   content and the toolchain's version, the registry and build caches under the cache root.
@@ -45,6 +46,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import jinja2
 
+from ccoas.components.base import crate_digest
 from ccoas.errors import EngineError, HostError
 from ccoas.host import HostLayout
 from ccoas.plan import TEMPLATES_DIR
@@ -291,14 +293,6 @@ def toolchain_env(layout: HostLayout, toolchain: str) -> dict[str, str]:
     if toolchain == "go":
         env["GOTOOLCHAIN"] = "local"  # never download another Go
     return env
-
-
-def crate_digest(folder: Path) -> str:
-    """sha256 over a crate's files (relative path and content), ``target/`` left out."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "target" not in p.relative_to(folder).parts):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def rust_version(layout: HostLayout) -> str:

@@ -285,11 +285,25 @@ def ensure_service_image_known(stack: Stack) -> list[tuple[str, str]]:
     for name, config in stack.services.items():
         image = config.image
         where = f"services.{name}.image"
-        if (image.recipe is None) == (image.ref is None):
-            problems.append((where, "expected exactly one of recipe (a local recipe ccoas knows) or ref (an image pinned by digest)"))
+        if sum(choice is not None for choice in (image.crate, image.recipe, image.ref)) != 1:
+            problems.append(
+                (where, "expected exactly one of crate (a Rust crate of your own), recipe (a local recipe ccoas knows) or ref (an image pinned by digest)")
+            )
         elif image.recipe is not None and image.recipe not in services.RECIPES:
             known = ", ".join(sorted(services.RECIPES)) or "none"
             problems.append((f"{where}.recipe", f"expected a recipe ccoas knows ({known}), got {image.recipe!r}"))
+    return problems
+
+
+def ensure_service_crate_builds_one_program(stack: Stack) -> list[tuple[str, str]]:
+    """A crate's manifest names its package and one program (the image's command)."""
+    problems = []
+    for name, config in sorted(stack.services.items()):
+        if config.image.crate is not None:
+            try:
+                services.read_crate(Path(config.image.crate))
+            except ValueError as exc:
+                problems.append((f"services.{name}.image.crate", str(exc)))
     return problems
 
 
@@ -338,6 +352,7 @@ RULES: tuple[Rule, ...] = (
     ensure_service_names_free,
     ensure_service_networks_allowed,
     ensure_service_image_known,
+    ensure_service_crate_builds_one_program,
     ensure_service_environment_has_no_secret,
     ensure_service_dependencies_enabled,
 )

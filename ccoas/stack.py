@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ccoas.errors import Problem, StackError
 
@@ -129,17 +129,45 @@ USER_RE = r"^[1-9][0-9]{0,9}:[1-9][0-9]{0,9}$"
 """``uid:gid``, neither 0: a user service never runs as root."""
 
 
-class ServiceImage(_Strict):
-    """A user service's image: a local recipe ccoas knows, or an image pinned by digest."""
+CRATE_FILES = ("Cargo.toml", "Cargo.lock")
+"""What a crate folder must hold: its manifest, and the lock ``cargo build --locked`` builds."""
 
+
+class ServiceImage(_Strict):
+    """A user service's image: a Rust crate of its own, a local recipe ccoas knows, or an image
+    pinned by digest (exactly one: the planner's rules say so)."""
+
+    crate: str | None = None
+    """The folder of a Rust crate, relative to the stack file (or absolute), holding
+    ``Cargo.toml`` and ``Cargo.lock``: ccoas builds it on the host like the embedding worker
+    (``cargo build --release --locked``, cached by its content) into an image on the Debian
+    base. Once validated, the folder's absolute path."""
     recipe: Annotated[str, Field(pattern=NAME_RE)] | None = None
     """A recipe of :data:`ccoas.components.services.RECIPES`, built by ccoas like a component's."""
     ref: Annotated[str, Field(pattern=DIGEST_REF_RE)] | None = None
     """``name:tag@sha256:…``: never a tag alone."""
 
+    @field_validator("crate")
+    @classmethod
+    def _crate(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Resolved against the stack file's folder (the validation context's ``directory``)."""
+        if value is None:
+            return None
+        directory = (info.context or {}).get("directory")
+        folder = (Path(directory) / value if directory is not None else Path(value)).resolve()
+        if not folder.is_dir():
+            raise ValueError(f"expected the folder of a Rust crate, relative to the stack file; {folder} is not a folder")
+        missing = [name for name in CRATE_FILES if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"expected a Rust crate with {' and '.join(CRATE_FILES)} (ccoas builds with --locked: "
+                f"`cargo generate-lockfile` writes the lock); {folder} has no {' and no '.join(missing)}"
+            )
+        return str(folder)
+
     @property
     def source(self) -> str:
-        return "local" if self.recipe is not None else "registry"
+        return "local" if self.recipe is not None or self.crate is not None else "registry"
 
 
 class ServiceHealthCheck(_Strict):
@@ -442,7 +470,8 @@ def _message(error: dict[str, Any]) -> str:
 def validate_document(data: Any, file: str) -> Stack:
     """Validate already-parsed YAML data against the schema. Raises :class:`StackError`.
 
-    The cross-field rules (which need the component catalog) are the planner's:
+    Paths in it (a service's ``image.crate``) are relative to the folder of ``file``. The
+    cross-field rules (which need the component catalog) are the planner's:
     :func:`ccoas.planner.parse_stack` runs both."""
     if not isinstance(data, dict):
         got = "an empty file" if data is None else type(data).__name__
@@ -455,7 +484,7 @@ def validate_document(data: Any, file: str) -> Stack:
     except (TypeError, ValueError, RecursionError) as exc:
         raise StackError([Problem(file, "", f"unsupported YAML content: {exc}")]) from None
     try:
-        stack = Stack.model_validate_json(document)
+        stack = Stack.model_validate_json(document, context={"directory": Path(file).parent})
     except ValidationError as exc:
         problems = list(dict.fromkeys(Problem(file, _field_path(e["loc"]), _message(e)) for e in exc.errors()))
         raise StackError(problems) from None

@@ -3,6 +3,10 @@ component (same hardening), and translated by every consumer of the plan without
 
 from __future__ import annotations
 
+import os
+import shutil
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,9 +14,12 @@ import yaml
 
 from ccoas import kubernetes
 from ccoas.cli import app
+from ccoas.components import services
 from ccoas.compose import compose_document
 from ccoas.errors import StackError
-from ccoas.planner import build_plan, parse_stack
+from ccoas.images import render_containerfile
+from ccoas.planner import build_plan, load_stack, parse_stack
+from tests.conftest import REPO_ROOT
 from tests.test_pulumi_program import check_security, declared
 
 REF = "registry.example.org/acme/worker:1.2@sha256:" + "ab" * 32
@@ -158,3 +165,147 @@ def test_kubernetes_translates_it(plan):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+# --- a service built from a Rust crate of the user's own (image.crate) -----------------------
+
+EXAMPLE = REPO_ROOT / "stacks" / "examples" / "dbping.yaml"
+EXAMPLE_CRATE = EXAMPLE.parent / "dbping"
+GOLDEN = REPO_ROOT / "tests" / "golden" / "examples" / "dbping"
+
+
+def crate_in(tmp_path: Path, manifest: str | None = None, lock: bool = True, main: bool = True) -> Path:
+    """A copy of the example crate under ``tmp_path/crates/svc`` (its manifest, lock or main changed)."""
+    folder = tmp_path / "crates" / "svc"
+    shutil.copytree(EXAMPLE_CRATE, folder, ignore=shutil.ignore_patterns("target"))
+    if manifest is not None:
+        (folder / "Cargo.toml").write_text(manifest)
+    if not lock:
+        (folder / "Cargo.lock").unlink()
+    if not main:
+        (folder / "src" / "main.rs").unlink()
+    return folder
+
+
+def crate_stack(stack_document, tmp_path: Path, crate: str = "crates/svc") -> tuple[dict[str, Any], str]:
+    """A dev stack with a service built from ``crate`` (relative to the stack file in tmp_path)."""
+    return with_service(stack_document, worker(image={"crate": crate})), str(tmp_path / "stack.yaml")
+
+
+def crate_problems(doc: dict[str, Any], file: str) -> list[tuple[str, str]]:
+    with pytest.raises(StackError) as raised:
+        parse_stack(doc, file)
+    return [(p.path, p.message) for p in raised.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("make", "crate", "fragment"),
+    [
+        (lambda tmp: None, "crates/svc", "is not a folder"),
+        (lambda tmp: (tmp / "crates").mkdir() or (tmp / "crates" / "svc").write_text("x"), "crates/svc", "is not a folder"),
+        (lambda tmp: crate_in(tmp, lock=False), "crates/svc", "has no Cargo.lock"),
+        (lambda tmp: (tmp / "crates" / "svc").mkdir(parents=True), "crates/svc", "has no Cargo.toml and no Cargo.lock"),
+        (lambda tmp: crate_in(tmp, manifest="[workspace]\nmembers = []\n"), "crates/svc", "has no [package] name"),
+        (lambda tmp: crate_in(tmp, manifest="[package\n"), "crates/svc", "cannot read"),
+        (lambda tmp: crate_in(tmp, main=False), "crates/svc", "a library crate builds no program"),
+        (
+            lambda tmp: crate_in(tmp, manifest='[package]\nname = "svc"\nversion = "0.1.0"\n[[bin]]\nname = "a"\n[[bin]]\nname = "b"\n'),
+            "crates/svc",
+            "2 [[bin]] targets",
+        ),
+        (lambda tmp: crate_in(tmp, manifest='[package]\nname = "svc$(id)"\nversion = "0.1.0"\n'), "crates/svc", "program name"),
+    ],
+)
+def test_a_crate_that_cannot_be_built_is_one_problem_naming_its_field(stack_document, tmp_path, make, crate, fragment):
+    make(tmp_path)
+    doc, file = crate_stack(stack_document, tmp_path, crate)
+    found = crate_problems(doc, file)
+    assert len(found) == 1, found
+    assert found[0][0] == "services.worker.image.crate" and fragment in found[0][1], found
+
+
+def test_a_crate_and_a_ref_are_one_choice_too_many(stack_document, tmp_path):
+    crate_in(tmp_path)
+    doc = with_service(stack_document, worker(image={"crate": "crates/svc", "ref": REF}))
+    assert crate_problems(doc, str(tmp_path / "stack.yaml")) == [
+        ("services.worker.image", "expected exactly one of crate (a Rust crate of your own), recipe (a local recipe ccoas knows) or ref (an image pinned by digest)")
+    ]
+
+
+def test_the_cli_refuses_a_missing_crate_with_exit_2(stack_document, write_stack, tmp_path, runner):
+    path = write_stack(tmp_path, with_service(stack_document, worker(image={"crate": "nowhere"})))
+    result = runner.invoke(app, ["plan", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "services.worker.image.crate" in result.stderr and f"{tmp_path / 'nowhere'} is not a folder" in result.stderr
+
+
+def test_the_crate_is_found_relative_to_the_stack_file_and_planned_as_a_local_cargo_build(stack_document, tmp_path):
+    folder = crate_in(tmp_path)
+    doc, file = crate_stack(stack_document, tmp_path)
+    service = build_plan(parse_stack(doc, file)).service("worker")
+    image = service.image
+    assert image.source == "local" and image.pull == "never" and image.registry is None
+    assert image.recipe.containerfile == services.CRATE_CONTAINERFILE and image.recipe.files == ()
+    assert [(a.kind, a.spec, a.binary) for a in image.recipe.artifacts] == [("cargo", str(folder), "dbping")]
+    assert image.ref == f"localhost/ccoas/worker:{image.recipe.digest[:12]}"
+    assert image.upstream == {"local": f"dbping 0.1.0 (the crate {folder}, its dependencies pinned by its Cargo.lock)"}
+    assert service.user == "1000:1000" and service.read_only and service.cap_drop == ("ALL",)
+
+
+def test_the_image_is_keyed_by_the_crates_content_not_its_place(stack_document, tmp_path):
+    def ref(folder: str) -> str:
+        doc = with_service(stack_document, worker(image={"crate": folder}))
+        return build_plan(parse_stack(doc, str(tmp_path / "stack.yaml"))).service("worker").image.ref
+
+    folder = crate_in(tmp_path)
+    before = ref("crates/svc")
+    shutil.copytree(folder, tmp_path / "elsewhere")
+    assert ref("elsewhere") == before  # the same crate elsewhere: the same image
+    (folder / "target" / "release").mkdir(parents=True)
+    (folder / "target" / "release" / "dbping").write_bytes(b"built")
+    assert ref("crates/svc") == before  # build output is not the crate
+    (folder / "src" / "extra.rs").write_text("// a new module\n")
+    assert ref("crates/svc") != before  # any file of the crate, not only the listed ones
+
+
+def test_a_crate_names_its_program_with_one_bin_target(tmp_path):
+    folder = crate_in(tmp_path, manifest='[package]\nname = "svc"\nversion = "2.0.1"\n[[bin]]\nname = "serve"\npath = "src/main.rs"\n')
+    assert services.read_crate(folder) == services.Crate(folder=folder, package="svc", version="2.0.1", program="serve")
+
+
+def example_plan():
+    return build_plan(load_stack(EXAMPLE), name="dbping-golden")
+
+
+def test_the_example_stack_runs_its_crate_hardened_on_the_db_network_only():
+    plan = example_plan()
+    service = plan.service("dbping")
+    assert service.image.recipe.artifacts[0].spec == str(EXAMPLE_CRATE)
+    assert dict(service.networks) == {"db": ("dbping",)} and service.ports == ()
+    assert service.user == "65534:65534" and service.read_only and service.cap_drop == ("ALL",)
+    assert [m.target for m in service.secrets] == ["/run/secrets/dbping_api_key"]
+    assert service.environment["DBPING_AUTH_FILE"] == "/run/secrets/dbping_api_key"
+    assert service.healthcheck.test == ("CMD", "/usr/local/bin/dbping", "--check")
+    assert [s.name for s in plan.services] == ["vault", "postgres", "dbping"]
+
+
+def test_the_example_crate_pins_everything_it_builds_from():
+    manifest = tomllib.loads((EXAMPLE_CRATE / "Cargo.toml").read_text())
+    lock = tomllib.loads((EXAMPLE_CRATE / "Cargo.lock").read_text())
+    assert manifest.get("dependencies", {}) == {}  # the standard library only
+    assert [p["name"] for p in lock["package"]] == ["dbping"]
+
+
+@pytest.mark.parametrize("golden", ["Containerfile", "compose-service.yaml"])
+def test_the_example_renders_its_golden_files(golden):
+    """The crate image's Containerfile and the service as the compose export writes it.
+    Regenerate after an intended change: CCOAS_UPDATE_GOLDEN=1 python -m pytest tests/test_user_services.py"""
+    plan = example_plan()
+    actual = {
+        "Containerfile": render_containerfile(plan.service("dbping").image.recipe),
+        "compose-service.yaml": yaml.safe_dump(compose_document(plan)["services"]["dbping"], sort_keys=True),
+    }[golden]
+    if os.environ.get("CCOAS_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        (GOLDEN / golden).write_text(actual)
+    assert actual == (GOLDEN / golden).read_text(), f"tests/golden/examples/dbping/{golden} differs (CCOAS_UPDATE_GOLDEN=1 to regenerate)"

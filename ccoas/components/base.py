@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Callable
 
 from ccoas import plan as plan_types
@@ -276,12 +277,25 @@ class Context:
 
 
 def recipe_digest(containerfile: str, files: tuple[str, ...], artifacts: tuple[Artifact, ...]) -> str:
-    """sha256 over a recipe's Containerfile, files and artifact specs: the local image's content key."""
+    """sha256 over a recipe's Containerfile, files and artifact specs (for a cargo artifact, its
+    crate's every file instead of its folder's path): the local image's content key."""
     digest = hashlib.sha256()
     for rel in (containerfile, *files):
         digest.update(rel.encode() + b"\0" + (plan_types.TEMPLATES_DIR / rel).read_bytes() + b"\0")
     for artifact in artifacts:
-        digest.update(artifact.model_dump_json().encode() + b"\0")
+        if artifact.kind == "cargo":  # a crate: its every file, wherever its folder is
+            crate = crate_digest(plan_types.TEMPLATES_DIR / artifact.spec)
+            digest.update(artifact.model_dump_json(exclude={"spec"}).encode() + b"\0" + crate.encode() + b"\0")
+        else:
+            digest.update(artifact.model_dump_json().encode() + b"\0")
+    return digest.hexdigest()
+
+
+def crate_digest(folder: Path) -> str:
+    """sha256 over a crate's files (relative path and content), ``target/`` left out."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "target" not in p.relative_to(folder).parts):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
