@@ -28,10 +28,10 @@ import pytest
 import websockets
 import yaml
 
-from ccoas.edge import Edge
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from ccoas.render import rendered_files
+from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -72,27 +72,6 @@ def engine(stack_file):
         engine.down(purge=True)
 
 
-class Directus:
-    """Directus's REST API through Nginx over TLS (the stack's edge), as a browser or app reaches it."""
-
-    def __init__(self, engine: LocalEngine):
-        self.edge = Edge.of(engine)
-        self.origin, self.context = self.edge.origin, self.edge.context
-        self.url = self.origin + "/directus"
-
-    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        status, answer = self.edge.request(method, "/directus" + path, body, token)
-        return status, (answer.get("data") if 200 <= status < 300 and isinstance(answer, dict) else answer or {})
-
-    def ok(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        status, data = self.call(method, path, body, token)
-        assert 200 <= status < 300, (method, path, status, data)
-        return data
-
-    def login(self, email: str, password: str) -> str:
-        return self.ok("POST", "/auth/login", {"email": email, "password": password})["access_token"]
-
-
 @pytest.fixture(scope="module")
 def directus(engine) -> Directus:
     return Directus(engine)
@@ -100,21 +79,13 @@ def directus(engine) -> Directus:
 
 @pytest.fixture(scope="module")
 def admin(engine, directus) -> str:
-    return directus.login("admin@example.com", engine.paths.secret_file("directus", "directus_admin_password").read_text())
+    return directus.admin_token(engine)
 
 
 @pytest.fixture(scope="module")
 def users(directus, admin) -> dict[str, dict[str, str]]:
     """A and B, app users in two tenants, created by the admin; each logged in."""
-    [role] = directus.ok("GET", "/roles?filter[name][_eq]=app-user", token=admin)
-    people = {}
-    for name in ("a", "b"):
-        person = {"email": f"{name}-{uuid.uuid4().hex[:6]}@example.com", "password": uuid.uuid4().hex, "tenant": str(uuid.uuid4())}
-        created = directus.ok("POST", "/users", {"email": person["email"], "password": person["password"], "role": role["id"], "tenant_id": person["tenant"]}, token=admin)
-        person["id"] = created["id"]
-        person["token"] = directus.login(person["email"], person["password"])
-        people[name] = person
-    return people
+    return directus.app_users(admin, "a", "b")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ import pytest
 
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
-from test_identity import Directus, _write, identity_stack, psql  # tests/e2e is on sys.path (rootdir imports)
+from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
+from test_identity import _write, identity_stack, psql
 
 pytestmark = pytest.mark.e2e
 
