@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ccoas import migrations
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
@@ -72,6 +73,7 @@ def migrated(stack_file, earlier_stack_file, earlier_tree):
         assert earlier.returncode == 0, earlier.stdout[-3000:] + earlier.stderr[-3000:]
         assert psql(engine, "SELECT count(*) > 10 FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname LIKE 'directus\\_%'") == ["t"]
         before = made_by_hand(engine)
+        assert not migrations.read(engine.paths.state).recorded  # the earlier code wrote no marker: schema 1
         result = engine.up()
         yield engine, before, result
     finally:
@@ -121,3 +123,10 @@ def test_the_upgraded_stack_serves_the_app_tables_with_the_provisioned_role(migr
     assert {"notes", "documents", "articles"} <= {c["collection"] for c in directus.ok("GET", "/collections", token=admin)}
     assert [r["name"] for r in directus.ok("GET", "/roles?filter[name][_eq]=app-user", token=admin)] == ["app-user"]
     assert engine.up().changes == 0
+
+
+def test_the_up_said_what_it_migrated_and_recorded_the_schema(migrated):
+    engine, _, result = migrated
+    assert any("migrated to schema 2, directus-tables-leave-public" in note for note in result.notes), result.notes
+    found = migrations.read(engine.paths.state)
+    assert found.recorded and found.state_schema_version == migrations.STATE_SCHEMA_VERSION
