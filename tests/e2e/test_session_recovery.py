@@ -26,6 +26,7 @@ import pytest
 from ccoas.engine.local import LocalEngine
 from ccoas.host import HostLayout, engine_processes, ensure_api_service, host_layout, prepare
 from ccoas.planner import build_plan, load_stack
+from test_snapshot_and_diagnose import psql  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -127,13 +128,6 @@ def _reboot(layout: HostLayout) -> None:
             ipc.unlink()
 
 
-def _psql(engine: LocalEngine, sql: str) -> str:
-    container = engine.client.containers.get(engine.plan.service("postgres").container_name)
-    result = container.exec_run(["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c", sql], user="999:999")
-    assert result.exit_code == 0, result.output.decode()
-    return result.output.decode().strip()
-
-
 def test_one_boot_brings_an_enabled_stack_back_after_a_reboot(small_stack, session_layout: HostLayout):
     stack = small_stack("boot", "vault", "postgres")
     name = f"boot-{uuid.uuid4().hex[:6]}"
@@ -144,7 +138,7 @@ def test_one_boot_brings_an_enabled_stack_back_after_a_reboot(small_stack, sessi
         first = _ccoas(session_layout, "up", str(stack), "--name", name, "--no-build")
         assert first.returncode == 0, first.stdout + first.stderr
         engine = LocalEngine.connect(plan, layout=session_layout)
-        _psql(engine, "CREATE TABLE kept_across_reboot (note text); INSERT INTO kept_across_reboot VALUES ('before the reboot')")
+        psql(engine, "CREATE TABLE kept_across_reboot (note text); INSERT INTO kept_across_reboot VALUES ('before the reboot')")
         enabled = _ccoas(session_layout, "host", "enable-boot", str(stack), "--name", name)
         assert enabled.returncode == 0, enabled.stdout + enabled.stderr
 
@@ -159,7 +153,7 @@ def test_one_boot_brings_an_enabled_stack_back_after_a_reboot(small_stack, sessi
         rows = [line for line in status.stdout.splitlines() if f"{name}-" in line]
         assert len(rows) == 2 and all("running" in row and "healthy" in row for row in rows), status.stdout
         again = LocalEngine.connect(plan, layout=session_layout)
-        assert _psql(again, "SELECT note FROM kept_across_reboot") == "before the reboot"
+        assert psql(again, "SELECT note FROM kept_across_reboot") == "before the reboot"
         assert again.paths.secret_file("postgres", plan.service("postgres").secrets[0].secret).is_file()
     finally:
         _ccoas(session_layout, "host", "disable-boot", str(stack), "--name", name)
