@@ -121,3 +121,25 @@ def test_a_running_container_that_is_not_healthy_is_waited_for():
     redis = dataclasses.replace(state.containers["fx-redis"], health="starting")
     state = dataclasses.replace(state, containers={**state.containers, "fx-redis": redis})
     assert [str(op) for op in diff(PLAN, desired(), state)] == ["wait redis: health is starting"]
+
+
+@pytest.mark.parametrize(
+    "isolate,enforced,expected",
+    [
+        (False, False, ["reload network fx-db", "restart postgres", "restart redis"]),
+        (True, False, ["restart postgres", "restart redis"]),  # the file was read again, the running bridge was not
+        (False, True, ["reload network fx-db", "restart postgres", "restart redis"]),
+    ],
+)
+def test_a_network_held_or_run_without_isolation_is_repaired(isolate, enforced, expected):
+    """The engine's copy lacks ``isolate`` (read again from its file) and/or its bridge lacks
+    netavark's rule: every running container on it restarts, so netavark isolates it."""
+    import dataclasses
+
+    from ccoas.engine.observed import ObservedNetwork
+
+    state = observed("nothing_changed")
+    state = dataclasses.replace(state, networks={**state.networks, "fx-db": ObservedNetwork("fx-db", True, isolate, enforced)})
+    ops = diff(PLAN, desired(), state)
+    assert [str(op).split(":")[0] for op in ops] == expected
+    assert all(op.cause == "network db started without isolation" for op in ops if op.kind == "container")
