@@ -8,8 +8,10 @@ real Nginx rather than around it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -54,3 +56,50 @@ class Edge:
 
     def websocket_url(self, path: str) -> str:
         return "wss://" + self.origin.removeprefix("https://") + path
+
+
+# --- subscriptions, as a client makes them (the ``websockets`` package: ``pip install 'ccoas[test]'``) ---
+
+
+async def graphql_subscribe(ws: Any, token: str, query: str) -> None:
+    """Start ``query`` on an open graphql-transport-ws socket (PostGraphile), as ``token``'s user."""
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
+    ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    if ack.get("type") != "connection_ack":
+        raise EngineError(f"GraphQL subscription refused: {ack}")
+    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+    await asyncio.sleep(0.5)  # PostGraphile issues its LISTEN when the subscription starts
+
+
+async def directus_subscribe(ws: Any, token: str, collection: str, fields: list[str]) -> None:
+    """Authenticate on an open Directus realtime socket and subscribe to ``collection``."""
+    await ws.send(json.dumps({"type": "auth", "access_token": token}))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    if answer.get("type") != "auth" or answer.get("status") != "ok":
+        raise EngineError(f"Directus realtime refused the token: {answer}")
+    await ws.send(json.dumps({"type": "subscribe", "collection": collection, "uid": collection, "query": {"fields": fields}}))
+    init = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    if init.get("type") != "subscription" or init.get("event") != "init":
+        raise EngineError(f"Directus realtime subscription to {collection} refused: {init}")
+
+
+async def next_event(ws: Any, timeout: float) -> dict[str, Any] | None:
+    """The next message that is not a heartbeat (Directus's pings are answered), or ``None``
+    after ``timeout`` seconds of silence."""
+    while True:
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
+        except asyncio.TimeoutError:
+            return None
+        if message.get("type") == "ping":
+            await ws.send(json.dumps({"type": "pong"}))
+            continue
+        return message
+
+
+async def gather_events(ws: Any, received: list[tuple[float, dict[str, Any]]], stop: asyncio.Event) -> None:
+    """Append every event with its arrival time (``time.monotonic()``) until ``stop`` is set."""
+    while not stop.is_set():
+        message = await next_event(ws, 0.2)
+        if message is not None:
+            received.append((time.monotonic(), message))

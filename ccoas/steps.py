@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ccoas.engine.observed import port_bindings
 from ccoas.engine.runtime import Runtime, tail_logs
 from ccoas.errors import EngineError, HostError, engine_step
 from ccoas.images import build_images, image_present
@@ -254,12 +255,11 @@ def published_addresses(container: Any) -> list[tuple[str, int]]:
     """The host addresses a running container's ports are published on (the engine's choice
     where the plan says port 0)."""
     container.reload()
-    addresses = []
-    for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
-        for binding in bindings or []:
-            host = binding.get("HostIp") or "127.0.0.1"
-            addresses.append((host if host not in ("0.0.0.0", "::") else "127.0.0.1", int(binding["HostPort"])))
-    return addresses
+    return [
+        (host if host not in ("", "0.0.0.0", "::") else "127.0.0.1", number)
+        for bindings in port_bindings(container.attrs).values()
+        for host, number in bindings
+    ]
 
 
 def accepts(address: tuple[str, int]) -> bool:

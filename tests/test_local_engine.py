@@ -146,8 +146,8 @@ class FakeClient:
         return SimpleNamespace(status_code=200, json=lambda: held)
 
     def _delete(self, url: str) -> Any:
-        self.network_names.pop(url.rsplit("/", 1)[1])
-        return SimpleNamespace(status_code=204)
+        found = self.network_names.pop(url.rsplit("/", 1)[1], None)
+        return SimpleNamespace(status_code=204 if found else 404)
 
     def _post(self, url: str, data: str, headers: dict) -> Any:
         import json

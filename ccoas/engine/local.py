@@ -39,7 +39,7 @@ from ccoas.engine.diff import (
     unisolated,
 )
 from ccoas.engine.docker_api import SPEC_LABEL, container_create_body, spec_hash
-from ccoas.engine.observed import ObservedContainer, ObservedState, ObservedVault
+from ccoas.engine.observed import ObservedContainer, ObservedState, ObservedVault, port_bindings
 from ccoas.engine.runtime import Runtime
 from ccoas.engine.stop import Stopped, stop
 from ccoas.errors import EngineError, engine_step
@@ -624,7 +624,6 @@ def observed_container(container: Any) -> ObservedContainer:
     """An engine container (docker SDK, inspected) as the diff sees it."""
     attrs = container.attrs
     labels = container.labels or {}
-    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
     return ObservedContainer(
         name=container.name,
         service=labels.get(f"{LABEL_PREFIX}.service", ""),
@@ -633,7 +632,5 @@ def observed_container(container: Any) -> ObservedContainer:
         health=str(((attrs.get("State") or {}).get("Health") or {}).get("Status") or ""),
         spec=labels.get(SPEC_LABEL, ""),
         parts={k.removeprefix(PART_LABEL): v for k, v in labels.items() if k.startswith(PART_LABEL)},
-        published={
-            port: [f"{b.get('HostIp', '')}:{b.get('HostPort', '')}" for b in bindings or []] for port, bindings in sorted(ports.items())
-        },
+        published={port: [f"{host}:{number}" for host, number in bindings] for port, bindings in port_bindings(attrs).items()},
     )

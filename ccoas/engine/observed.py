@@ -13,6 +13,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def port_bindings(attrs: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """An inspected container's published ports: ``"8443/tcp"`` → ``[(host ip, host port)]``
+    (host ip empty when the engine says none)."""
+    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    return {
+        port: [(b.get("HostIp") or "", int(b["HostPort"])) for b in bindings or [] if b.get("HostPort")]
+        for port, bindings in sorted(ports.items())
+    }
+
+
 @dataclass(frozen=True)
 class ObservedContainer:
     name: str

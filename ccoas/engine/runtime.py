@@ -120,6 +120,7 @@ class Runtime:
         The service re-reads its networks directory when the directory's modification time
         changes: creating and removing a network of our own (``name``, labelled) changes it,
         through the same API and as the same user, with nothing else touched."""
+        self.client.api.delete(self.libpod_url(f"/networks/{name}"))  # left by an interrupted run, if any
         body = {"name": name, "driver": "bridge", "internal": True, "labels": labels}
         created = self.client.api.post(self.libpod_url("/networks/create"), data=json.dumps(body), headers={"Content-Type": "application/json"})
         self.client.api._raise_for_status(created)

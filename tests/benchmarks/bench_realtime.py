@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import websockets
 
-from ccoas.edge import Edge
+from ccoas.edge import Edge, directus_subscribe, graphql_subscribe, next_event
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 
@@ -86,19 +86,13 @@ def query_latencies(edge: Edge, token: str, requests: int, clients: int, rate: f
 
 async def graphql_events(edge: Edge, token: str):
     ws = await websockets.connect(edge.websocket_url("/graphql"), ssl=edge.context, subprotocols=["graphql-transport-ws"], open_timeout=20)
-    await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
-    assert json.loads(await ws.recv())["type"] == "connection_ack"
-    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { notesChanged { op node { body } } }"}}))
-    await asyncio.sleep(0.5)  # the LISTEN is issued when the subscription starts
+    await graphql_subscribe(ws, token, "subscription { notesChanged { op node { body } } }")
     return ws
 
 
 async def directus_events(edge: Edge, token: str):
     ws = await websockets.connect(edge.websocket_url("/directus/websocket"), ssl=edge.context, open_timeout=20)
-    await ws.send(json.dumps({"type": "auth", "access_token": token}))
-    assert json.loads(await ws.recv()).get("status") == "ok"
-    await ws.send(json.dumps({"type": "subscribe", "collection": "notes", "uid": "notes", "query": {"fields": ["body"]}}))
-    assert json.loads(await ws.recv()).get("event") == "init"
+    await directus_subscribe(ws, token, "notes", ["body"])
     return ws
 
 
@@ -111,12 +105,12 @@ async def notification_delays(edge: Edge, token: str, events: int, subscribe) ->
             began = time.monotonic()
             await asyncio.to_thread(ok, edge, "POST", "/directus/items/notes", {"body": marker}, token)
             while True:
-                message = await asyncio.wait_for(ws.recv(), timeout=10)
-                if marker in message:
+                message = await next_event(ws, timeout=10)
+                if message is None:
+                    raise TimeoutError(f"no event for {marker} within 10 s")
+                if marker in json.dumps(message):
                     delays.append(time.monotonic() - began)
                     break
-                if '"ping"' in message:
-                    await ws.send(json.dumps({"type": "pong"}))
     finally:
         await ws.close()
     return delays

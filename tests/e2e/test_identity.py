@@ -28,6 +28,7 @@ import pytest
 import websockets
 import yaml
 
+from ccoas.edge import directus_subscribe, gather_events, graphql_subscribe
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from ccoas.render import rendered_files
@@ -299,44 +300,22 @@ def test_a_directus_login_reads_the_same_rows_through_graphql(directus, users, w
 # --- changes reach only the subscribers allowed to see them, through Nginx -----------------------
 
 
-async def _collect(ws, received: list, stop: asyncio.Event) -> None:
-    """Every message until ``stop``, with its arrival time; Directus's heartbeat pings answered."""
-    while not stop.is_set():
-        try:
-            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
-        except asyncio.TimeoutError:
-            continue
-        if message.get("type") == "ping":
-            await ws.send(json.dumps({"type": "pong"}))
-        else:
-            received.append((time.monotonic(), message))
-
-
 async def _directus_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
     """Directus realtime over wss: authenticate in the handshake message, subscribe to notes."""
     url = directus.edge.websocket_url("/directus/websocket")
     async with websockets.connect(url, ssl=directus.context, open_timeout=20) as ws:
-        await ws.send(json.dumps({"type": "auth", "access_token": token}))
-        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert answer.get("type") == "auth" and answer.get("status") == "ok", answer
-        await ws.send(json.dumps({"type": "subscribe", "collection": "notes", "uid": "notes", "query": {"fields": ["id", "owner_id", "body"]}}))
-        init = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert init.get("type") == "subscription" and init.get("event") == "init", init
+        await directus_subscribe(ws, token, "notes", ["id", "owner_id", "body"])
         ready.set()
-        await _collect(ws, received, stop)
+        await gather_events(ws, received, stop)
 
 
 async def _graphql_subscriber(directus: Directus, token: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
     """PostGraphile over wss (graphql-transport-ws), authenticated with the Directus token."""
     url = directus.edge.websocket_url("/graphql")
     async with websockets.connect(url, ssl=directus.context, subprotocols=["graphql-transport-ws"], open_timeout=20) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
-        ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert ack["type"] == "connection_ack", ack
-        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { notesChanged { op node { body ownerId } } }"}}))
-        await asyncio.sleep(0.5)  # the LISTEN is issued when the subscription starts
+        await graphql_subscribe(ws, token, "subscription { notesChanged { op node { body ownerId } } }")
         ready.set()
-        await _collect(ws, received, stop)
+        await gather_events(ws, received, stop)
 
 
 @pytest.mark.parametrize("subscriber", [_directus_subscriber, _graphql_subscriber], ids=["directus-realtime", "graphql"])

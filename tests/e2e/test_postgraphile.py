@@ -34,6 +34,7 @@ import websockets
 import yaml
 from test_bootstrap_sql import OS_USER, REPO, applied, as_owner, cluster  # noqa: F401 - fixtures
 
+from ccoas.edge import gather_events, graphql_subscribe
 from ccoas.images import fetch_npm_app, fetch_npm_runtime
 from ccoas.host import host_layout
 from ccoas.plan import Plan
@@ -201,17 +202,9 @@ def test_introspection_is_refused_outside_dev(server, plan):
 
 async def _subscribe(server, bearer: str, received: list, ready: asyncio.Event, stop: asyncio.Event) -> None:
     async with websockets.connect(server["ws"], subprotocols=["graphql-transport-ws"]) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {bearer}"}}))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
-        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { notesChanged { seq op node { body ownerId } } }"}}))
-        await asyncio.sleep(0.5)  # the LISTEN is issued when the subscription starts
+        await graphql_subscribe(ws, bearer, "subscription { notesChanged { seq op node { body ownerId } } }")
         ready.set()
-        while not stop.is_set():
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.2))
-            except asyncio.TimeoutError:
-                continue
-            received.append((time.monotonic(), message))
+        await gather_events(ws, received, stop)
 
 
 def test_a_subscriber_gets_its_own_insert_within_2s_and_nothing_of_others(cluster, applied, server):

@@ -12,8 +12,10 @@ import ssl
 import subprocess
 import sys
 import uuid
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -68,6 +70,15 @@ def edge(engine, path: str, data: bytes | None = None, headers: dict[str, str] |
     return urllib.request.Request(f"{nginx_url(engine)}{path}", data=data, headers={"Host": engine.plan.domain, **(headers or {})})
 
 
+def send(engine, request: urllib.request.Request, timeout: float) -> Any:
+    """The JSON answer; an HTTP error fails with its status and body (Directus says why it refused)."""
+    try:
+        with urllib.request.urlopen(request, context=tls_context(engine), timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"{request.get_method()} {request.full_url}: {error.code} {error.read().decode(errors='replace')[:500]}")
+
+
 def tls_context(engine) -> ssl.SSLContext:
     cert = engine.paths.secret_file("nginx", "nginx_tls_cert")
     context = ssl.create_default_context(cafile=str(cert))
@@ -111,8 +122,7 @@ def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engi
         data=json.dumps({"email": "admin@example.com", "password": password}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(login, context=tls_context(engine), timeout=30) as response:
-        token = json.load(response)["data"]["access_token"]
+    token = send(engine, login, 30)["data"]["access_token"]
     boundary = "ccoas-e2e"
     body = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"e2e.txt\"\r\n"
@@ -126,8 +136,7 @@ def test_directus_stores_uploads_in_minio_with_its_own_least_privilege_user(engi
     )
     # once, in a whole run on a 2-core host, Directus took over 30 s to answer this first
     # upload (cause not found; it passes in seconds alone): allow 120 s, a hang still fails
-    with urllib.request.urlopen(upload, context=tls_context(engine), timeout=120) as response:
-        stored = json.load(response)["data"]
+    stored = send(engine, upload, 120)["data"]
     assert stored["storage"] == "s3"
     minio = engine.client.containers.get(engine.plan.service("minio").container_name)
 
