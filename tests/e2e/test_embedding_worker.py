@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoas.engine.local import LocalEngine
 from ccoas.planner import CATALOG, build_plan, load_stack
+from healthy_stack import healthy_stack  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -74,18 +74,8 @@ def stack(tmp_path_factory):
     path = Path(tmp_path_factory.mktemp("stacks")) / "h13b.yaml"
     name = f"e2e-h13b-{uuid.uuid4().hex[:6]}"
     path.write_text(yaml.safe_dump(stack_document(name), sort_keys=False))
-    plan = build_plan(load_stack(path))
-    engine = LocalEngine.connect(plan)
-    started = time.monotonic()
-    engine.build_images()
-    built = time.monotonic()
-    try:
-        result = engine.up()
-        assert {r.service: r.health for r in result.status} == {s: "healthy" for s in RUNNING}
-        print(f"\nimages {built - started:.0f} s, up {time.monotonic() - built:.0f} s")
+    with healthy_stack(build_plan(load_stack(path)), RUNNING) as engine:
         yield engine
-    finally:
-        engine.down(purge=True)
 
 
 def psql(engine, sql: str, role: str | None = None) -> tuple[int, str]:

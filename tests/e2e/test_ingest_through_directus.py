@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
+from healthy_stack import healthy_stack
 from test_identity import psql
 
 pytestmark = pytest.mark.e2e
@@ -63,14 +63,8 @@ def stack_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(stack_file):
-    engine = LocalEngine.connect(build_plan(load_stack(stack_file)))
-    engine.build_images()
-    try:
-        result = engine.up()
-        assert {r.service: r.health for r in result.status} == {s: "healthy" for s in RUNNING}
+    with healthy_stack(build_plan(load_stack(stack_file)), RUNNING) as engine:
         yield engine
-    finally:
-        engine.down(purge=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
+from healthy_stack import healthy_stack  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,18 +29,8 @@ RUNNING = ("vault", "postgres", "dbping")
 
 @pytest.fixture(scope="module")
 def stack():
-    plan = build_plan(load_stack(EXAMPLE), name=f"e2e-h13c-{uuid.uuid4().hex[:6]}")
-    engine = LocalEngine.connect(plan)
-    started = time.monotonic()
-    engine.build_images()
-    built = time.monotonic()
-    try:
-        result = engine.up()
-        assert {r.service: r.health for r in result.status} == {s: "healthy" for s in RUNNING}
-        print(f"\nimages {built - started:.0f} s, up {time.monotonic() - built:.0f} s")
+    with healthy_stack(build_plan(load_stack(EXAMPLE), name=f"e2e-h13c-{uuid.uuid4().hex[:6]}"), RUNNING) as engine:
         yield engine
-    finally:
-        engine.down(purge=True)
 
 
 def dbping(engine):
