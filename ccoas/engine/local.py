@@ -331,8 +331,10 @@ class LocalEngine:
         migrated = migrations.migrate(self.paths)
         self.steps.render(files)
         self.steps.runtime_dirs()
+        self._guard_isolation()
         observed, desired, operations = self.plan_operations(files)
         result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
+        self._guard_isolation()
         result.changes += len(migrated)
         result.notes = [*migrated, *self.notes, *self.steps.notes, *self.unisolated_networks(), *self.host_notes()]
         return result
@@ -496,6 +498,16 @@ class LocalEngine:
                     "so the file lacks it: run `ccoas down` then `ccoas up` to recreate it"
                 )
         self.notes.append(f"network {network.engine_name}: {op.cause}")
+
+    def _guard_isolation(self) -> None:
+        """See :meth:`ccoas.engine.runtime.Runtime.guard_isolation`: before observing (a jump lost
+        since is put back without restarting anything) and after applying (the first container
+        on an isolated network makes netavark's chains)."""
+        if any(n.isolate for n in self.plan.networks) and self.runtime.guard_isolation():
+            self.notes.append(
+                "network isolation: the jump into netavark's isolation chains was gone (netavark 1.4 deletes it when the "
+                "last container of any isolated network stops), so no network was isolated; ccoas keeps a jump of its own"
+            )
 
     def _held_isolated(self, engine_name: str) -> bool:
         return any(h.name == engine_name and h.isolate for h in self.runtime.networks(f"{LABEL_PREFIX}.stack={self.plan.stack}"))

@@ -19,6 +19,9 @@ from ccoas.host import HostLayout, ensure_api_service, host_layout
 from ccoas.plan import HealthCheck, Service
 
 
+ISOLATION_GUARD = "ccoas-isolation"
+"""The comment on ccoas's own jump into netavark's isolation chains (:meth:`Runtime.guard_isolation`)."""
+
 API_VERSION = "1.41"
 """The Docker Engine API version ccoas speaks (Podman 4 and Docker 20.10+ serve it): pinned, so
 connecting does not ask the engine's slow ``/version`` first."""
@@ -89,22 +92,57 @@ class Runtime:
             for n in held
         ]
 
+    def guard_isolation(self) -> bool:
+        """Keep the jump into netavark's isolation chains in the rootless network namespace;
+        ``True`` when it had to be added.
+
+        netavark 1.4 (Debian 12's) adds ``FORWARD -j NETAVARK_ISOLATION_1`` when a container
+        starts on an isolated network, and deletes that one shared rule when the last container
+        of ANY isolated network goes (its teardown policy is "on complete teardown"): from then
+        on no network is isolated, since ``NETAVARK_FORWARD`` accepts traffic from every bridge's
+        subnet (measured: a neighbour's running container then connects to Nginx). ccoas adds a
+        jump of its own, marked with a comment so netavark's teardown (which deletes its exact
+        rule) leaves it; the chains stay netavark's. Nothing is done before netavark made its
+        chain (no isolated network set up yet: nothing to isolate) or when the namespace does
+        not exist (joining it must not create one)."""
+        import subprocess
+
+        if not self.is_podman or not self._rootless_netns():
+            return False
+        rule = f"FORWARD -m comment --comment {ISOLATION_GUARD} -j NETAVARK_ISOLATION_1"
+        script = (
+            f"iptables -C {rule} 2>/dev/null && exit 0; "
+            f"iptables -S NETAVARK_ISOLATION_1 >/dev/null 2>&1 || exit 0; "
+            f"iptables -I {rule.replace('FORWARD', 'FORWARD 1', 1)} && echo added"
+        )
+        command = self.layout.engine_command("podman", "unshare", "--rootless-netns", "sh", "-c", script)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise HostError(f"keeping network isolation in the rootless network namespace: {result.stderr.strip()}")
+        return result.stdout.strip() == "added"
+
+    def _rootless_netns(self) -> bool:
+        netns = self.layout.runtime_dir / "netns"
+        return any(p.name.startswith("rootless-netns") for p in (netns.iterdir() if netns.is_dir() else ()))
+
     def _bridges(self) -> tuple[set[str], set[str]]:
         """Bridges up in the engine user's rootless network namespace, and those with netavark's
         isolation drop rule (``NETAVARK_ISOLATION_2 -o BRIDGE -j DROP``). Read only when that
         namespace exists (joining it must not create one)."""
         import subprocess
 
-        netns = self.layout.runtime_dir / "netns"
-        if not any(p.name.startswith("rootless-netns") for p in (netns.iterdir() if netns.is_dir() else ())):
+        if not self._rootless_netns():
             return set(), set()
-        script = "ip -o link show; echo --; iptables -S NETAVARK_ISOLATION_2 2>/dev/null || true"
+        script = "ip -o link show; echo --; iptables -S NETAVARK_ISOLATION_2 2>/dev/null || true; echo --; iptables -S FORWARD"
         command = self.layout.engine_command("podman", "unshare", "--rootless-netns", "sh", "-c", script)
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise HostError(f"reading the rootless network namespace: {result.stderr.strip()}")
-        links, _, rules = result.stdout.partition("--\n")
+        links, _, rest = result.stdout.partition("--\n")
+        rules, _, forward = rest.partition("--\n")
         up = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if line.count(":") >= 2}
+        if "-j NETAVARK_ISOLATION_1" not in forward:
+            return up, set()  # no jump into the isolation chains: no bridge is isolated (see guard_isolation)
         dropped = {parts[3] for parts in (line.split() for line in rules.splitlines()) if parts[2:3] == ["-o"] and parts[-1] == "DROP"}
         return up, dropped
 

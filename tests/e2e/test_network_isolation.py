@@ -1,16 +1,19 @@
 """Network isolation between stacks, tried as a neighbouring stack would try it.
 
-A stack with a routed network (``edge``, where Nginx listens) and a neighbour: a container on
-another network with Podman's ``isolate`` option, as every ccoas stack's networks have. The
-neighbour connects to Nginx's address on ``edge``; isolation means it gets nowhere.
+A stack with a routed network (``edge``, where Nginx listens) and an attacker: a container
+running on another network with Podman's ``isolate`` option, as every ccoas stack's networks
+have. It connects to Nginx's address on ``edge``; isolation means it gets nowhere.
 
-Podman 4.3's Docker-API network list and inspect delete ``isolate`` from the service's
-in-memory copy of the networks (the file on disk keeps it); a container the service starts
-afterwards runs unisolated. This module does what a Docker client pointed at the socket does
-(``docker network ls``), restarts Nginx the way the engine's restart policy would, measures the
-neighbour reaching it, and then proves that one ``ccoas up`` restores isolation (the networks
-read again from their files, Nginx restarted), that ``ccoas check``'s isolation controls fail
-before and pass after, and that ccoas's own commands never cause the loss.
+Two upstream defects of this host's Podman 4.3 / netavark 1.4 break that, and each test
+reproduces one the way it happens, then proves ``ccoas up`` restores isolation:
+
+- netavark deletes the one shared ``FORWARD -j NETAVARK_ISOLATION_1`` jump when the last
+  container of ANY isolated network stops, so every other network loses isolation: ccoas keeps
+  a jump of its own that netavark's teardown leaves alone;
+- Podman's Docker-API network list deletes ``isolate`` from the API service's in-memory copy
+  of each network; a bridge set up afterwards gets no isolation rules: ccoas never calls that
+  endpoint, and ``up`` makes the service read its network files again and restarts the
+  containers on such a network.
 """
 
 from __future__ import annotations
@@ -21,25 +24,15 @@ import uuid
 import pytest
 
 from ccoas.engine.local import LocalEngine
+from ccoas.engine.runtime import ISOLATION_GUARD
 from ccoas.plan import LABEL_PREFIX
 from ccoas.planner import build_plan, load_stack
 
 pytestmark = pytest.mark.e2e
 
 NAME = f"e2e-iso-{uuid.uuid4().hex[:4]}"
+ATTACKER = f"{NAME}-attacker"
 CONTROLS = "test_network_is_as_planned_and_held_isolated or test_another_isolated_network_cannot_reach_the_stack"
-
-
-@pytest.fixture(scope="module")
-def engine(module_stack):
-    path = module_stack(NAME, "vault", "nginx")
-    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
-    engine.stack_path = path  # type: ignore[attr-defined]
-    try:
-        engine.up()
-        yield engine
-    finally:
-        engine.down(purge=True)
 
 
 def podman(engine, *args: str) -> subprocess.CompletedProcess:
@@ -47,23 +40,47 @@ def podman(engine, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def neighbour_reaches_nginx(engine) -> bool:
-    """A fresh isolated network of another owner, a probe container on it, one TCP connect to
-    Nginx's HTTPS port at its ``edge`` address."""
+def in_netns(engine, script: str) -> str:
+    command = engine.runtime.layout.engine_command("podman", "unshare", "--rootless-netns", "sh", "-c", script)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def engine(module_stack):
+    path = module_stack(NAME, "vault", "nginx")
+    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
+    engine.stack_path = path  # type: ignore[attr-defined]
+    image = engine.plan.service("nginx").image.ref
+    try:
+        engine.up()
+        assert podman(engine, "network", "create", "--opt", "isolate=true", ATTACKER).returncode == 0
+        started = podman(engine, "run", "-d", "--name", ATTACKER, "--pull", "never", "--network", ATTACKER, "--entrypoint", "sleep", image, "3600")
+        assert started.returncode == 0, started.stderr
+        yield engine
+    finally:
+        podman(engine, "rm", "-f", "-t", "0", ATTACKER)
+        podman(engine, "network", "rm", "-f", ATTACKER)
+        engine.down(purge=True)
+
+
+def attacker_reaches_nginx(engine) -> bool:
+    """One TCP connect from the running attacker to Nginx's HTTPS port at its ``edge`` address."""
     nginx = engine.plan.service("nginx")
     container = engine.client.containers.get(nginx.container_name)
     address = container.attrs["NetworkSettings"]["Networks"][engine.plan.network("edge").engine_name]["IPAddress"]
-    port = max(nginx.expose)  # its HTTPS port
-    neighbour = f"{NAME}-neighbour"
-    assert podman(engine, "network", "create", "--opt", "isolate=true", neighbour).returncode == 0
-    try:
-        probe = podman(
-            engine, "run", "--rm", "--pull", "never", "--network", neighbour, "--entrypoint", "bash", nginx.image.ref,
-            "-c", f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}'",
-        )
-        return probe.returncode == 0
-    finally:
-        podman(engine, "network", "rm", "-f", neighbour)
+    probe = podman(engine, "exec", ATTACKER, "bash", "-c", f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{max(nginx.expose)}'")
+    return probe.returncode == 0
+
+
+def another_isolated_network_comes_and_goes(engine) -> None:
+    """What any other stack's ``down`` does: the last container of an isolated network stops."""
+    other = f"{NAME}-other"
+    assert podman(engine, "network", "create", "--opt", "isolate=true", other).returncode == 0
+    ran = podman(engine, "run", "--rm", "--pull", "never", "--network", other, "--entrypoint", "true", engine.plan.service("nginx").image.ref)
+    assert ran.returncode == 0, ran.stderr
+    assert podman(engine, "network", "rm", other).returncode == 0
 
 
 def held(engine) -> dict[str, tuple[bool, bool]]:
@@ -78,7 +95,7 @@ def controls(engine) -> int:
 
 def test_a_fresh_stack_is_isolated_and_its_controls_pass(engine):
     assert all(h == (True, True) for h in held(engine).values()), held(engine)
-    assert not neighbour_reaches_nginx(engine)
+    assert not attacker_reaches_nginx(engine)
     assert controls(engine) == 0
 
 
@@ -86,24 +103,41 @@ def test_ccoas_own_commands_keep_isolation(engine):
     engine.status()
     engine.plan_operations()
     assert engine.up().changes == 0
-    assert all(isolate for isolate, _ in held(engine).values()), held(engine)
+    assert all(h == (True, True) for h in held(engine).values()), held(engine)
+    assert not attacker_reaches_nginx(engine)
 
 
-def test_a_docker_api_client_unisolates_and_one_up_restores_it(engine):
+def test_isolation_survives_another_networks_teardown_and_up_restores_the_lost_jump(engine):
+    another_isolated_network_comes_and_goes(engine)
+    assert not attacker_reaches_nginx(engine), "ccoas's own jump did not keep isolation"
+
+    # without ccoas's jump (as on a host before this fix), netavark's teardown ends all isolation
+    in_netns(engine, f"iptables -D FORWARD -m comment --comment {ISOLATION_GUARD} -j NETAVARK_ISOLATION_1")
+    another_isolated_network_comes_and_goes(engine)
+    assert "-j NETAVARK_ISOLATION_1" not in in_netns(engine, "iptables -S FORWARD")
+    assert attacker_reaches_nginx(engine), "the attacker did not measure the loss"
+    assert held(engine)[engine.plan.network("edge").engine_name] == (True, False)
+
+    result = engine.up()
+    assert any("ccoas keeps a jump of its own" in note for note in result.notes), result.notes
+    assert not attacker_reaches_nginx(engine)
+    assert all(h == (True, True) for h in held(engine).values()), held(engine)
+
+
+def test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_up(engine):
+    nginx = engine.plan.service("nginx").container_name
+    podman(engine, "stop", nginx)  # the edge bridge goes, with its isolation rules
     engine.client.networks.list()  # what `docker network ls` against the socket does
     edge = engine.plan.network("edge").engine_name
-    assert held(engine)[edge][0] is False, "this Podman kept isolate after a Docker-API network list: the bug is gone"
-    engine.client.api.post(engine.runtime.libpod_url(f"/containers/{engine.plan.service('nginx').container_name}/restart"))
+    assert held(engine)[edge][0] is False, "this Podman kept isolate after a Docker-API network list: the defect is gone"
+    assert podman(engine, "start", nginx).returncode == 0  # a start by anyone but `ccoas up`
     assert held(engine)[edge] == (False, False)
-    assert neighbour_reaches_nginx(engine), "the probe did not measure the loss"
-    # the probe's own network made the service read every file again: held again, still not enforced
-    assert held(engine)[edge] == (True, False)
-    assert controls(engine) != 0
+    assert attacker_reaches_nginx(engine), "the attacker did not measure the loss"
 
-    planned = [str(op) for op in engine.up(dry_run=True).operations]
-    assert "restart nginx: network edge started without isolation" in planned, planned
+    planned = [str(op).split(":")[0] for op in engine.up(dry_run=True).operations]
+    assert f"reload network {edge}" in planned and "restart nginx" in planned, (planned, held(engine))
     result = engine.up()
+    assert any(note.startswith(f"network {edge}:") for note in result.notes), result.notes
     assert all(h == (True, True) for h in held(engine).values()), held(engine)
-    assert not neighbour_reaches_nginx(engine)
+    assert not attacker_reaches_nginx(engine)
     assert controls(engine) == 0
-    assert not [n for n in result.notes if "without the isolation" in n]
