@@ -94,7 +94,7 @@ class Runtime:
 
     def guard_isolation(self) -> bool:
         """Keep the jump into netavark's isolation chains in the rootless network namespace;
-        ``True`` when it had to be added.
+        ``True`` when no jump was there (no network on the host was isolated until now).
 
         netavark 1.4 (Debian 12's) adds ``FORWARD -j NETAVARK_ISOLATION_1`` when a container
         starts on an isolated network, and deletes that one shared rule when the last container
@@ -113,13 +113,14 @@ class Runtime:
         script = (
             f"iptables -C {rule} 2>/dev/null && exit 0; "
             f"iptables -S NETAVARK_ISOLATION_1 >/dev/null 2>&1 || exit 0; "
-            f"iptables -I {rule.replace('FORWARD', 'FORWARD 1', 1)} && echo added"
+            "iptables -C FORWARD -j NETAVARK_ISOLATION_1 2>/dev/null || echo lost; "
+            f"iptables -I {rule.replace('FORWARD', 'FORWARD 1', 1)}"
         )
         command = self.layout.engine_command("podman", "unshare", "--rootless-netns", "sh", "-c", script)
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise HostError(f"keeping network isolation in the rootless network namespace: {result.stderr.strip()}")
-        return result.stdout.strip() == "added"
+        return result.stdout.strip() == "lost"
 
     def _rootless_netns(self) -> bool:
         netns = self.layout.runtime_dir / "netns"
