@@ -214,6 +214,36 @@ def test_the_worker_role_has_one_named_policy_and_sees_every_row(stack):
     assert sql_ok(stack, "SELECT count(id) FROM app.documents", role="embedder") == total != "0"
 
 
+def wait_for(engine, sql: str, bound_s: float = 120) -> float:
+    """Until ``sql`` (a count) reads 0, at most ``bound_s``; the seconds it took."""
+    started = time.monotonic()
+    while (left := int(sql_ok(engine, sql))) > 0:
+        assert time.monotonic() - started < bound_s, f"{left} rows still match after {bound_s} s: {sql}"
+        time.sleep(1)
+    return time.monotonic() - started
+
+
+def test_a_row_that_fails_alone_is_skipped_and_holds_back_no_other(stack):
+    """One row of a batch whose vector the database refuses (a CHECK constraint of the
+    application's) fails the worker's batch: it does the batch again a row at a time, skips
+    that row (in its log, until its text changes) and embeds every other row in bounded time;
+    once the text changes, the row is embedded too."""
+    tenant = str(uuid.uuid4())  # rows of their own: the other tests' tenant keeps its corpus
+    sql_ok(stack, "ALTER TABLE app.documents ADD CONSTRAINT e2e_refuses_poison CHECK (embedding IS NULL OR title NOT LIKE 'poison%')")
+    try:
+        insert(stack, ["poison pill", *(f"a fine row {i} about gardening" for i in range(5))], tenant=tenant)  # one batch
+        seconds = wait_for(stack, f"SELECT count(*) FROM app.documents WHERE tenant_id = '{tenant}' AND embedding IS NULL AND title NOT LIKE 'poison%'")
+        print(f"\nthe 5 other rows embedded in {seconds:.1f} s")
+        assert sql_ok(stack, f"SELECT count(*) FROM app.documents WHERE tenant_id = '{tenant}' AND embedding IS NULL") == "1"
+        logs = stack.client.containers.get(stack.plan.service("embedder").container_name).logs().decode(errors="replace")
+        assert "doing its rows one at a time" in logs and "skipped: " in logs and "e2e_refuses_poison" in logs, logs[-2000:]
+        sql_ok(stack, f"SET ROLE app_owner; SET ccoas.tenant_id = '{tenant}'; UPDATE app.documents SET title = 'a harmless pill' WHERE title = 'poison pill'")
+        wait_for(stack, f"SELECT count(*) FROM app.documents WHERE tenant_id = '{tenant}' AND embedding IS NULL")
+    finally:
+        sql_ok(stack, "ALTER TABLE app.documents DROP CONSTRAINT IF EXISTS e2e_refuses_poison")
+        sql_ok(stack, f"DELETE FROM app.documents WHERE tenant_id = '{tenant}'")
+
+
 def test_every_compliance_control_holds_for_the_worker(stack, tmp_path):
     """`ccoas check` on this stack: the hardening controls per container (the worker's among
     them) and the measured reachability matrix (the worker listens on nothing: its probe is

@@ -6,9 +6,11 @@
 //! rows, asks Ollama's /api/embed for their vectors and writes them. The UPDATE repeats the
 //! source text it embedded, so a row whose text changed meanwhile is left for the next round.
 //! A lost connection (Postgres or Ollama restarting) is retried; since the rows to do are
-//! read from the table itself, nothing is lost.
+//! read from the table itself, nothing is lost. A batch that fails while both answer is done
+//! again one row at a time, and a row that fails alone (a text Ollama refuses, a write the
+//! database refuses) is skipped and logged until its text changes, so it holds back no other.
 
-use std::{env, fs, thread, time::Duration};
+use std::{collections::HashSet, env, fs, thread, time::Duration};
 
 use fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -87,9 +89,17 @@ fn vector_literal(values: &[f32]) -> String {
     format!("[{}]", parts.join(","))
 }
 
-/// Embeds every row of `target` whose embedding is NULL, a batch at a time. Returns how many
-/// rows it wrote.
-fn fill(client: &mut Client, settings: &Settings, target: &Target) -> Result<u64, String> {
+/// A row of a target: its key (as text) and its source text.
+type Row = (Vec<String>, String);
+
+/// The SQL of a target: the rows to do, and the write of one row's vector.
+struct Statements {
+    table: String,
+    select: String,
+    update: String,
+}
+
+fn statements(target: &Target) -> Statements {
     let table = format!("{}.{}", ident(&target.schema), ident(&target.table));
     let keys: Vec<String> = target.key.iter().map(|k| format!("{}::text", ident(k))).collect();
     let select = format!(
@@ -111,45 +121,104 @@ fn fill(client: &mut Client, settings: &Settings, target: &Target) -> Result<u64
         source = ident(&target.source),
         matches = matches.join(" AND "),
     );
+    Statements { table, select, update }
+}
+
+/// A Postgres error as the server said it (the crate's own text is only "db error").
+fn pg_error(table: &str, e: postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{table}: {db}"),
+        None => format!("{table}: {e}"),
+    }
+}
+
+/// Embeds `rows` in one request and writes their vectors in one transaction; the rows written.
+fn embed_and_write(client: &mut Client, settings: &Settings, target: &Target, sql: &Statements, rows: &[Row]) -> Result<u64, String> {
+    let texts: Vec<String> = rows.iter().map(|(_, text)| text.clone()).collect();
+    let vectors = embed(settings, &target.model, &texts)?;
+    let mut transaction = client.transaction().map_err(|e| pg_error(&sql.table, e))?;
+    let mut changed = 0;
+    for ((key, text), vector) in rows.iter().zip(vectors) {
+        let literal = vector_literal(&vector);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&literal, text];
+        for k in key {
+            params.push(k);
+        }
+        changed += transaction.execute(sql.update.as_str(), &params).map_err(|e| pg_error(&sql.table, e))?;
+    }
+    transaction.commit().map_err(|e| pg_error(&sql.table, e))?;
+    Ok(changed)
+}
+
+/// Whether Ollama embeds a known text and Postgres answers: then a failed batch is the fault
+/// of one of its rows, not of a service that is down.
+fn services_answer(client: &mut Client, settings: &Settings, target: &Target) -> bool {
+    !client.is_closed() && client.simple_query("SELECT 1").is_ok() && embed(settings, &target.model, &["ccoas".to_string()]).is_ok()
+}
+
+/// Embeds every row of `target` whose embedding is NULL, a batch at a time. Returns how many
+/// rows it wrote. A batch that fails while Ollama and Postgres answer is done again one row at
+/// a time; a row that fails alone is put in `skipped` (with its text: it is tried again when
+/// its text changes, or when the worker restarts) and said in the log, so it never holds back
+/// the others.
+fn fill(client: &mut Client, settings: &Settings, target: &Target, skipped: &mut HashSet<Row>) -> Result<u64, String> {
+    let sql = statements(target);
+    let n = target.key.len();
     let mut written = 0;
     loop {
-        let rows = client.query(select.as_str(), &[&settings.batch]).map_err(|e| format!("{table}: {e}"))?;
+        // skipped rows still match the query: read past them
+        let limit = settings.batch + skipped.len() as i64;
+        let found = client.query(sql.select.as_str(), &[&limit]).map_err(|e| pg_error(&sql.table, e))?;
+        let rows: Vec<Row> = found
+            .iter()
+            .map(|r| ((0..n).map(|i| r.get::<_, String>(i)).collect(), r.get::<_, String>(n)))
+            .filter(|row| !skipped.contains(row))
+            .take(settings.batch as usize)
+            .collect();
         if rows.is_empty() {
             return Ok(written);
         }
-        let n = target.key.len();
-        let texts: Vec<String> = rows.iter().map(|r| r.get::<_, String>(n)).collect();
-        let vectors = embed(settings, &target.model, &texts)?;
-        let mut transaction = client.transaction().map_err(|e| e.to_string())?;
-        let mut changed = 0;
-        for (row, vector) in rows.iter().zip(vectors) {
-            let literal = vector_literal(&vector);
-            let text = row.get::<_, String>(n);
-            let key: Vec<String> = (0..n).map(|i| row.get::<_, String>(i)).collect();
-            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&literal, &text];
-            for k in &key {
-                params.push(k);
+        let changed = match embed_and_write(client, settings, target, &sql, &rows) {
+            Ok(changed) => changed,
+            Err(e) if rows.len() > 1 && services_answer(client, settings, target) => {
+                eprintln!("ccoas-embedder: {}: a batch of {} failed ({e}); doing its rows one at a time", sql.table, rows.len());
+                let mut changed = 0;
+                for row in &rows {
+                    match embed_and_write(client, settings, target, &sql, std::slice::from_ref(row)) {
+                        Ok(one) => changed += one,
+                        Err(e) if services_answer(client, settings, target) => {
+                            eprintln!("ccoas-embedder: {}: row {:?} skipped: {e} (tried again when its text changes)", sql.table, row.0);
+                            skipped.insert(row.clone());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                changed
             }
-            changed += transaction.execute(update.as_str(), &params).map_err(|e| format!("{table}: {e}"))?;
-        }
-        transaction.commit().map_err(|e| e.to_string())?;
+            Err(e) if rows.len() == 1 && services_answer(client, settings, target) => {
+                eprintln!("ccoas-embedder: {}: row {:?} skipped: {e} (tried again when its text changes)", sql.table, rows[0].0);
+                skipped.insert(rows[0].clone());
+                0
+            }
+            Err(e) => return Err(e),
+        };
         written += changed;
-        if changed == 0 {
+        if changed == 0 && !rows.iter().any(|row| skipped.contains(row)) {
             // every row of the batch changed its text meanwhile: the next round reads them again
             return Ok(written);
         }
     }
 }
 
-fn run(settings: &Settings) -> Result<(), String> {
+fn run(settings: &Settings, skipped: &mut [HashSet<Row>]) -> Result<(), String> {
     let mut client = connect()?;
     for target in &settings.targets {
         client.batch_execute(&format!("LISTEN {}", ident(&target.channel))).map_err(|e| e.to_string())?;
     }
     eprintln!("ccoas-embedder: listening on {} table(s)", settings.targets.len());
     loop {
-        for target in &settings.targets {
-            let written = fill(&mut client, settings, target)?;
+        for (target, skipped) in settings.targets.iter().zip(skipped.iter_mut()) {
+            let written = fill(&mut client, settings, target, skipped)?;
             if written > 0 {
                 eprintln!("ccoas-embedder: {}.{}: {} row(s) embedded", target.schema, target.table, written);
             }
@@ -181,8 +250,10 @@ fn main() {
             }
         }
     }
+    // per target: the rows that failed alone, kept across reconnections
+    let mut skipped: Vec<HashSet<Row>> = settings.targets.iter().map(|_| HashSet::new()).collect();
     loop {
-        if let Err(e) = run(&settings) {
+        if let Err(e) = run(&settings, &mut skipped) {
             eprintln!("ccoas-embedder: {e}; retrying in 2 s");
             thread::sleep(Duration::from_secs(2));
         }
