@@ -87,6 +87,20 @@ def held(engine) -> dict[str, tuple[bool, bool]]:
     return {n.name: (n.isolate, n.enforced) for n in engine.runtime.networks(f"{LABEL_PREFIX}.stack={NAME}")}
 
 
+def isolated(engine) -> bool:
+    """Every network of the stack held with ``isolate`` and, where its bridge is up, its rules in
+    place; on failure the assertion shows the engine's networks and the firewall."""
+    networks = {
+        n["name"]: (n.get("network_interface"), (n.get("options") or {}).get("isolate"))
+        for n in engine.client.api.get(engine.runtime.libpod_url("/networks/json")).json()
+    }
+    state = held(engine)
+    if not all(h == (True, True) for h in state.values()):
+        print("held:", state, "\nnetworks:", networks)
+        print(in_netns(engine, "ip -o link show | cut -d' ' -f2,9; iptables -S FORWARD; iptables -S NETAVARK_ISOLATION_1; iptables -S NETAVARK_ISOLATION_2"))
+    return all(h == (True, True) for h in state.values())
+
+
 def controls(engine) -> int:
     from ccoas.compliance import run_checks
 
@@ -94,7 +108,7 @@ def controls(engine) -> int:
 
 
 def test_a_fresh_stack_is_isolated_and_its_controls_pass(engine):
-    assert all(h == (True, True) for h in held(engine).values()), held(engine)
+    assert isolated(engine)
     assert not attacker_reaches_nginx(engine)
     assert controls(engine) == 0
 
@@ -103,7 +117,7 @@ def test_ccoas_own_commands_keep_isolation(engine):
     engine.status()
     engine.plan_operations()
     assert engine.up().changes == 0
-    assert all(h == (True, True) for h in held(engine).values()), held(engine)
+    assert isolated(engine)
     assert not attacker_reaches_nginx(engine)
 
 
@@ -121,7 +135,7 @@ def test_isolation_survives_another_networks_teardown_and_up_restores_the_lost_j
     result = engine.up()
     assert any("ccoas keeps a jump of its own" in note for note in result.notes), result.notes
     assert not attacker_reaches_nginx(engine)
-    assert all(h == (True, True) for h in held(engine).values()), held(engine)
+    assert isolated(engine)
 
 
 def test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_up(engine):
@@ -138,6 +152,6 @@ def test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_
     assert f"reload network {edge}" in planned and "restart nginx" in planned, (planned, held(engine))
     result = engine.up()
     assert any(note.startswith(f"network {edge}:") for note in result.notes), result.notes
-    assert all(h == (True, True) for h in held(engine).values()), held(engine)
+    assert isolated(engine)
     assert not attacker_reaches_nginx(engine)
     assert controls(engine) == 0
