@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 import ssl
 import stat
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -58,8 +62,11 @@ class Directus:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers=headers)
-        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
-            return response.read()
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:  # say what Directus said, not only its status
+            raise AssertionError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:2000]!r}") from None
 
     def login(self, email: str, password: str) -> None:
         self.token = ""
@@ -67,12 +74,6 @@ class Directus:
         self.token = json.loads(answer)["data"]["access_token"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known intermittent defect (issue #15, open): after restore every service is healthy, the secret "
-    "versions, the admin password and the folders are back, but Directus has answered 503 for the restored "
-    "upload's asset in two runs of three",
-)
 def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     engine.rotate("postgres")
     versions = {s.name: s.version for s in engine.secrets().list()}
@@ -91,7 +92,10 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
         f"Content-Type: application/octet-stream\r\n\r\n"
     ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    stored = json.loads(directus.call("POST", "/files", body, f"multipart/form-data; boundary={boundary}"))["data"]
+    try:
+        stored = json.loads(directus.call("POST", "/files", body, f"multipart/form-data; boundary={boundary}"))["data"]
+    except AssertionError as exc:
+        pytest.xfail(f"{KNOWN_DEFECT}: Directus could not store the upload ({exc}); {asset_diagnosis(engine, None)}")
     assert stored["storage"] == "s3"
     postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
     insert = postgres.exec_run(
@@ -131,7 +135,6 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     directus.login("admin@example.com", admin_password)
     names = {f["name"] for f in json.loads(directus.call("GET", "/folders?limit=-1"))["data"]}
     assert set(folders) <= names
-    assert directus.call("GET", f"/assets/{stored['id']}") == payload
     meta = json.loads(directus.call("GET", f"/files/{stored['id']}"))["data"]
     assert meta["title"] == "h15 object"
     postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
@@ -140,6 +143,44 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
         user="999:999",
     )
     assert row.output.decode().strip() == "h15 row"
+    try:
+        asset = directus.call("GET", f"/assets/{stored['id']}")
+    except AssertionError as exc:
+        diagnosis = asset_diagnosis(engine, stored["filename_disk"])
+        time.sleep(5)
+        try:
+            again = "answered" if directus.call("GET", f"/assets/{stored['id']}") == payload else "answered other bytes"
+        except AssertionError as second:
+            again = str(second)
+        # Only this symptom is a known defect; every other check above is strict.
+        pytest.xfail(f"{KNOWN_DEFECT}: after restore Directus refused the restored upload's asset ({exc}); 5 s later: {again}; {diagnosis}")
+    assert asset == payload
+
+
+KNOWN_DEFECT = "known intermittent defect (issue #15, open): Directus and MinIO"
+
+
+def asset_diagnosis(engine: LocalEngine, key: str | None) -> str:
+    """Why Directus may not reach an object: is it in MinIO, does Directus resolve and reach
+    MinIO (its resolver order: it is on db and edge, MinIO on edge only), what Directus logged."""
+    said = []
+    if key is not None:
+        minio = engine.client.containers.get(engine.plan.service("minio").container_name)
+        stat = minio.exec_run(
+            ["sh", "-c", 'MC_CONFIG_DIR=/tmp/.mc MC_HOST_s3="http://$(cat /run/secrets/minio_root_user):$(cat /run/secrets/minio_root_password)@127.0.0.1:9000" mc stat "s3/uploads/$0"', key],
+            user=engine.plan.service("minio").user,
+        )
+        said.append(f"mc stat: {stat.output.decode(errors='replace')[-600:]}")
+    directus = engine.client.containers.get(engine.plan.service("directus").container_name)
+    for command in (
+        ["cat", "/etc/resolv.conf"],
+        ["getent", "hosts", "minio"],
+        ["node", "-e", "fetch('http://minio:9000/minio/health/ready').then(r=>console.log('minio from directus:', r.status)).catch(e=>console.log('minio from directus:', e.cause||e))"],
+    ):
+        result = directus.exec_run(command, user=engine.plan.service("directus").user)
+        said.append(f"{' '.join(command[:2])} (exit {result.exit_code}): {result.output.decode(errors='replace')[-400:]}")
+    said.append(f"directus log: {directus.logs(tail=30).decode(errors='replace')[-1200:]}")
+    return "\n".join(said)
 
 
 def test_restore_refuses_a_stack_that_is_not_empty(engine, tmp_path):
@@ -166,3 +207,32 @@ def test_a_redis_key_written_just_before_down_is_there_after_up(engine):
     assert "killed" not in engine.down()
     engine.up()
     assert redis_cli(engine, "GET", "h15-before-down") == value
+
+
+def test_directus_answers_a_request_that_waited_while_its_event_loop_was_held_up(engine):
+    """A starved host holds Directus's event loop up (the container is not scheduled, or is
+    busy); the requests that waited must be answered once it runs again, not refused with
+    503 "Under pressure" by Directus's pressure limiter, which reads the loop's delay and
+    refused the restored upload's asset in whole e2e runs. Here the hold is made on purpose:
+    Directus's process is stopped for 15 s while a request waits in Nginx."""
+    directus = Directus(engine)
+    directus.login("admin@example.com", engine.paths.secret_file("directus", "directus_admin_password").read_text())
+    pid = engine.client.containers.get(engine.plan.service("directus").container_name).attrs["State"]["Pid"]
+    answers: list[object] = []
+
+    def ask() -> None:
+        try:
+            answers.append(directus.call("GET", "/users/me"))
+        except AssertionError as exc:
+            answers.append(exc)
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=ask)
+        waiting.start()
+        time.sleep(15)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    waiting.join(60)
+    assert len(answers) == 1 and isinstance(answers[0], bytes), answers
+    assert json.loads(answers[0])["data"]["email"] == "admin@example.com"
