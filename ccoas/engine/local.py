@@ -70,6 +70,10 @@ class ServiceStatus:
         }
 
 
+ISOLATION_PASSES = 2
+"""How many more observe → diff → apply passes ``up`` makes while a network is still unisolated."""
+
+
 @dataclass
 class UpResult:
     changes: int
@@ -335,6 +339,16 @@ class LocalEngine:
         observed, desired, operations = self.plan_operations(files)
         result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
         self._guard_isolation()
+        for _ in range(ISOLATION_PASSES):
+            # measured: a container restarted to regain isolation can come back without its
+            # bridge's rules (intermittent, inside Podman/netavark): observe and converge again
+            if not self.unisolated_networks():
+                break
+            observed, desired, operations = self.plan_operations(files)
+            again = self.apply(operations, observed, desired, timeout, started, files, after_ready)
+            result.changes += again.changes
+            result.operations += again.operations
+            result.status, result.timings = again.status, {**result.timings, **again.timings}
         result.changes += len(migrated)
         result.notes = [*migrated, *self.notes, *self.steps.notes, *self.unisolated_networks(), *self.host_notes()]
         return result
