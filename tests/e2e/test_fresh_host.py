@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ccoas.boot import systemd_is_pid1
 from ccoas.host import HostLayout, engine_processes, host_layout, prepare
 from ccoas.planner import build_plan, load_stack
 
@@ -109,7 +110,11 @@ def test_up_stops_without_iptables_and_host_prepare_fixes_it(fresh_layout, small
     assert seen["state_dir_after_failed_up"] is False  # nothing rendered, nothing built
 
     assert seen["prepare"]["rc"] == 0, seen["prepare"]
-    assert seen["prepare"]["stdout"] == "changed: Rootless Podman, local image build tools, Rust\nhost prepared: 1 changes\n"
+    changed, boot_unit, total = seen["prepare"]["stdout"].splitlines()
+    assert changed == "changed: Rootless Podman, local image build tools, Rust"
+    on_systemd, _ = systemd_is_pid1()  # the boot unit is installed only where systemd is PID 1
+    assert "ccoas-boot.service" in boot_unit and boot_unit.startswith(("changed:", "boot unit:") if on_systemd else "skipped:"), boot_unit
+    assert total == f"host prepared: {2 if boot_unit.startswith('changed:') else 1} changes"
     assert seen["iptables_after"] == "/usr/sbin/iptables"
 
     assert seen["up_after_prepare"]["rc"] == 0, seen["up_after_prepare"]["stderr"][-3000:]
