@@ -97,7 +97,7 @@ def isolated(engine) -> bool:
     state = held(engine)
     if not all(h == (True, True) for h in state.values()):
         print("held:", state, "\nnetworks:", networks)
-        print(in_netns(engine, "ip -o link show | cut -d' ' -f2,9; iptables -S FORWARD; iptables -S NETAVARK_ISOLATION_1; iptables -S NETAVARK_ISOLATION_2"))
+        print(in_netns(engine, "cut -d: -f1 /proc/net/dev; iptables -S FORWARD; iptables -S NETAVARK_ISOLATION_1; iptables -S NETAVARK_ISOLATION_2"))
     return all(h == (True, True) for h in state.values())
 
 
