@@ -339,18 +339,20 @@ class LocalEngine:
         observed, desired, operations = self.plan_operations(files)
         result = self.apply(operations, observed, desired, timeout, started, files, after_ready)
         self._guard_isolation()
+        unisolated = self.unisolated_networks()
         for _ in range(ISOLATION_PASSES):
             # measured: a container restarted to regain isolation can come back without its
             # bridge's rules (intermittent, inside Podman/netavark): observe and converge again
-            if not self.unisolated_networks():
+            if not unisolated:
                 break
             observed, desired, operations = self.plan_operations(files)
             again = self.apply(operations, observed, desired, timeout, started, files, after_ready)
             result.changes += again.changes
             result.operations += again.operations
             result.status, result.timings = again.status, {**result.timings, **again.timings}
+            unisolated = self.unisolated_networks()
         result.changes += len(migrated)
-        result.notes = [*migrated, *self.notes, *self.steps.notes, *self.unisolated_networks(), *self.host_notes()]
+        result.notes = [*migrated, *self.notes, *self.steps.notes, *unisolated, *self.host_notes()]
         return result
 
     def apply(
