@@ -13,10 +13,10 @@ import uuid
 
 import pytest
 
-from ccoas.engine.local import LocalEngine
 from ccoas.engine.stop import stop
 from ccoas.plan import Stop
 from ccoas.planner import build_plan, load_stack
+from healthy_stack import healthy_stack  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +26,8 @@ NAME = f"e2e-h15-stop-{uuid.uuid4().hex[:4]}"
 @pytest.fixture(scope="module")
 def engine(module_stack):
     path = module_stack(NAME, "vault", "postgres")
-    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
-    try:
-        engine.up()
+    with healthy_stack(build_plan(load_stack(path), name=NAME), ("vault", "postgres")) as engine:
         yield engine
-    finally:
-        engine.down(purge=True)
 
 
 def test_down_then_up_postgres_needs_no_recovery(engine):

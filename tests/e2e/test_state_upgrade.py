@@ -20,6 +20,7 @@ import pytest
 from ccoas.engine.local import LocalEngine
 from ccoas.migrations import STATE_FILE, STATE_SCHEMA_VERSION
 from ccoas.planner import build_plan, load_stack
+from healthy_stack import healthy_stack  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +30,8 @@ NAME = f"e2e-h15b-upg-{uuid.uuid4().hex[:4]}"
 @pytest.fixture(scope="module")
 def stack(module_stack):
     path = module_stack(NAME, "vault", "postgres")
-    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
-    try:
-        engine.up()
+    with healthy_stack(build_plan(load_stack(path), name=NAME), ("vault", "postgres")) as engine:
         yield path, engine
-    finally:
-        engine.down(purge=True)
 
 
 def _ccoas(*args: str) -> subprocess.CompletedProcess:
