@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ccoas import __version__
+from ccoas import __version__, host_files
 from ccoas.errors import CcoasError
 from ccoas.plan import LABEL_PREFIX, PLAN_SCHEMA_VERSION, Plan, Service
 
@@ -369,13 +369,27 @@ def _remove_if_present(engine: LocalEngine, name: str) -> None:
         pass
 
 
-def _staging(engine: LocalEngine, service: Service) -> Path:
-    staging = engine.paths.state / "jobs" / service.name
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True, mode=0o700)
-    engine.runtime.give(staging, service.uid, service.gid)
+def _staging(engine: LocalEngine, service: Service, give: bool = True) -> Path:
+    """A fresh job dir in the stack's root-owned ``jobs`` dir, the one leaf handed to the job's
+    container uid (``give=False``: root's until root has written what the job reads, see
+    :func:`_give_staging`)."""
+    staging = engine.paths.jobs / service.name
+    host_files.make_dir(engine.paths.jobs, 0o755, (0, 0))
+    if staging.is_symlink():
+        host_files.remove(staging)
+    elif staging.exists():
+        shutil.rmtree(staging)  # fd-based: never follows a link inside
+    host_files.make_dir(staging, 0o700, (0, 0))
+    if give:
+        engine.runtime.give(staging, service.uid, service.gid)
     return staging
+
+
+def _give_staging(engine: LocalEngine, service: Service, staging: Path) -> None:
+    """Hand ``staging`` and all root wrote in it to the job's uid, deepest first (the directory
+    stays root's until its contents are given; each is given on an fd, never through a link)."""
+    for path in [*sorted(staging.rglob("*"), reverse=True), staging]:
+        engine.runtime.give(path, service.uid, service.gid)
 
 
 def _minio_buckets(plan: Plan) -> list[str]:
@@ -392,9 +406,9 @@ def _minio_backup(engine: LocalEngine) -> dict[str, bytes]:
         metadata: dict[str, dict[str, dict[str, str]]] = {}
         for bucket in buckets:
             root = staging / "objects" / bucket
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                members[f"minio/objects/{bucket}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-            metadata[bucket] = _object_metadata((staging / f"stat-{bucket}.json").read_text(), bucket)
+            for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+                members[f"minio/objects/{bucket}/{path.relative_to(root).as_posix()}"] = host_files.read_file(path)
+            metadata[bucket] = _object_metadata(host_files.read_file(staging / f"stat-{bucket}.json").decode(), bucket)
         members["minio/metadata.json"] = json.dumps(metadata, indent=2, sort_keys=True).encode()
         return members
     finally:
@@ -427,7 +441,7 @@ def _object_metadata(stat_lines: str, bucket: str) -> dict[str, dict[str, str]]:
 def _minio_restore(engine: LocalEngine, bundle: Bundle) -> int:
     service = engine.plan.service("minio")
     metadata = json.loads(bundle.members.get("minio/metadata.json", b"{}"))
-    staging = _staging(engine, service)
+    staging = _staging(engine, service, give=False)
     try:
         commands = ["set -eu"]
         count = 0
@@ -443,8 +457,7 @@ def _minio_restore(engine: LocalEngine, bundle: Bundle) -> int:
             commands.append(shlex.join(["mc", "--quiet", "cp", *attr, f"/backup/objects/{bucket}/{key}", f"s3/{bucket}/{key}"]) + " >/dev/null")
             count += 1
         (staging / "restore-objects.sh").write_text("\n".join(commands) + "\n")
-        for path in [staging, *staging.rglob("*")]:
-            engine.runtime.give(path, service.uid, service.gid)
+        _give_staging(engine, service, staging)
         _minio_job(engine, "restore", staging, _minio_buckets(engine.plan))
         return count
     finally:
@@ -600,7 +613,8 @@ def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: boo
         )
         return None
     directory = snapshot_dir(engine)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for level in (directory.parent, directory):  # root's alone: root restores what is in it
+        host_files.make_dir(level, 0o700, (0, 0))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = backup(engine, directory / f"{stamp}-before-{'-'.join(sorted(risky))}.ccoas")
     bundles = sorted(directory.glob("*.ccoas"))

@@ -577,20 +577,22 @@ def host_boot(
 ) -> None:
     """Bring up every stack enabled for boot, one `ccoas up --no-build` each (what the boot unit runs
     after a reboot). Exit 1 if any of them failed; the others are still brought up."""
-    from ccoas.boot import boot, ccoas_command, enabled
+    from ccoas.boot import boot, boot_records, ccoas_command
     from ccoas.host import host_layout
 
     state_root = host_layout().state_root
+    stacks, refused = boot_records(state_root)
+    for item in refused:
+        err.print(f"error: {item.describe()}", highlight=False, soft_wrap=True)
     if list_only:
-        stacks = enabled(state_root)
         for item in stacks:
             out.print(" ".join(item.up_command(["ccoas"])), highlight=False, soft_wrap=True)
-        out.print(f"{len(stacks)} stacks enabled for boot", highlight=False)
+        out.print(f"{len(stacks)} stacks enabled for boot" + (f", {len(refused)} records refused" if refused else ""), highlight=False)
         return
     results = boot(state_root, ccoas_command())
     failed = [item.stack for item, code in results if code != 0]
     out.print(f"{len(results) - len(failed)} of {len(results)} stacks up" + (f"; failed: {', '.join(failed)}" if failed else ""), highlight=False)
-    if failed:
+    if failed or refused:
         raise typer.Exit(EXIT_APPLY_FAILED)
 
 
@@ -663,7 +665,7 @@ def secrets_init(
     from ccoas.secrets import init_secret_files
 
     layout = host_layout()
-    written = init_secret_files(_plan(stack, name), out_dir, layout.give, layout.uid)
+    written = init_secret_files(_plan(stack, name), out_dir, layout, layout.uid)
     what = f"wrote {len(written)} secret files" if written else "every secret file is already there, nothing written"
     out.print(f"{what} in {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
 

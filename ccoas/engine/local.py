@@ -218,7 +218,7 @@ class LocalEngine:
             return ObservedVault(sealed=True, token_valid=False, versions={})
         try:
             client = self.steps.vault().ccoas_client()  # renews ccoas's periodic token
-            versions = SecretStore(self.plan, self.paths, socket, client, chown=self.runtime.give).versions()
+            versions = SecretStore(self.plan, self.paths, socket, client, owners=self.runtime.layout).versions()
         except (VaultError, hvac.exceptions.VaultError, requests.RequestException):
             return ObservedVault(sealed=False, token_valid=False, versions={})
         return ObservedVault(sealed=False, token_valid=True, versions=versions)
