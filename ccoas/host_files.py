@@ -246,6 +246,8 @@ def open_append(path: Path, mode: int = 0o640) -> BinaryIO:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafePathError(f"{path} is a symbolic link: root does not append through it") from None
+            if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+                raise UnsafePathError(f"{path}: not a regular file") from None
             raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
