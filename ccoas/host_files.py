@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ccoas.errors import HostError
+from ccoas.errors import EXIT_APPLY_FAILED, HostError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -41,7 +41,10 @@ Owner = tuple[int, int]
 
 
 class UnsafePathError(HostError):
-    """A path crosses a symlink, or names something, that another user could have planted."""
+    """A path crosses a symlink, or names something, that another user could have planted:
+    root stops there (an apply that meets one fails, exit code 1)."""
+
+    exit_code = EXIT_APPLY_FAILED
 
 
 def writable_by_others(status: os.stat_result) -> bool:
