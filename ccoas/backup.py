@@ -375,10 +375,7 @@ def _staging(engine: LocalEngine, service: Service, give: bool = True) -> Path:
     :func:`_give_staging`)."""
     staging = engine.paths.jobs / service.name
     host_files.make_dir(engine.paths.jobs, 0o755, (0, 0))
-    if staging.is_symlink():
-        host_files.remove(staging)
-    elif staging.exists():
-        shutil.rmtree(staging)  # fd-based: never follows a link inside
+    host_files.remove_tree(staging)
     host_files.make_dir(staging, 0o700, (0, 0))
     if give:
         engine.runtime.give(staging, service.uid, service.gid)

@@ -239,6 +239,28 @@ def remove(path: Path) -> bool:
     return True
 
 
+def remove_tree(path: Path) -> bool:
+    """Remove the directory tree ``path`` (a link in its place: the link alone), reached without
+    following links and removed fd-relative (``shutil.rmtree`` with ``dir_fd``); ``False`` when
+    nothing was there."""
+    import shutil
+
+    path = Path(path)
+    try:
+        with directory(path.parent) as parent:
+            try:
+                status = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if stat.S_ISDIR(status.st_mode):
+                shutil.rmtree(path.name, dir_fd=parent)
+            else:
+                os.unlink(path.name, dir_fd=parent)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def open_append(path: Path, mode: int = 0o640) -> BinaryIO:
     """``path`` opened to append (made ``mode`` when missing), never through a link; for logs
     root keeps and hands to processes it starts."""

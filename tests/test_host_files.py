@@ -265,3 +265,17 @@ def test_the_migration_takes_the_state_back_from_the_engine_user(area):
     assert (paths.render / "nginx.conf").read_text() == "rendered\n"  # root's own files stay
     assert fingerprint(victim) == before
     assert migrations.migrate(paths) == []  # idempotent: recorded, nothing more to do
+
+
+def test_a_tree_is_never_removed_through_a_link_above_it(area):
+    """``down --purge`` removes ``/run/user/<uid>/ccoas/<stack>``: a link the engine user put in
+    place of ``ccoas`` must not make root remove ``<target>/<stack>``."""
+    theirs, victim = area
+    (victim / "demo").mkdir()
+    before = fingerprint(victim)
+    plant_link(theirs / "ccoas", victim)
+    with pytest.raises(UnsafePathError):
+        host_files.remove_tree(theirs / "ccoas" / "demo")
+    plant_link(theirs / "demo", victim)
+    assert host_files.remove_tree(theirs / "demo")  # the link itself goes
+    assert not (theirs / "demo").is_symlink() and fingerprint(victim) == before

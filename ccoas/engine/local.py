@@ -20,13 +20,12 @@ has no timer for health checks without systemd: ccoas runs them itself while it 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas import migrations
+from ccoas import host_files, migrations
 from ccoas.engine.diff import (
     VAULT_BOOTSTRAP,
     VAULT_SECRETS,
@@ -641,8 +640,7 @@ class LocalEngine:
                 volume.remove(force=True)
             removed.append(f"{len(volumes)} volumes")
             for directory in (self.paths.runtime, self.paths.state):
-                if directory.exists():
-                    shutil.rmtree(directory)
+                host_files.remove_tree(directory)  # never through a link the engine user planted
             removed.append("state and secret files")
         return ", ".join(removed)
 
