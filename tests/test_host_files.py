@@ -65,29 +65,22 @@ def area():
     shutil.rmtree(top)
 
 
-def fingerprint(victim: Path) -> dict[str, tuple[int, int, int, bytes]]:
-    seen = {}
-    for path in [victim, *sorted(victim.rglob("*"))]:
-        status = path.lstat()
-        seen[str(path)] = (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode), path.read_bytes() if path.is_file() else b"")
-    return seen
-
 
 # -- each primitive, against a link planted where it works ----------------------------------------
 
 
-def test_make_dir_refuses_a_link_in_place_of_the_directory(area):
+def test_make_dir_refuses_a_link_in_place_of_the_directory(area, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     plant_link(theirs / "mount", victim)
     with pytest.raises(UnsafePathError, match="symbolic link"):
         host_files.make_dir(theirs / "mount", 0o755, (OTHER, OTHER))
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
-def test_a_link_above_the_directory_is_refused_too(area):
+def test_a_link_above_the_directory_is_refused_too(area, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     plant_link(theirs / "stack", victim)
     for operation in (
         lambda: host_files.make_dir(theirs / "stack" / "secrets", 0o700, (OTHER, OTHER)),
@@ -97,40 +90,40 @@ def test_a_link_above_the_directory_is_refused_too(area):
     ):
         with pytest.raises(UnsafePathError, match=f"{theirs / 'stack'} is a symbolic link"):
             operation()
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
 @pytest.mark.parametrize("change", ["owner", "mode"])
-def test_owner_and_mode_are_never_changed_through_a_link(area, change):
+def test_owner_and_mode_are_never_changed_through_a_link(area, change, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     plant_link(theirs / "secret", victim / "shadow")
     with pytest.raises(UnsafePathError):
         if change == "owner":
             host_files.set_owner(theirs / "secret", (OTHER, OTHER))
         else:
             host_files.set_mode(theirs / "secret", 0o644)
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
-def test_a_file_written_over_a_link_replaces_the_link(area):
+def test_a_file_written_over_a_link_replaces_the_link(area, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     plant_link(theirs / "secret", victim / "shadow")
     assert host_files.write_file(theirs / "secret", b"value", 0o400, (OTHER, OTHER), keep_if_same=True)
     written = (theirs / "secret").lstat()
     assert stat.S_ISREG(written.st_mode) and (written.st_uid, stat.S_IMODE(written.st_mode)) == (OTHER, 0o400)
     assert (theirs / "secret").read_bytes() == b"value"
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
-def test_appending_to_a_log_never_goes_through_a_link(area):
+def test_appending_to_a_log_never_goes_through_a_link(area, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     plant_link(theirs / "podman-service.log", victim / "shadow")
     with pytest.raises(UnsafePathError, match="symbolic link"):
         host_files.open_append(theirs / "podman-service.log")
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
 def test_a_fifo_in_place_of_a_file_is_refused_without_hanging(area):
@@ -195,9 +188,9 @@ class NobodyOwners:
 
 
 @pytest.mark.parametrize("planted", ["service dir", "secret file"])
-def test_a_secret_is_never_written_or_given_through_a_planted_link(area, planted):
+def test_a_secret_is_never_written_or_given_through_a_planted_link(area, planted, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     secrets = theirs / "secrets"
     as_other("mkdir", "-m", "700", str(secrets))
     if planted == "service dir":
@@ -210,7 +203,7 @@ def test_a_secret_is_never_written_or_given_through_a_planted_link(area, planted
         write_secret_file(secrets, secrets / "nginx" / "key", "value", 101, 101, NobodyOwners())
         written = (secrets / "nginx" / "key").lstat()
         assert stat.S_ISREG(written.st_mode) and written.st_uid == OTHER - 1000 + 101
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
 def test_a_boot_record_the_engine_user_planted_is_refused(area, monkeypatch):
@@ -237,9 +230,9 @@ def test_a_boot_record_the_engine_user_planted_is_refused(area, monkeypatch):
     assert booted.exit_code == 1 and "refused, not run at boot" in booted.output
 
 
-def test_the_migration_takes_the_state_back_from_the_engine_user(area):
+def test_the_migration_takes_the_state_back_from_the_engine_user(area, tree_fingerprint):
     theirs, victim = area
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     tmp_path = theirs.parent
     root = tmp_path / "lib"
     paths = stack_paths(root, tmp_path / "run", "demo")
@@ -263,19 +256,19 @@ def test_the_migration_takes_the_state_back_from_the_engine_user(area):
         assert directory.lstat().st_uid == 0 and stat.S_IMODE(directory.lstat().st_mode) == 0o755
     assert (root / "snapshots").lstat().st_uid == 0 and stat.S_IMODE((root / "snapshots").lstat().st_mode) == 0o700
     assert (paths.render / "nginx.conf").read_text() == "rendered\n"  # root's own files stay
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
     assert migrations.migrate(paths) == []  # idempotent: recorded, nothing more to do
 
 
-def test_a_tree_is_never_removed_through_a_link_above_it(area):
+def test_a_tree_is_never_removed_through_a_link_above_it(area, tree_fingerprint):
     """``down --purge`` removes ``/run/user/<uid>/ccoas/<stack>``: a link the engine user put in
     place of ``ccoas`` must not make root remove ``<target>/<stack>``."""
     theirs, victim = area
     (victim / "demo").mkdir()
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     plant_link(theirs / "ccoas", victim)
     with pytest.raises(UnsafePathError):
         host_files.remove_tree(theirs / "ccoas" / "demo")
     plant_link(theirs / "demo", victim)
     assert host_files.remove_tree(theirs / "demo")  # the link itself goes
-    assert not (theirs / "demo").is_symlink() and fingerprint(victim) == before
+    assert not (theirs / "demo").is_symlink() and tree_fingerprint(victim) == before

@@ -44,13 +44,6 @@ def ccoas(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CCOAS, *args], capture_output=True, text=True, timeout=1200)
 
 
-def fingerprint(victim: Path) -> dict[str, tuple[int, int, int, bytes]]:
-    seen = {}
-    for path in [victim, *sorted(victim.rglob("*"))]:
-        status = path.lstat()
-        seen[str(path)] = (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode), path.read_bytes() if path.is_file() else b"")
-    return seen
-
 
 @pytest.fixture(scope="module")
 def victim():
@@ -74,9 +67,9 @@ def stack(module_stack):
         as_engine_user("rm", "-rf", str(paths.runtime))
 
 
-def test_links_planted_in_the_runtime_dir_stop_up_and_touch_nothing(stack, victim):
+def test_links_planted_in_the_runtime_dir_stop_up_and_touch_nothing(stack, victim, tree_fingerprint):
     path, paths = stack
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     assert as_engine_user("mkdir", "-p", str(paths.runtime)).returncode == 0
     for planted in (paths.secrets, paths.runtime_mount("vault-socket")):
         made = as_engine_user("ln", "-s", str(victim), str(planted))
@@ -84,18 +77,18 @@ def test_links_planted_in_the_runtime_dir_stop_up_and_touch_nothing(stack, victi
     refused = ccoas("up", str(path), "--name", NAME)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "is a symbolic link" in refused.stderr and str(paths.runtime) in refused.stderr and "Traceback" not in refused.stderr
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
     for planted in (paths.secrets, paths.runtime_mount("vault-socket")):
         assert as_engine_user("rm", str(planted)).returncode == 0
     done = ccoas("up", str(path), "--name", NAME)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
-def test_a_secret_file_swapped_for_a_link_is_replaced_not_written_through(stack, victim):
+def test_a_secret_file_swapped_for_a_link_is_replaced_not_written_through(stack, victim, tree_fingerprint):
     path, paths = stack
-    before = fingerprint(victim)
+    before = tree_fingerprint(victim)
     secret = next(p for p in (paths.secrets / "nginx").iterdir())
     owner = secret.stat().st_uid
     assert as_engine_user("rm", "-f", str(secret)).returncode == 0
@@ -104,7 +97,7 @@ def test_a_secret_file_swapped_for_a_link_is_replaced_not_written_through(stack,
     engine.steps.secrets().materialize()  # what the vault-secrets hook of `up` runs, as root
     status = secret.lstat()
     assert stat.S_ISREG(status.st_mode) and status.st_uid == owner and stat.S_IMODE(status.st_mode) == 0o400
-    assert fingerprint(victim) == before
+    assert tree_fingerprint(victim) == before
 
 
 def test_the_engine_user_has_no_place_to_plant_in_roots_state(stack, victim):
