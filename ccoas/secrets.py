@@ -399,8 +399,11 @@ class SecretStore:
         for secret in self.plan.secrets:
             if secret.generator == "tls-cert":
                 for reader in secret.readers:
-                    path = self.paths.secret_file(reader, secret.name)
-                    if path.exists() and days_left(path.read_text()) < RENEW_WITHIN_DAYS:
+                    try:  # the engine user's dir: never read through a link (materialize replaces one)
+                        delivered = host_files.read_file(self.paths.secret_file(reader, secret.name)).decode()
+                    except (FileNotFoundError, host_files.UnsafePathError):
+                        continue
+                    if days_left(delivered) < RENEW_WITHIN_DAYS:
                         return True
         return False
 

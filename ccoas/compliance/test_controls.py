@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from ccoas import host_files
 from ccoas.host import host_layout
 from ccoas.plan import LABEL_PREFIX, Plan
 from ccoas.planner import build_plan, load_stack
@@ -425,6 +426,8 @@ def _secret_values() -> dict[str, str]:
     for service in plan().services:
         for mount in service.secrets:
             path: Path = paths.secret_file(service.name, mount.secret)
-            if path.exists():
-                values[mount.secret] = path.read_text()
+            try:
+                values[mount.secret] = host_files.read_file(path).decode()  # the engine user's dir: never through a link
+            except FileNotFoundError:
+                continue
     return values
