@@ -78,7 +78,7 @@ def _open_child(parent: int, name: str, shown: str, create_mode: int | None) -> 
             os.mkdir(name, create_mode, dir_fd=parent)
         except FileExistsError:
             pass  # made at the same moment by someone else: opened (and checked) below
-        return os.open(name, DIR_FLAGS, dir_fd=parent)
+        return _open_child(parent, name, shown, None)
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
