@@ -36,6 +36,7 @@ import pytest
 
 from ccoas.engine.local import LocalEngine
 from ccoas.engine.runtime import ISOLATION_GUARD
+from ccoas.host import ping
 from ccoas.plan import LABEL_PREFIX
 from ccoas.planner import build_plan, load_stack
 
@@ -186,16 +187,11 @@ def other_service(engine):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        client = docker.DockerClient(base_url=f"unix://{socket}", timeout=60)
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                assert time.monotonic() < deadline, "the other API service did not answer"
-                time.sleep(0.3)
-        yield client
+        while not ping(socket):
+            assert time.monotonic() < deadline and started.poll() is None, "the other API service did not answer"
+            time.sleep(0.3)
+        yield docker.DockerClient(base_url=f"unix://{socket}", timeout=60)
     finally:
         os.killpg(started.pid, signal.SIGTERM)
         started.wait(timeout=30)
