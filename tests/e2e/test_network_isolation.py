@@ -200,7 +200,10 @@ def other_service(engine):
 def list_and_inspect_networks(client) -> None:
     """What docker-bench-security does through the Docker API: list every network, inspect each."""
     for network in client.networks.list():
-        client.networks.get(network.id)
+        try:
+            client.networks.get(network.id)
+        except docker.errors.NotFound:
+            pass  # another stack on this host removed it meanwhile
 
 
 def restart_count(engine, name: str) -> tuple[int, str]:
@@ -211,47 +214,62 @@ def restart_count(engine, name: str) -> tuple[int, str]:
 def test_other_clients_listing_networks_between_restarts_leave_ccoas_isolated(engine, other_service):
     nginx = engine.plan.service("nginx").container_name
     edge = engine.plan.network("edge").engine_name
-    list_and_inspect_networks(other_service)
-    assert edge in {n.name for n in other_service.networks.list()}
-    held_there = other_service.api.get(other_service.api.base_url + "/v4.0.0/libpod/networks/json").json()
-    assert not (next(n for n in held_there if n["name"] == edge).get("options") or {}).get("isolate"), (
-        "the other service kept isolate after a Docker-API list: the defect is gone and this test proves nothing"
-    )
+    engine.up()
+    assert isolated(engine), "not isolated before the other client came: what follows would measure nothing"
+    for _ in range(3):  # another stack's network change makes a service read its files again
+        list_and_inspect_networks(other_service)
+        held_there = other_service.api.get(other_service.api.base_url + "/v4.0.0/libpod/networks/json").json()
+        if not (next(n for n in held_there if n["name"] == edge).get("options") or {}).get("isolate"):
+            break
+    else:
+        pytest.skip("the other service kept (or read again) isolate after every Docker-API list: nothing measured")
 
     engine.client.containers.get(nginx).restart(timeout=15)  # a restart through ccoas's service
     assert held(engine)[edge] == (True, True)
     assert not attacker_reaches_nginx(engine)
 
     list_and_inspect_networks(other_service)
-    before = restart_count(engine, nginx)
-    os.kill(engine.client.api.inspect_container(nginx)["State"]["Pid"], signal.SIGKILL)  # a crash
-    deadline = time.monotonic() + 60
-    while restart_count(engine, nginx) == before or engine.client.api.inspect_container(nginx)["State"]["Status"] != "running":
-        assert time.monotonic() < deadline, "nginx was not restarted by its restart policy"
-        time.sleep(0.5)
+    crash_and_wait_for_restart(engine, nginx)
     assert held(engine)[edge] == (True, True)
     assert not attacker_reaches_nginx(engine)
     planned = [str(op) for op in engine.up(dry_run=True).operations]
     assert not any(op.startswith(("reload network", "restart")) for op in planned), planned
 
 
-def test_a_crash_restart_is_made_by_a_fresh_podman_that_reads_the_network_files(engine):
-    """Even with ccoas's own service corrupted (a Docker-API list through it, as the module's
-    other test does on purpose), nginx restarted by its restart policy after a crash is
-    isolated: conmon's exit command is a new ``podman container cleanup`` process, which reads
-    the network from its file. Only a start through the corrupted service runs unisolated
-    (``test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_up``), and
-    ``up`` repairs the service's copy."""
-    nginx = engine.plan.service("nginx").container_name
-    edge = engine.plan.network("edge").engine_name
-    engine.client.networks.list()  # corrupts ccoas's own service's copy
-    assert held(engine)[edge][0] is False
+def crash_and_wait_for_restart(engine, nginx: str) -> None:
+    """SIGKILL nginx's main process (a crash) and wait until its restart policy brought it back."""
     before = restart_count(engine, nginx)
     os.kill(engine.client.api.inspect_container(nginx)["State"]["Pid"], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while restart_count(engine, nginx) == before or engine.client.api.inspect_container(nginx)["State"]["Status"] != "running":
         assert time.monotonic() < deadline, "nginx was not restarted by its restart policy"
         time.sleep(0.5)
+
+
+def test_a_crash_restart_is_made_by_a_fresh_podman_that_reads_the_network_files(engine):
+    """Even with ccoas's own service corrupted (a Docker-API list through it, on purpose), nginx
+    restarted by its restart policy after a crash is isolated: conmon's exit command is a new
+    ``podman container cleanup`` process, which reads the network from its file. Only a start
+    through the corrupted service runs unisolated
+    (``test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_up``), and
+    ``up`` repairs the service's copy.
+
+    The service re-reads its network files whenever their directory changes (any stack on the
+    host creating or removing a network): a run where that healed the copy before the restart
+    measured nothing, and is made again (up to three times)."""
+    nginx = engine.plan.service("nginx").container_name
+    edge = engine.plan.network("edge").engine_name
+    for _ in range(3):
+        engine.up()
+        assert isolated(engine), "not isolated before the crash: what follows would measure nothing"
+        engine.client.networks.list()  # corrupts ccoas's own service's copy
+        if held(engine)[edge][0] is not False:
+            continue
+        crash_and_wait_for_restart(engine, nginx)
+        if held(engine)[edge][0] is False:  # still corrupted after the restart: it was throughout
+            break
+    else:
+        pytest.skip("another stack's network changes kept healing the service's copy: nothing measured")
     assert held(engine)[edge] == (False, True)  # the service's copy lost isolate; the bridge has its rules
     assert not attacker_reaches_nginx(engine)
     engine.up()
