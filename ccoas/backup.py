@@ -374,9 +374,9 @@ def _staging(engine: LocalEngine, service: Service, give: bool = True) -> Path:
     container uid (``give=False``: root's until root has written what the job reads, see
     :func:`_give_staging`)."""
     staging = engine.paths.jobs / service.name
-    host_files.make_dir(engine.paths.jobs, 0o755, (0, 0))
+    host_files.make_dir(engine.paths.jobs, 0o755, host_files.ROOT)
     host_files.remove_tree(staging)
-    host_files.make_dir(staging, 0o700, (0, 0))
+    host_files.make_dir(staging, 0o700, host_files.ROOT)
     if give:
         engine.runtime.give(staging, service.uid, service.gid)
     return staging
@@ -611,7 +611,7 @@ def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: boo
         return None
     directory = snapshot_dir(engine)
     for level in (directory.parent, directory):  # root's alone: root restores what is in it
-        host_files.make_dir(level, 0o700, (0, 0))
+        host_files.make_dir(level, 0o700, host_files.ROOT)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = backup(engine, directory / f"{stamp}-before-{'-'.join(sorted(risky))}.ccoas")
     bundles = sorted(directory.glob("*.ccoas"))

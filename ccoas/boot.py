@@ -33,7 +33,7 @@ from pathlib import Path
 from ccoas import host_files
 from ccoas.errors import CcoasError, HostError
 from ccoas.host import HostLayout
-from ccoas.state import ROOT, state_dir
+from ccoas.state import state_dir
 
 UNIT_NAME = "ccoas-boot.service"
 UNIT_DIR = Path("/etc/systemd/system")
@@ -62,7 +62,7 @@ def enable(state_root: Path, stack: str, stack_file: Path, name: str | None) -> 
 
     directory = state_dir(state_root, stack)
     new = not directory.is_dir()
-    owner = ROOT if os.geteuid() == 0 else None
+    owner = host_files.ROOT if os.geteuid() == 0 else None
     for level in (state_root, directory.parent, directory):
         host_files.make_dir(level, 0o755, owner)
     if new:  # enabled before its first up: the state dir starts with its marker

@@ -339,7 +339,7 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
             raise HostError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
     else:
         if os.geteuid() == 0:
-            host_files.make_dir(layout.state_root, 0o755, (0, 0))
+            host_files.make_dir(layout.state_root, 0o755, host_files.ROOT)
         with host_files.open_append(log_path) if os.geteuid() == 0 else open(log_path, "ab") as log:
             subprocess.Popen(
                 layout.engine_command("podman", "system", "service", "--time=0", layout.base_url),

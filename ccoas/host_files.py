@@ -38,6 +38,7 @@ in its place cannot hang root (it is refused after ``fstat``)."""
 
 Owner = tuple[int, int]
 """A host uid and gid."""
+ROOT: Owner = (0, 0)
 
 
 class UnsafePathError(HostError):

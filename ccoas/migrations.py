@@ -230,7 +230,7 @@ def state_owned_by_root(paths: StackPaths) -> str:
         removed += _remove_untrusted(top)
     for directory in (snapshots.parent, snapshots):
         if directory.is_dir():
-            host_files.make_dir(directory, 0o700, (0, 0))
+            host_files.make_dir(directory, 0o700, host_files.ROOT)
     if not removed:
         return "the state root and the stack's state dir are root's (nothing planted was found)"
     return f"the state root and the stack's state dir are root's; removed what root did not write: {', '.join(removed)}"

@@ -19,8 +19,6 @@ from pathlib import Path
 
 from ccoas.plan import VaultPlan
 
-ROOT = (0, 0)
-
 
 @dataclass(frozen=True)
 class StackPaths:
@@ -34,7 +32,7 @@ class StackPaths:
         whoever held them before (the engine user owned the state root before state schema 3)."""
         from ccoas import host_files
 
-        owner = ROOT if os.geteuid() == 0 else None  # ccoas run as the engine user keeps its own
+        owner = host_files.ROOT if os.geteuid() == 0 else None  # ccoas run as the engine user keeps its own
         for directory in (self.state.parent.parent, self.state.parent, self.state, self.render):
             host_files.make_dir(directory, 0o755, owner)
 
