@@ -334,6 +334,7 @@ def restore(
     from ccoas.backup import restore as restore_bundle
     from ccoas.report import ProgressReporter, status_table
 
+    resolved = _plan(stack, name)
     opened = open_bundle(bundle, key_file=key_file, allow_unauthenticated=insecure_unauthenticated)  # before any engine call
     if not opened.authenticated:
         err.print(
@@ -343,7 +344,7 @@ def restore(
             soft_wrap=True,
         )
     with ProgressReporter(err) as progress:
-        result = restore_bundle(_engine(_plan(stack, name), progress), opened, build=build, timeout=timeout)
+        result = restore_bundle(_engine(resolved, progress), opened, build=build, timeout=timeout)
     out.print(status_table(result.status))
     for service, what in sorted(result.restored.items()):
         out.print(f"restored {service}: {what}", highlight=False)
