@@ -1,0 +1,170 @@
+"""The three `ccoas check` controls that `tests/e2e/test_edge.py` does not break, broken on a
+live stack (Nginx publishing its ports, Vault, Redis) and seen to fail, then repaired and seen
+to pass again:
+
+- Vault: sealed (with a two-minute token, the root token being revoked), then a root token
+  written back into its unseal material on disk;
+- a secret in the environment of a running process: Redis's entrypoint exports the health
+  user's password before it execs ``redis-server``, and the container is restarted;
+- the edge certificate: Nginx serves one that expires in five days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import time
+import uuid
+
+import pytest
+import yaml
+
+from ccoas.engine.local import LocalEngine
+from ccoas.planner import CATALOG, build_plan, load_stack
+
+pytestmark = pytest.mark.e2e
+
+NAME = f"tb-ctl-{uuid.uuid4().hex[:6]}"
+ENABLED = ("nginx", "vault", "redis")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    stack = {
+        "version": 1,
+        "name": NAME,
+        "environment": "ci",
+        "images": {"source": "local"},
+        "tls": {"mode": "generate"},
+        "components": {
+            **{c: {"enabled": False} for c in sorted(CATALOG) if c not in ENABLED},
+            "nginx": {"publish": [{"container_port": 8443, "host_port": free_port()}, {"container_port": 8080, "host_port": free_port()}]},
+        },
+    }
+    path = tmp_path_factory.mktemp("controls") / "controls.yaml"
+    path.write_text(yaml.safe_dump(stack, sort_keys=False))
+    engine = LocalEngine.connect(build_plan(load_stack(path), name=NAME))
+    engine.stack_path = path  # type: ignore[attr-defined]
+    try:
+        engine.up()
+        yield engine
+    finally:
+        engine.down(purge=True)
+
+
+def control(engine, name: str) -> int:
+    from ccoas.compliance import run_checks
+
+    return run_checks(engine.stack_path, NAME, extra=["-k", name])
+
+
+def exec_in(engine, service: str, *command: str) -> str:
+    container = engine.client.containers.get(engine.plan.service(service).container_name)
+    result = container.exec_run(list(command), user=engine.plan.service(service).user)
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode()
+
+
+def test_vault_control_fails_when_vault_is_sealed_or_a_root_token_is_on_disk(engine):
+    from ccoas.secrets import vault_client
+
+    name = "test_vault_initialised_unsealed_audited_root_revoked"
+    assert control(engine, name) == 0
+    bootstrap = engine.steps.vault()
+    with bootstrap.root_client() as root:  # a 2-minute token to seal with: the root token is revoked
+        sealer = root.auth.token.create(policies=["root"], ttl="2m", no_parent=True)["auth"]["client_token"]
+    vault_client(bootstrap.socket, sealer).sys.seal()
+    try:
+        assert vault_client(bootstrap.socket).sys.is_sealed()
+        assert control(engine, name) != 0
+    finally:
+        engine.up()  # unseals Vault again
+    assert control(engine, name) == 0
+
+    original = engine.paths.vault_init.read_text()
+    engine.paths.vault_init.write_text(json.dumps({**json.loads(original), "root_token": "s.planted"}))
+    try:
+        assert control(engine, name) != 0
+    finally:
+        engine.paths.vault_init.write_text(original)
+    assert control(engine, name) == 0
+
+
+def test_environment_control_fails_when_a_process_runs_with_a_secret(engine):
+    name = "test_no_secret_value_in_the_running_process_environment"
+    entrypoint = engine.paths.render / "redis" / "entrypoint.sh"
+    original = entrypoint.read_text()
+    assert original.count('\nexec "$@"') == 1
+    secret = engine.plan.service("redis").secrets[0].target
+    container = engine.client.containers.get(engine.plan.service("redis").container_name)
+
+    def restart() -> None:
+        container.restart()
+        for _ in range(60):
+            container.reload()
+            if container.status == "running":
+                return
+            time.sleep(1)
+
+    assert control(engine, name) == 0
+    entrypoint.write_text(original.replace('\nexec "$@"', f'\nexport LEAKED_PASSWORD="$(cat {secret})"\nexec "$@"'))
+    restart()
+    try:
+        assert "LEAKED_PASSWORD=" in exec_in(engine, "redis", "sh", "-c", "tr '\\0' '\\n' < /proc/1/environ")
+        assert control(engine, name) != 0
+    finally:
+        entrypoint.write_text(original)
+        restart()
+    assert control(engine, name) == 0
+
+
+def expiring_certificate(domain: str, days: int) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), pem_key
+
+
+def test_certificate_control_fails_when_the_edge_serves_one_expiring_in_five_days(engine):
+    name = "test_edge_certificate_is_not_about_to_expire"
+    cert_file = engine.paths.secret_file("nginx", "nginx_tls_cert")
+    key_file = engine.paths.secret_file("nginx", "nginx_tls_key")
+    originals = cert_file.read_bytes(), key_file.read_bytes()
+
+    def serve(cert: bytes, key: bytes) -> None:
+        cert_file.write_bytes(cert)  # in place: the container mounts these files
+        key_file.write_bytes(key)
+        exec_in(engine, "nginx", "nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-s", "reload")
+        time.sleep(2)
+
+    assert control(engine, name) == 0
+    serve(*expiring_certificate(engine.plan.domain, days=5))
+    try:
+        assert control(engine, name) != 0
+    finally:
+        serve(*originals)
+    assert control(engine, name) == 0
