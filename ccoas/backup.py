@@ -698,10 +698,8 @@ def _minio_restore(engine: LocalEngine, bundle: Bundle) -> int:
     staging = _staging(engine, service, give=False)
     try:
         count = stage_objects(staging, bundle, _minio_buckets(engine.plan))
-        engine.runtime.give(staging, service.uid, service.gid)
-        for directory, dirs, files in os.walk(staging):
-            for name in dirs + files:
-                engine.runtime.give(Path(directory, name), service.uid, service.gid)
+        for path in [*sorted(staging.rglob("*"), reverse=True), staging]:  # deepest first, the directory last
+            engine.runtime.give(path, service.uid, service.gid)
         _minio_job(engine, "restore", staging, _minio_buckets(engine.plan))
         return count
     finally:
@@ -844,7 +842,11 @@ def snapshot_dir(engine: LocalEngine) -> Path:
 
 
 def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: bool = True) -> tuple[BackupResult, dict[str, str]] | None:
-    """A bundle of the running stack if the next ``up`` would replace a data service; keeps the newest ``keep``."""
+    """A bundle of the running stack if the next ``up`` would replace a data service; keeps the newest ``keep``.
+
+    It is encrypted and authenticated with this host's bundle key (:func:`bundle_key_path`, made
+    on first need, root-only, outside the state directory): a bundle swapped into the snapshots
+    directory by anyone without that key does not restore."""
     engine.prepare_images(build)
     risky = risky_replacements(engine)
     if not risky:
@@ -861,11 +863,9 @@ def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: boo
     directory = snapshot_dir(engine)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    # Encrypted and authenticated with this host's bundle key (made on first need, root-only,
-    # outside the state directory): a snapshot swapped in this directory does not restore.
     result = backup(engine, directory / f"{stamp}-before-{'-'.join(sorted(risky))}.ccoas")
     bundles = sorted(directory.glob("*.ccoas"))
     for old in bundles[: max(0, len(bundles) - keep)]:
         old.unlink()
-        unseal_path(old).unlink(missing_ok=True)  # beside snapshots of format 1
+        unseal_path(old).unlink(missing_ok=True)
     return result, risky
