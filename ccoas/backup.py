@@ -76,7 +76,7 @@ class Bundle:
 
     @property
     def plan(self) -> dict[str, Any]:
-        return json.loads(self.members["plan.json"])
+        return _json_object(self.members["plan.json"], f"{self.path or 'bundle'}: plan.json")
 
     def unseal(self) -> dict[str, Any] | None:
         """The unseal material of the bundle's Vault snapshot (None: no snapshot)."""
@@ -85,7 +85,8 @@ class Bundle:
         if self.authenticated:
             if UNSEAL_MEMBER not in self.members:
                 raise BackupError(f"{self.path}: the bundle holds a Vault snapshot but no unseal material")
-            return _unseal_keys(json.loads(self.members[UNSEAL_MEMBER]), f"{self.path}: {UNSEAL_MEMBER}")
+            source = f"{self.path or 'bundle'}: {UNSEAL_MEMBER}"
+            return _unseal_keys(_json_object(self.members[UNSEAL_MEMBER], source), source)
         beside = unseal_path(self.path) if self.path else None
         try:
             material = json.loads(beside.read_text()) if beside else None
@@ -98,6 +99,16 @@ class Bundle:
         if material.get("snapshot_sha256") != _sha256(self.members["vault/raft.snap"]):
             raise BackupError(f"{beside}: belongs to another bundle (its snapshot checksum differs)")
         return _unseal_keys(material, str(beside))
+
+
+def _json_object(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise BackupError(f"{source}: damaged (not a JSON object)")
+    return value
 
 
 def _unseal_keys(material: Any, source: str) -> dict[str, Any]:

@@ -412,3 +412,14 @@ def test_no_snapshot_but_a_note_when_the_data_services_are_stopped():
         "no snapshot before replacing postgres: postgres not running, so nothing could be dumped (the volumes are kept); "
         "take `ccoas backup` of the running stack before risky changes"
     ]
+
+
+@pytest.mark.parametrize("member", ["plan.json", "vault/unseal.json"])
+def test_a_damaged_json_member_is_a_clear_refusal(member, key, tmp_path):
+    members = {**MEMBERS, "vault/raft.snap": b"s", "vault/unseal.json": b'{"keys_base64": ["k"]}', member: b"[not json"}
+    path = tmp_path / "b.ccoas"
+    path.write_bytes(bundle(key, members))
+    (tmp_path / "k").write_bytes(key)
+    opened = open_bundle(path, tmp_path / "k")
+    with pytest.raises(BackupError, match=f"{member}: damaged"):
+        opened.plan if member == "plan.json" else opened.unseal()
