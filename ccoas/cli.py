@@ -639,6 +639,20 @@ def secrets_get(
     sys.stdout.write(value + "\n")
 
 
+@secrets_app.command("set")
+@reports_errors
+def secrets_set(
+    secret: Annotated[str, typer.Argument(help="OWNER/NAME of a secret the operator supplies, e.g. monitoring/webhook_url.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+) -> None:
+    """Store a value the operator supplies (read from stdin, never from the command line); the
+    next `up` delivers it to its readers."""
+    value = sys.stdin.read().strip()
+    stored = _engine(_plan(stack, name)).secrets().set(secret, value)
+    out.print(f"stored {stored.vault_path} (value not shown); run `ccoas up` to deliver it", highlight=False)
+
+
 @secrets_app.command("export")
 @reports_errors
 def secrets_export(
