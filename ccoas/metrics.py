@@ -179,20 +179,40 @@ def _escape(value: str) -> str:
 
 def write_textfile(directory: Path, figures: list[Figure]) -> Path:
     """Replace ``directory/ccoas.prom`` atomically (the collector never reads half a file).
-    ``directory`` is the stack's runtime dir for monitoring, owned by the engine user: the file
-    is created fresh (``O_EXCL`` on a new name, no link followed) and renamed into place."""
-    target = directory / TEXTFILE
-    scratch = directory / f".{TEXTFILE}.{os.getpid()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+    ``directory`` is a runtime dir under the engine user's XDG_RUNTIME_DIR, which that user can
+    write: every component of the path is opened without following a link (a link planted
+    anywhere in it is refused), the file is created fresh (``O_EXCL``) beside the target and
+    renamed into place, all relative to the directory's descriptor."""
+    fd = open_directory_nofollow(directory)
+    scratch = f".{TEXTFILE}.{os.getpid()}"
     try:
-        os.unlink(scratch)
-    except FileNotFoundError:
-        pass
-    fd = os.open(scratch, flags, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(textfile(figures))
-    os.replace(scratch, target)
-    return target
+        try:
+            os.unlink(scratch, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        out = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
+        with os.fdopen(out, "w") as handle:
+            handle.write(textfile(figures))
+        os.replace(scratch, TEXTFILE, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return directory / TEXTFILE
+
+
+def open_directory_nofollow(directory: Path) -> int:
+    """A descriptor of ``directory``, opened component by component from ``/`` with
+    ``O_NOFOLLOW``: a symbolic link anywhere in the path raises ``OSError`` (ELOOP/ENOTDIR)."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in directory.absolute().parts[1:]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 BACKUP_RECORD = "backups.json"

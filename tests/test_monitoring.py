@@ -174,3 +174,15 @@ def test_figures_textfile_is_deterministic_prometheus_text(tmp_path):
     path = write_textfile(tmp_path, [Figure("x", "y", 1.0, {"a": 'q"\n'})])
     assert path.read_text() == '# HELP x y\n# TYPE x gauge\nx{a="q\\"\\n"} 1\n'
     assert [p.name for p in tmp_path.iterdir()] == ["ccoas.prom"]
+
+
+def test_the_figures_file_is_never_written_through_a_planted_link(tmp_path):
+    """The runtime dir is the engine user's: a link it plants in the path is refused, and
+    nothing is written where the link points."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "monitoring-textfile").symlink_to(target)
+    with pytest.raises(OSError):
+        write_textfile(tmp_path / "run" / "monitoring-textfile", [Figure("x", "y", 1.0)])
+    assert list(target.iterdir()) == []

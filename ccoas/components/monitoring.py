@@ -32,8 +32,6 @@ TEXTFILE_DIR = "/run/ccoas-metrics"
 TEXTFILE_MOUNT = "monitoring-textfile"
 WEBHOOK_SECRET = "monitoring_webhook_url"
 
-WATCHED = ("nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault")
-"""What the monitoring component starts after (when enabled): it watches all of them."""
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -90,6 +88,8 @@ def service(ctx: Context) -> Service:
         stop=Stop(signal="SIGTERM", timeout_s=30, reason="Prometheus closes its head block and write-ahead log cleanly"),
         environment={
             "SCRAPE_INTERVAL": config.scrape_interval,
+            # Prometheus refuses a timeout longer than the interval
+            "SCRAPE_TIMEOUT": f"{min(5, duration_seconds(config.scrape_interval))}s",
             "EVALUATION_INTERVAL": config.evaluation_interval,
             "ALERT_FOR": config.alert_for,
             "BACKUP_INTERVAL": config.backup_interval,
@@ -154,6 +154,8 @@ COMPONENT = Component(
     default_limits={"memory": "512Mi", "cpus": 0.5, "pids": 256},
     declare_secrets=secrets,
     declare_service=service,
+    # Only Vault (its secret files) comes first: it scrapes the others by name at every scrape,
+    # so a service that is replaced never restarts it (a restart would lose its alerts' state,
+    # and an alert that resolved meanwhile would never be sent as resolved).
     requires=("vault",),
-    after=WATCHED,
 )

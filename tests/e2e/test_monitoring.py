@@ -21,8 +21,9 @@ import yaml
 from ccoas.cli import app
 from ccoas.engine.local import LocalEngine
 from ccoas.metrics import firing_alerts, instant_query
-from ccoas.planner import CATALOG, build_plan, load_stack
+from ccoas.planner import build_plan, load_stack
 from ccoas.render import rendered_files
+from conftest import component_stack  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,28 +54,16 @@ def wait_for(what: str, condition, timeout: float = 60, every: float = 1.0):
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory):
     https = free_port()
-    stack = {
-        "version": 1,
-        "name": NAME,
-        "environment": "ci",
-        "images": {"source": "local"},
-        "tls": {"mode": "generate"},
-        "components": {
-            **{c: {"enabled": False} for c in sorted(CATALOG) if c not in ENABLED},
-            "nginx": {"publish": [{"container_port": 8443, "host_port": https}]},
-            "monitoring": {
-                "enabled": True,
-                "scrape_interval": "2s",
-                "evaluation_interval": "2s",
-                "alert_for": "4s",
-                "webhook": "ops",
-                "backup_interval": "1h",
-                "retention": {"time": "1d", "size": "128Mi"},
-            },
-        },
-        "schema": {"tables": [{"name": "notes", "policy": "owner-only", "columns": [
-            {"name": "id", "type": "uuid", "primary_key": True, "default": "gen_random_uuid()"},
-            {"name": "owner_id", "type": "uuid"}]}]},
+    stack = component_stack(NAME, ENABLED)
+    stack["components"]["nginx"] = {"publish": [{"container_port": 8443, "host_port": https}]}
+    stack["components"]["monitoring"] = {
+        "enabled": True,
+        "scrape_interval": "2s",
+        "evaluation_interval": "2s",
+        "alert_for": "4s",
+        "webhook": "ops",
+        "backup_interval": "1h",
+        "retention": {"time": "1d", "size": "128Mi"},
     }
     path = tmp_path_factory.mktemp("monitoring") / "monitoring.yaml"
     path.write_text(yaml.safe_dump(stack, sort_keys=False))
@@ -94,10 +83,11 @@ def engine(stack_file):
         # the webhook: a real receiver on the stack's edge network, its URL set as an operator does
         script = rendered_files(engine.plan)["monitoring/alert-log.py"]
         image = engine.plan.service("monitoring").image.ref
-        hook = engine.client.containers.run(
+        hook = engine.client.containers.create(  # create, never run: run pulls a missing image
             image, ["python3", "-c", script, "0.0.0.0", str(HOOK_PORT)], name=f"{NAME}-hook",
-            network=f"{NAME}-edge", detach=True, user="65532:65532",
+            network=f"{NAME}-edge", user="65532:65532",
         )
+        hook.start()
         engine.secrets().set("monitoring/webhook_url", f"http://{NAME}-hook:{HOOK_PORT}/alerts")
         engine.up()
         engine.hook = hook  # type: ignore[attr-defined]
@@ -129,7 +119,8 @@ def test_every_target_is_up_after_up(engine):
     ):
         samples = wait_for(promql, lambda: instant_query(engine.runtime, engine.plan, promql), 30)
         assert samples and all(s.value >= 0 for s in samples), promql
-    assert instant_query(engine.runtime, engine.plan, "vault_core_unsealed")[0].value == 1
+    assert instant_query(engine.runtime, engine.plan, "max(vault_core_unsealed)")[0].value == 1
+    assert not [a for a in firing_alerts(engine.runtime, engine.plan) if a.name in ("VaultSealed", "ServiceDown", "ServiceUnhealthy")]
     expiry = instant_query(engine.runtime, engine.plan, "probe_ssl_earliest_cert_expiry - time()")[0].value
     assert 80 * 86400 < expiry < 91 * 86400  # the generated certificate: 90 days
 
@@ -143,10 +134,15 @@ def test_no_metrics_endpoint_is_reachable_from_the_edge_or_a_client(engine):
         for port in EXPORTER_PORTS
     )
     control = "curl -fsS -o /dev/null --max-time 2 http://minio:9000/minio/health/live && echo control-ok"
-    output = engine.client.containers.run(
-        nginx.image.id, ["sh", "-c", f"{control}; {probe}"], network_mode=f"container:{nginx.id}",
-        remove=True, user="101:101", entrypoint=[],
-    ).decode()
+    prober = engine.client.containers.create(  # create, never run: run pulls a missing image
+        nginx.image.id, ["sh", "-c", f"{control}; {probe}"], network_mode=f"container:{nginx.id}", user="101:101", entrypoint=[],
+    )
+    try:
+        prober.start()
+        prober.wait(timeout=60)
+        output = prober.logs().decode()
+    finally:
+        prober.remove(force=True)
     assert "control-ok" in output, output  # the probe reaches what the edge should reach
     assert all(f"closed-{port}" in output for port in EXPORTER_PORTS), output
     # inside the container every one of them answers (loopback): the closed ports above are not vacuous

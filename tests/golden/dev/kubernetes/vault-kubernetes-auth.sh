@@ -32,6 +32,21 @@ vault write auth/kubernetes/role/dev-minio \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
+# monitoring: reads postgres/monitoring_password, redis/monitoring_password
+vault policy write dev-monitoring - <<'POLICY'
+# dev-monitoring: what the monitoring service may read
+path "ccoas/data/dev/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/redis/monitoring_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/dev-monitoring \
+  bound_service_account_names=monitoring \
+  bound_service_account_namespaces=ccoas-dev \
+  token_policies=dev-monitoring token_ttl=5m token_max_ttl=15m >/dev/null
+
 # postgres: reads postgres/directus_password, postgres/embedder_password, postgres/monitoring_password, postgres/postgraphile_password, postgres/superuser_password
 vault policy write dev-postgres - <<'POLICY'
 # dev-postgres: what the postgres service may read
@@ -142,21 +157,6 @@ vault write auth/kubernetes/role/dev-nginx \
   bound_service_account_names=nginx \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-nginx token_ttl=5m token_max_ttl=15m >/dev/null
-
-# monitoring: reads postgres/monitoring_password, redis/monitoring_password
-vault policy write dev-monitoring - <<'POLICY'
-# dev-monitoring: what the monitoring service may read
-path "ccoas/data/dev/postgres/monitoring_password" {
-  capabilities = ["read"]
-}
-path "ccoas/data/dev/redis/monitoring_password" {
-  capabilities = ["read"]
-}
-POLICY
-vault write auth/kubernetes/role/dev-monitoring \
-  bound_service_account_names=monitoring \
-  bound_service_account_namespaces=ccoas-dev \
-  token_policies=dev-monitoring token_ttl=5m token_max_ttl=15m >/dev/null
 
 missing=0
 vault kv metadata get -mount=ccoas dev/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/admin_password (password of the first Directus admin)'; missing=1; }

@@ -32,6 +32,21 @@ vault write auth/kubernetes/role/prod-minio \
   bound_service_account_namespaces=ccoas-prod \
   token_policies=prod-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
+# monitoring: reads postgres/monitoring_password, redis/monitoring_password
+vault policy write prod-monitoring - <<'POLICY'
+# prod-monitoring: what the monitoring service may read
+path "ccoas/data/prod/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/redis/monitoring_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/prod-monitoring \
+  bound_service_account_names=monitoring \
+  bound_service_account_namespaces=ccoas-prod \
+  token_policies=prod-monitoring token_ttl=5m token_max_ttl=15m >/dev/null
+
 # postgres: reads postgres/directus_password, postgres/hasura_password, postgres/monitoring_password, postgres/superuser_password
 vault policy write prod-postgres - <<'POLICY'
 # prod-postgres: what the postgres service may read
@@ -130,21 +145,6 @@ vault write auth/kubernetes/role/prod-nginx \
   bound_service_account_names=nginx \
   bound_service_account_namespaces=ccoas-prod \
   token_policies=prod-nginx token_ttl=5m token_max_ttl=15m >/dev/null
-
-# monitoring: reads postgres/monitoring_password, redis/monitoring_password
-vault policy write prod-monitoring - <<'POLICY'
-# prod-monitoring: what the monitoring service may read
-path "ccoas/data/prod/postgres/monitoring_password" {
-  capabilities = ["read"]
-}
-path "ccoas/data/prod/redis/monitoring_password" {
-  capabilities = ["read"]
-}
-POLICY
-vault write auth/kubernetes/role/prod-monitoring \
-  bound_service_account_names=monitoring \
-  bound_service_account_namespaces=ccoas-prod \
-  token_policies=prod-monitoring token_ttl=5m token_max_ttl=15m >/dev/null
 
 missing=0
 vault kv metadata get -mount=ccoas prod/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/directus/admin_password (password of the first Directus admin)'; missing=1; }
