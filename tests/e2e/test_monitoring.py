@@ -23,6 +23,7 @@ from ccoas.engine.local import LocalEngine
 from ccoas.metrics import firing_alerts, instant_query
 from ccoas.planner import build_plan, load_stack
 from ccoas.render import rendered_files
+from ccoas.tls import generate_self_signed
 from conftest import component_stack  # tests/e2e is on sys.path (rootdir imports)
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +55,13 @@ def wait_for(what: str, condition, timeout: float = 60, every: float = 1.0):
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory):
     https = free_port()
+    # a supplied certificate that expires in 10 days: CertificateExpiringSoon must fire
+    directory = tmp_path_factory.mktemp("monitoring")
+    cert, key = generate_self_signed("localhost", days=10)
+    (directory / "cert.pem").write_text(cert)
+    (directory / "key.pem").write_text(key)
     stack = component_stack(NAME, ENABLED)
+    stack["tls"] = {"mode": "supplied", "cert": str(directory / "cert.pem"), "key": str(directory / "key.pem")}
     stack["components"]["nginx"] = {"publish": [{"container_port": 8443, "host_port": https}]}
     stack["components"]["monitoring"] = {
         "enabled": True,
@@ -65,7 +72,7 @@ def stack_file(tmp_path_factory):
         "backup_interval": "1h",
         "retention": {"time": "1d", "size": "128Mi"},
     }
-    path = tmp_path_factory.mktemp("monitoring") / "monitoring.yaml"
+    path = directory / "monitoring.yaml"
     path.write_text(yaml.safe_dump(stack, sort_keys=False))
     return path, https
 
@@ -122,7 +129,7 @@ def test_every_target_is_up_after_up(engine):
     assert instant_query(engine.runtime, engine.plan, "max(vault_core_unsealed)")[0].value == 1
     assert not [a for a in firing_alerts(engine.runtime, engine.plan) if a.name in ("VaultSealed", "ServiceDown", "ServiceUnhealthy")]
     expiry = instant_query(engine.runtime, engine.plan, "probe_ssl_earliest_cert_expiry - time()")[0].value
-    assert 80 * 86400 < expiry < 91 * 86400  # the generated certificate: 90 days
+    assert 9 * 86400 < expiry < 10 * 86400  # the supplied certificate: 10 days
 
 
 def test_no_metrics_endpoint_is_reachable_from_the_edge_or_a_client(engine):
@@ -185,6 +192,15 @@ def test_stopping_minio_fires_an_alert_that_names_it_and_resolves_after_up(engin
     engine.up()
     wait_for("ServiceDown for minio resolves", lambda: not minio_down(), 60)
     assert wait_for("the webhook receives the resolution", lambda: hook_lines("resolved"), 60)
+
+
+def test_a_certificate_expiring_within_14_days_fires(engine):
+    alerts = wait_for(
+        "CertificateExpiringSoon",
+        lambda: [a for a in firing_alerts(engine.runtime, engine.plan) if a.name == "CertificateExpiringSoon"],
+        40,
+    )
+    assert alerts[0].service == "nginx" and "expires in 9" in alerts[0].summary, alerts[0]
 
 
 def test_no_backup_within_the_interval_fires(engine):
