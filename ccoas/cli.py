@@ -11,6 +11,7 @@ import enum
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
@@ -309,7 +310,11 @@ def backup(
     """Back up the running stack: Postgres, MinIO objects, Vault, plan and config, in one bundle."""
     from ccoas.backup import backup as take_backup
 
-    result = take_backup(_engine(_plan(stack, name)), out_file, key_file=key_file)
+    from ccoas.metrics import record_backup
+
+    engine = _engine(_plan(stack, name))
+    result = take_backup(engine, out_file, key_file=key_file)
+    record_backup(engine.paths.state, result.path, time.time())
     for service, what in sorted(result.contents.items()):
         out.print(f"{service:9} {what}", highlight=False)
     out.print(f"wrote {result.path} ({result.size} bytes, encrypted and authenticated with {result.key_path}: keep that key apart from the bundle)", highlight=False)
@@ -391,16 +396,79 @@ def status(
     with engine_step(f"stack {resolved.stack}", "status"):
         rows = local.status()
         notes = local.host_notes()
+    firing = _firing_alerts_for_status(local, resolved)
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
     else:
         out.print(status_table(rows))
+        if firing:
+            from ccoas.report import alerts_table
+
+            out.print(alerts_table(firing))
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     err.print(f"state: {_state_line(resolved)}", highlight=False, soft_wrap=True)
     unwell = [r.service for r in rows if (r.state, r.health) != ("running", "healthy")]
     if unwell:
         err.print(f"not running and healthy: {', '.join(unwell)}", highlight=False)
+        raise typer.Exit(EXIT_NOT_HEALTHY)
+
+
+def _firing_alerts_for_status(local: LocalEngine, plan: Plan) -> list:
+    """The firing alerts `status` shows under its table; none when the stack has no monitoring
+    or it does not answer (then a note says so: status's own exit code stays its own)."""
+    from ccoas.metrics import firing_alerts
+
+    if not plan.has("monitoring"):
+        return []
+    try:
+        return firing_alerts(local.runtime, plan)
+    except CcoasError as exc:
+        err.print(f"[yellow]note:[/yellow] alerts not read: {exc}", highlight=False)
+        return []
+
+
+@app.command()
+@reports_errors
+def metrics(
+    promql: Annotated[str, typer.Argument(help="A PromQL expression, e.g. 'up' or 'sum by (service) (up)'.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The samples as JSON (labels, value, timestamp).")] = False,
+) -> None:
+    """Print an instant query's result, asked of the stack's Prometheus (inside its container:
+    nothing is published)."""
+    from ccoas.metrics import instant_query
+    from ccoas.report import samples_table
+
+    resolved = _plan(stack, name)
+    samples = instant_query(_engine(resolved).runtime, resolved, promql)
+    if as_json:
+        sys.stdout.write(json.dumps([s.as_dict() for s in samples], indent=2, sort_keys=True) + "\n")
+    else:
+        out.print(samples_table(samples))
+
+
+@app.command()
+@reports_errors
+def alerts(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The firing alerts as JSON.")] = False,
+) -> None:
+    """List the firing alerts. Exit code 3 when any fires, so a job can gate on it."""
+    from ccoas.metrics import firing_alerts
+    from ccoas.report import alerts_table
+
+    resolved = _plan(stack, name)
+    firing = firing_alerts(_engine(resolved).runtime, resolved)
+    if as_json:
+        sys.stdout.write(json.dumps([a.as_dict() for a in firing], indent=2, sort_keys=True) + "\n")
+    elif firing:
+        out.print(alerts_table(firing))
+    else:
+        out.print(f"no alert fires in stack {resolved.stack}", highlight=False)
+    if firing:
         raise typer.Exit(EXIT_NOT_HEALTHY)
 
 
@@ -654,6 +722,20 @@ def secrets_get(
     """Print ONE secret's value, asked for by name: the one command that shows a value."""
     value = _engine(_plan(stack, name)).secrets().get(secret)
     sys.stdout.write(value + "\n")
+
+
+@secrets_app.command("set")
+@reports_errors
+def secrets_set(
+    secret: Annotated[str, typer.Argument(help="OWNER/NAME of a secret the operator supplies, e.g. monitoring/webhook_url.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+) -> None:
+    """Store a value the operator supplies (read from stdin, never from the command line); the
+    next `up` delivers it to its readers."""
+    value = sys.stdin.read().strip()
+    stored = _engine(_plan(stack, name)).secrets().set(secret, value)
+    out.print(f"stored {stored.vault_path} (value not shown); run `ccoas up` to deliver it", highlight=False)
 
 
 @secrets_app.command("export")

@@ -309,6 +309,8 @@ def generate(secret: Secret) -> str:
         return base64.b64encode(csprng.token_bytes(secret.length)).decode()
     if secret.generator == "username":
         return "u" + csprng.token_hex(secret.length)[: secret.length - 1]
+    if secret.generator == "supplied":
+        return ""  # a placeholder until the operator sets it (`ccoas secrets set`)
     raise ValueError(f"{secret.name}: generator {secret.generator} makes pairs, see ccoas.tls")
 
 
@@ -416,6 +418,8 @@ class SecretStore:
             raise CcoasError(f"{service}: owns no secrets in stack {self.plan.stack}")
         pair = None
         for secret in owned:
+            if secret.generator == "supplied":
+                continue  # the operator's value: `ccoas secrets set` replaces it
             if secret.generator in TLS_GENERATORS:
                 assert self.plan.tls is not None
                 pair = pair or tls_pair(self.plan.tls)
@@ -423,6 +427,18 @@ class SecretStore:
             else:
                 self.put(secret, generate(secret))
         return owned
+
+    def set(self, name: str, value: str) -> Secret:
+        """Store the operator's value of the supplied secret ``name`` (OWNER/NAME)."""
+        secret = next((s for s in self.plan.secrets if s.vault_path == name), None)
+        supplied = sorted(s.vault_path for s in self.plan.secrets if s.generator == "supplied")
+        if secret is None or secret.generator != "supplied":
+            raise CcoasError(
+                f"{name!r} is not a secret the operator supplies in stack {self.plan.stack} "
+                f"(ccoas generates the others); supplied ones: {', '.join(supplied) or 'none'}"
+            )
+        self.put(secret, value)
+        return secret
 
     def list(self) -> list[SecretInfo]:
         assert self.plan.vault is not None

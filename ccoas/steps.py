@@ -155,6 +155,23 @@ class Steps:
             for mount in service.runtime_mounts:
                 layout.give_dir(self.paths.runtime_mount(mount.name), service.uid, service.gid)
 
+    def write_figures(self, statuses: list[Any]) -> None:
+        """ccoas's own figures for the monitoring component (its textfile collector), when the
+        plan has one: container health and restarts, the newest backup's time."""
+        from ccoas.components.monitoring import TEXTFILE_MOUNT
+        from ccoas.metrics import newest_backup, stack_figures, write_textfile
+
+        if not self.plan.has("monitoring"):
+            return
+        restarts = {}
+        for service in self.plan.services:
+            container = self.runtime.container(service)
+            if container is not None:
+                restarts[service.name] = int(container.attrs.get("RestartCount") or 0)
+        snapshots = self.runtime.layout.state_root / "snapshots" / self.plan.stack  # ccoas.backup.snapshot_dir
+        figures = stack_figures(statuses, restarts, newest_backup(self.paths.state, snapshots), time.time())
+        write_textfile(self.paths.runtime_mount(TEXTFILE_MOUNT), figures)
+
     # -- after a container started --------------------------------------------------------------
 
     def settle(self, service: Service, timeout: int = 300, hooks: Iterable[int] | None = None) -> int:

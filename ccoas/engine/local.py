@@ -351,6 +351,7 @@ class LocalEngine:
             result.status, result.timings = again.status, {**result.timings, **again.timings}
             unisolated = self.unisolated_networks()
         result.changes += len(migrated)
+        self.steps.write_figures(result.status)
         result.notes = [*migrated, *self.notes, *self.steps.notes, *unisolated, *self.host_notes()]
         return result
 
