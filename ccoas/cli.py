@@ -396,7 +396,7 @@ def status(
     with engine_step(f"stack {resolved.stack}", "status"):
         rows = local.status()
         notes = local.host_notes()
-    firing = _firing_alerts_for_status(local, resolved)
+    firing = _firing_alerts_for_status(local, resolved, rows)
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
     else:
@@ -414,12 +414,15 @@ def status(
         raise typer.Exit(EXIT_NOT_HEALTHY)
 
 
-def _firing_alerts_for_status(local: LocalEngine, plan: Plan) -> list:
-    """The firing alerts `status` shows under its table; none when the stack has no monitoring
-    or it does not answer (then a note says so: status's own exit code stays its own)."""
+def _firing_alerts_for_status(local: LocalEngine, plan: Plan, rows: list) -> list:
+    """The firing alerts `status` shows under its table; none when the stack has no monitoring,
+    when its container is not running (its own row says so) or it does not answer (then a note
+    says so: status's own exit code stays its own)."""
     from ccoas.metrics import firing_alerts
 
     if not plan.has("monitoring"):
+        return []
+    if not any(r.service == "monitoring" and r.state == "running" for r in rows):
         return []
     try:
         return firing_alerts(local.runtime, plan)
