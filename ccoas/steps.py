@@ -158,8 +158,9 @@ class Steps:
             for mount in service.runtime_mounts:
                 directory = self.paths.runtime_mount(mount.name)
                 directory.mkdir(parents=True, exist_ok=True)
-                os.chmod(directory, 0o700)
-                self.runtime.give(directory, service.uid, service.gid)
+                os.chmod(directory, 0o750 if mount.engine_user_traverses else 0o700)
+                # group 0 in the container is the engine user's group on the host
+                self.runtime.give(directory, service.uid, 0 if mount.engine_user_traverses else service.gid)
 
     # -- after a container started --------------------------------------------------------------
 

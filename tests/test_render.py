@@ -251,7 +251,11 @@ def test_nginx_routes_a_public_bucket_read_only_and_nothing_else_of_minio(load_p
 def test_nginx_serves_only_the_domain_and_redirects_only_to_it(key):
     plan = PLANS[key]
     conf = rendered_files(plan)["nginx/nginx.conf"]
-    defaults = re.findall(r"listen (\d+)( ssl http2)? default_server;\n\s+server_name _;\n(?:\n.*\n.*\n)?\s+return (\d+);", conf)
+    defaults = re.findall(
+        r"listen (\d+)( ssl http2)? default_server;\n(?:\s+listen unix:\S+ proxy_protocol(?: ssl http2)? default_server;\n)?"
+        r"\s+server_name _;\n(?:\n.*\n.*\n)?\s+return (\d+);",
+        conf,
+    )
     assert sorted(defaults) == [("8080", "", "400"), ("8443", " ssl http2", "421")]
     assert "$host" not in "".join(re.findall(r"return 30\d ([^;]+);", conf))
     assert re.search(rf"return 308 https://{re.escape(plan.domain)}(:\d+)?\$request_uri;", conf)
@@ -325,7 +329,7 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
         assert body["security_opt"] == list(service.security_opt)
         assert body["environment"] == {k: v.replace("$", "$$") for k, v in service.environment.items()}
         assert {n: b["aliases"] for n, b in body["networks"].items()} == {n: list(a) for n, a in service.networks.items()}
-        assert ("ports" in body) == (service.name == "nginx" and bool(service.ports))
+        assert ("ports" in body) == (service.name == "nginx" and bool(plan.edge.listener.ports))
         assert body["restart"] == "on-failure:5"
         assert body["healthcheck"]["test"] == [part.replace("$", "$$") for part in service.healthcheck.test]
         assert all(re.fullmatch(r"\d+s", body["healthcheck"][k]) for k in ("interval", "timeout", "start_period"))
@@ -342,7 +346,8 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
             assert f"./{service.config.source}:{service.config.target}:ro" in body["volumes"]
         for mount in service.volumes:
             assert f"{mount.volume}:{mount.target}" in body["volumes"]
-        assert [t.split(":")[0] for t in body.get("tmpfs", [])] == [t.target for t in service.tmpfs]
+        edge_sockets = [m.target for m in service.runtime_mounts if service.name == "nginx" and plan.edge.listener.kind == "host"]
+        assert [t.split(":")[0] for t in body.get("tmpfs", [])] == [t.target for t in service.tmpfs] + edge_sockets
 
 
 def test_compose_publishes_nginx_ports_as_planned():
