@@ -142,6 +142,13 @@ def endpoints(plan: Plan, paths: StackPaths) -> list[str]:
     return [f"{port.scheme}://{port.host_ip}:{number}" for port, number in host_ports(plan, ListenerFiles.of(paths), choose=False) if number]
 
 
+def held_addresses(plan: Plan, paths: StackPaths, layout: HostLayout) -> set[tuple[str, int]]:
+    """The host addresses this stack's running listener holds (none when it is not running)."""
+    if not wanted(plan) or not listener_pids(ListenerFiles.of(paths), layout.uid):
+        return set()
+    return {(port.host_ip, number) for port, number in host_ports(plan, ListenerFiles.of(paths), choose=False) if number}
+
+
 def observe(plan: Plan, paths: StackPaths, layout: HostLayout, proc_root: Path = Path("/proc")) -> ObservedListener:
     files = ListenerFiles.of(paths)
     pids = listener_pids(files, layout.uid, proc_root)

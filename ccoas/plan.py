@@ -484,6 +484,14 @@ class Plan(Model):
     def owned_secrets(self, owner: str) -> list[Secret]:
         return [s for s in self.secrets if s.owner == owner]
 
+    def published(self) -> list[tuple[str, Port]]:
+        """Every host address the stack binds, with what binds it: the services' published
+        ports, and the edge listener's (``"edge listener"``) when Nginx is behind it."""
+        bound = [(s.name, p) for s in self.services for p in s.ports]
+        if self.edge is not None and self.edge.listener.kind == "host":
+            bound += [("edge listener", p) for p in self.edge.listener.ports]
+        return bound
+
     def has(self, name: str) -> bool:
         return any(service.name == name for service in self.services)
 
