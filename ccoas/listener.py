@@ -233,7 +233,7 @@ def stop(files: ListenerFiles, layout: HostLayout) -> bool:
 
 
 def _answers(plan: Plan, paths: StackPaths) -> bool:
-    """An HTTPS ``GET /healthz`` for the stack's domain through the listener reaches Nginx.
+    """An HTTPS ``GET /healthz`` for the stack's domain through the listener reaches Nginx's server for it.
     The certificate is not checked here: the request only proves the path."""
     https = [e for e in endpoints(plan, paths) if e.startswith("https://")]
     if not https:
@@ -246,7 +246,9 @@ def _answers(plan: Plan, paths: StackPaths) -> bool:
         with socket.create_connection((host, int(port)), timeout=3) as raw:
             with context.wrap_socket(raw, server_hostname=plan.domain) as tls:
                 tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {plan.domain}\r\nConnection: close\r\n\r\n".encode())
-                return tls.recv(64).startswith(b"HTTP/1.1 200")
+                # Nginx's domain server answered: 200, or 429 when 127.0.0.1 (the listener's
+                # probes and the container's own health check) is over its request limit
+                return tls.recv(64).split(b" ")[1:2] in ([b"200"], [b"429"])
     except OSError:
         return False
 
