@@ -658,3 +658,32 @@ def test_compose_header_names_every_variable_the_file_uses(key):
     assert used == {"CCOAS_SECRETS_DIR"}  # Vault's runtime dir is gone with Vault
     assert all(f"#   {name}: {VARIABLES[name]}" in header for name in used)
     assert "podman-compose up -d" in header and "ccoas secrets init" in header
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_graphiql_is_routed_in_dev_only(key):
+    """``/graphql/ui`` and Ruru's files reach PostGraphile only in dev (GraphiQL is off elsewhere,
+    and an unrouted path there goes to Directus like any other)."""
+    plan = PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    routed = "location = /graphql/ui {" in conf and "location /graphql/ruru-static/ {" in conf
+    assert routed == (plan.environment == "dev" and plan.has("postgraphile"))
+    settings = json.loads(rendered_files(plan)["postgraphile/settings.json"]) if plan.has("postgraphile") else None
+    if settings is not None:
+        assert settings["dev"] == (plan.environment == "dev")
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_nginx_limits_and_workers_are_the_plans(key):
+    plan = PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    limits = plan.edge.limits
+    assert f"worker_processes {plan.edge.workers};" in conf
+    assert f"worker_connections {plan.edge.worker_connections};" in conf
+    assert plan.edge.workers * plan.edge.worker_connections >= 2 * limits.total_connections
+    assert f"rate={limits.requests_per_second}r/s;" in conf and f"burst={limits.burst} nodelay;" in conf
+    assert f"limit_conn ccoas_conn_per_ip {limits.connections};" in conf and f"limit_conn ccoas_ws_per_ip {limits.websockets};" in conf
+    # the client address is read from a PROXY header only on the listener's unix sockets
+    behind = plan.edge.listener.kind == "host"
+    assert ("set_real_ip_from unix:;" in conf) == behind and conf.count("proxy_protocol") == (5 if behind else 0)
+    assert not re.search(r"listen \d+[^;]*proxy_protocol", conf), "a TCP listener must never read a PROXY header"
