@@ -290,7 +290,7 @@ def test_nginx_listens_where_the_plan_and_its_checks_say(key):
     assert all(port.container_port in nginx.expose for port in nginx.ports)
     for directive in ("server_tokens off;", "ssl_protocols TLSv1.2 TLSv1.3;", "limit_req_zone", "limit_req zone=", "client_max_body_size",
                       "Strict-Transport-Security", "X-Content-Type-Options", "frame-ancestors 'none'", "Referrer-Policy",
-                      "error_log stderr", "access_log /dev/stdout;"):
+                      "error_log stderr", "access_log /dev/stdout"):
         assert directive in conf, directive
     # everything nginx writes lands on a tmpfs the plan mounts (the root fs is read-only)
     tmpfs = tuple(t.target + "/" for t in nginx.tmpfs)
@@ -685,5 +685,5 @@ def test_nginx_limits_and_workers_are_the_plans(key):
     assert f"limit_conn ccoas_conn_per_ip {limits.connections};" in conf and f"limit_conn ccoas_ws_per_ip {limits.websockets};" in conf
     # the client address is read from a PROXY header only on the listener's unix sockets
     behind = plan.edge.listener.kind == "host"
-    assert ("set_real_ip_from unix:;" in conf) == behind and conf.count("proxy_protocol") == (5 if behind else 0)
+    assert ("set_real_ip_from unix:;" in conf) == behind and conf.count("proxy_protocol") == (6 if behind else 0)  # 4 sockets, the realip header, the log's address
     assert not re.search(r"listen \d+[^;]*proxy_protocol", conf), "a TCP listener must never read a PROXY header"

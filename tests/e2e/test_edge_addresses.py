@@ -162,7 +162,7 @@ except OSError as exc:
 def test_a_container_on_the_edge_network_cannot_claim_another_address(engine):
     network = engine.plan.network("edge").engine_name
     request = f"PROXY TCP4 {FORGED} 10.0.0.1 40000 8080\\r\\nGET /forged-container HTTP/1.1\\r\\nHost: {engine.plan.domain}\\r\\n\\r\\n"
-    script = f"exec 3<>/dev/tcp/nginx/8080; printf '{request}' >&3; head -c 200 <&3; hostname -I"
+    script = f"exec 3<>/dev/tcp/nginx/8080; printf '{request}' >&3; head -c 200 <&3; echo; echo address $(hostname -I)"
     name = f"{STACK}-forger"
     result = subprocess.run(
         engine.layout.engine_command(
@@ -173,7 +173,7 @@ def test_a_container_on_the_edge_network_cannot_claim_another_address(engine):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "400 Bad Request" in result.stdout
-    own = result.stdout.strip().splitlines()[-1].split()[0]
+    own = result.stdout.strip().splitlines()[-1].split()[1]
     time.sleep(1)
     forged_lines = [line for line in access_log(engine).splitlines() if f'"PROXY TCP4 {FORGED} 10.0.0.1' in line]
     assert any(line.startswith(f"{own} ") for line in forged_lines), (own, forged_lines)
