@@ -96,7 +96,8 @@ class ListenerOperation:
 
 
 def wanted(plan: Plan) -> bool:
-    return plan.edge is not None and plan.edge.listener.kind == "host"
+    """A listener runs when Nginx is behind one and publishes something (none: nothing is public)."""
+    return plan.edge is not None and plan.edge.listener.kind == "host" and bool(plan.edge.listener.ports)
 
 
 def host_ports(plan: Plan, files: ListenerFiles, choose: bool = True) -> list[tuple[Port, int]]:

@@ -162,8 +162,6 @@ def ensure_edge_limits_consistent(stack: Stack) -> list[tuple[str, str]]:
         problems.append(("edge.limits.connections", f"expected at most total_connections ({limits.total_connections}), got {limits.connections}"))
     if limits.websockets > limits.connections:
         problems.append(("edge.limits.websockets", f"expected at most connections ({limits.connections}): a websocket is a connection, got {limits.websockets}"))
-    if stack.edge.listener == "host" and stack.components.nginx.enabled and not stack.components.nginx.publish:
-        problems.append(("edge.listener", "host: the listener binds nginx's published ports, and components.nginx.publish is empty"))
     return problems
 
 

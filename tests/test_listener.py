@@ -77,3 +77,11 @@ def test_a_stack_without_the_host_listener_stops_a_leftover_one(tmp_path):
     paths = stack_paths(tmp_path / "state", tmp_path / "run", plan.stack)
     assert listener.plan_operation(plan, paths, observed(pids=())) is None
     assert str(listener.plan_operation(plan, paths, observed())) == "stop edge listener: the plan has no host listener"
+
+
+def test_nginx_publishing_nothing_needs_no_listener(tmp_path):
+    plan = load_plan(STACKS / "ci.yaml")
+    plan = plan.model_copy(update={"edge": plan.edge.model_copy(update={"listener": plan.edge.listener.model_copy(update={"ports": ()})})})
+    paths = stack_paths(tmp_path / "state", tmp_path / "run", plan.stack)
+    assert not listener.wanted(plan) and listener.endpoints(plan, paths) == []
+    assert listener.plan_operation(plan, paths, observed(pids=())) is None
