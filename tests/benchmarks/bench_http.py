@@ -11,7 +11,8 @@ connection, send requests back to back for SECONDS per kind:
 
 1. GraphQL simple query (PostGraphile): ``{ allNotes(first: 10) { nodes { rowId body } } }``;
 2. Directus REST read: ``GET /directus/items/notes?limit=10``;
-3. asset read: ``GET /directus/assets/<id>`` (a 4 KiB file, through Directus from MinIO).
+3. asset read: ``GET /directus/assets/<id>`` (a 4 KiB file the admin uploaded, read with the
+   admin's token: app users have no access to files by default), through Directus from MinIO.
 
 Each kind prints requests answered per second, p50/p95/max latency, and how many were refused
 (429) or failed. The load generator runs on the same 2 cores as the stack: figures are a floor.
@@ -41,11 +42,10 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def client(args: tuple[str, str, int, str, str, str, str | None, float]) -> tuple[list[float], int, int]:
+def client(args: tuple[str, str, int, str, str, str, str | None, float, str]) -> tuple[list[float], int, int]:
     """One client: its own source address, one keep-alive connection, requests back to back.
     Latencies of answered requests (s), refused (429), failed."""
-    source, host, port, cafile, method, path, body, seconds = args
-    token = os.environ["BENCH_TOKEN"]
+    source, host, port, cafile, method, path, body, seconds, token = args
     context = ssl.create_default_context(cafile=cafile)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     latencies, refused, failed = [], 0, 0
@@ -72,9 +72,9 @@ def client(args: tuple[str, str, int, str, str, str, str | None, float]) -> tupl
     return latencies, refused, failed
 
 
-def run(label: str, edge: Edge, cafile: str, clients: int, seconds: float, method: str, path: str, body: str | None = None) -> None:
+def run(label: str, edge: Edge, cafile: str, clients: int, seconds: float, token: str, method: str, path: str, body: str | None = None) -> None:
     host, port = edge.origin.removeprefix("https://").rsplit(":", 1)
-    jobs = [(f"127.0.1.{n + 1}", host, int(port), cafile, method, path, body, seconds) for n in range(clients)]
+    jobs = [(f"127.0.1.{n + 1}", host, int(port), cafile, method, path, body, seconds, token) for n in range(clients)]
     with multiprocessing.Pool(clients) as pool:
         results = pool.map(client, jobs)
     latencies = [s * 1000 for r in results for s in r[0]]
@@ -127,17 +127,19 @@ def main() -> None:
         _, token = app_user(engine, edge)
         for n in range(10):
             ok(edge, "POST", "/directus/items/notes", {"body": f"bench note {n}"}, token)
-        asset = upload(edge, token)
-        os.environ["BENCH_TOKEN"] = token
+        admin_password = engine.paths.secret_file("directus", "directus_admin_password").read_text()
+        admin_email = plan.service("directus").environment["ADMIN_EMAIL"]
+        admin = ok(edge, "POST", "/directus/auth/login", {"email": admin_email, "password": admin_password})["access_token"]
+        asset = upload(edge, admin)
         cafile = str(engine.paths.secret_file("nginx", "nginx_tls_cert"))
         limits = plan.edge.limits
         print(
             f"stack {plan.stack}: through the edge ({plan.edge.listener.kind} listener) at {edge.origin}; per client address "
             f"{limits.requests_per_second} req/s, burst {limits.burst}; {os.cpu_count()} CPUs shared with the load generator"
         )
-        run("GraphQL simple query", edge, cafile, args.clients, args.seconds, "POST", "/graphql", GRAPHQL)
-        run("Directus REST read (10 items)", edge, cafile, args.clients, args.seconds, "GET", "/directus/items/notes?limit=10")
-        run("asset read (4 KiB, Directus)", edge, cafile, args.clients, args.seconds, "GET", f"/directus/assets/{asset}")
+        run("GraphQL simple query", edge, cafile, args.clients, args.seconds, token, "POST", "/graphql", GRAPHQL)
+        run("Directus REST read (10 items)", edge, cafile, args.clients, args.seconds, token, "GET", "/directus/items/notes?limit=10")
+        run("asset read (4 KiB, Directus)", edge, cafile, args.clients, args.seconds, admin, "GET", f"/directus/assets/{asset}")
     finally:
         if not (args.keep or was_running):
             engine.down(purge=True)
