@@ -135,7 +135,8 @@ def main() -> None:
         limits = plan.edge.limits
         print(
             f"stack {plan.stack}: through the edge ({plan.edge.listener.kind} listener) at {edge.origin}; per client address "
-            f"{limits.requests_per_second} req/s, burst {limits.burst}; {os.cpu_count()} CPUs shared with the load generator"
+            f"{limits.requests_per_second} req/s, burst {limits.burst}; {os.cpu_count()} CPUs shared with the load generator, "
+            f"load average {os.getloadavg()[0]:.1f} before"
         )
         run("GraphQL simple query", edge, cafile, args.clients, args.seconds, token, "POST", "/graphql", GRAPHQL)
         run("Directus REST read (10 items)", edge, cafile, args.clients, args.seconds, token, "GET", "/directus/items/notes?limit=10")
