@@ -118,6 +118,41 @@ def test_each_client_address_has_its_own_request_limit(engine):
     assert not any(line.startswith("10.") and PING in line for line in lines), "a client logged as the engine's forwarder"
 
 
+def test_each_client_address_has_its_own_websocket_limit(engine):
+    """The ``websockets`` limit (4 here) per address: 127.0.0.6's fifth websocket is refused
+    with 429 while its four stay open, and 127.0.0.7 still opens one."""
+    import asyncio
+
+    import websockets
+
+    host, port = endpoint(engine, "https")
+    context = ssl.create_default_context(cafile=str(engine.paths.secret_file("nginx", "nginx_tls_cert")))
+    url = f"wss://{engine.plan.domain}:{port}/graphql"
+    websockets_allowed = engine.plan.edge.limits.websockets
+
+    async def open_socket(source: str):
+        return await websockets.connect(url, ssl=context, subprotocols=["graphql-transport-ws"], local_addr=(source, 0), open_timeout=20)
+
+    async def scenario() -> tuple[int, int | None, bool]:
+        held = [await open_socket("127.0.0.6") for _ in range(websockets_allowed)]
+        try:
+            try:
+                extra = await open_socket("127.0.0.6")
+                await extra.close()
+                refused = None
+            except websockets.exceptions.InvalidStatus as exc:
+                refused = exc.response.status_code
+            other = await open_socket("127.0.0.7")
+            await other.close()
+            return len(held), refused, True
+        finally:
+            for ws in held:
+                await ws.close()
+
+    opened, refused, other_opened = asyncio.run(scenario())
+    assert (opened, refused, other_opened) == (websockets_allowed, 429, True)
+
+
 def test_a_local_user_cannot_claim_another_address(engine):
     """As ``nobody``: a PROXY header to the public HTTP port is part of the request (logged
     with the user's own address), one to the HTTPS port breaks the TLS handshake, and Nginx's
