@@ -369,6 +369,10 @@ class LocalEngine:
         observed = listener.observe(self.plan, self.paths, self.layout)
         return listener.plan_operation(self.plan, self.paths, observed)
 
+    def stop_listener(self) -> bool:
+        """Stop the stack's edge listener; ``True`` when one ran."""
+        return listener.stop(listener.ListenerFiles.of(self.paths), self.layout)
+
     def apply(
         self,
         operations: list[Operation],
@@ -637,7 +641,7 @@ class LocalEngine:
         rank = {name: index for index, name in enumerate(order)}
         containers = sorted(self._owned("containers"), key=lambda c: rank.get(c.labels.get(f"{LABEL_PREFIX}.service", ""), -1))
         # the listener first: no new connection reaches an Nginx that is about to stop
-        edge = "edge listener" if listener.stop(listener.ListenerFiles.of(self.paths), self.layout) else ""
+        edge = "edge listener" if self.stop_listener() else ""
         killed = []
         for container in containers:
             name = container.labels.get(f"{LABEL_PREFIX}.service", "")
