@@ -85,3 +85,24 @@ def test_nginx_publishing_nothing_needs_no_listener(tmp_path):
     paths = stack_paths(tmp_path / "state", tmp_path / "run", plan.stack)
     assert not listener.wanted(plan) and listener.endpoints(plan, paths) == []
     assert listener.plan_operation(plan, paths, observed(pids=())) is None
+
+
+def test_with_the_engine_listener_nginx_publishes_its_ports_and_reads_no_proxy_header(tmp_path):
+    """``edge.listener: engine``: the engine publishes Nginx's ports (no runtime mount, no unix
+    listener, no realip), and ccoas runs no listener."""
+    import yaml
+
+    from ccoas.render import rendered_files
+
+    document = yaml.safe_load((STACKS / "ci.yaml").read_text())
+    document["edge"] = {"listener": "engine"}
+    path = tmp_path / "ci.yaml"
+    path.write_text(yaml.safe_dump(document))
+    plan = load_plan(path)
+    nginx = plan.service("nginx")
+    assert nginx.ports == plan.edge.listener.ports != () and nginx.runtime_mounts == ()
+    assert nginx.command[0] == "nginx"
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    assert "proxy_protocol" not in conf and "set_real_ip_from" not in conf and "unix:" not in conf
+    assert [name for name, _ in plan.published()] == ["nginx"]
+    assert not listener.wanted(plan)
