@@ -112,7 +112,8 @@ def compose_document(plan: Plan) -> dict[str, Any]:
         nginx["ports"] = [_port(port) for port in plan.edge.listener.ports]
         edge_dir = next(m.target for m in plan.service("nginx").runtime_mounts if m.name == plan.edge.listener.socket_mount)
         nginx["volumes"] = [v for v in nginx["volumes"] if not v.endswith(f":{edge_dir}")]
-        nginx["tmpfs"] = [*nginx.get("tmpfs", []), f"{edge_dir}:rw,nosuid,nodev,noexec,size=1m,mode=0700"]
+        # mode 1777 as /tmp: a tmpfs comes up owned by the container's root (only Nginx runs there)
+        nginx["tmpfs"] = [*nginx.get("tmpfs", []), f"{edge_dir}:rw,nosuid,nodev,noexec,size=1m,mode=1777"]
         document[EXTENSION]["edge"] = EDGE_NOTE
     for service in services:
         if service.name in settled:

@@ -350,7 +350,7 @@ def test_local_engine_and_compose_export_declare_the_same_container(load_plan, s
         assert local["ports"] == [] and any(m[2] == edge_dir for m in local["mounts"])
         local["ports"] = sorted((p.container_port, p.protocol, p.host_ip, p.host_port) for p in plan.edge.listener.ports)
         local["mounts"] = [m for m in local["mounts"] if m[2] != edge_dir]
-        local["tmpfs"] = {**local["tmpfs"], edge_dir: ("mode=0700", "nodev", "noexec", "nosuid", "rw", "size=1m")}
+        local["tmpfs"] = {**local["tmpfs"], edge_dir: ("mode=1777", "nodev", "noexec", "nosuid", "rw", "size=1m")}
     differing = sorted(k for k in local if local[k] != exported.get(k))
     assert local == exported, f"{stack}/{service}: the local engine and the compose export disagree on {differing}"
 
