@@ -300,8 +300,11 @@ def down(
 def backup(
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
-    out_file: Annotated[Path, typer.Option("--out", help="The bundle file to write (0600); Vault's unseal material goes to FILE.unseal.")] = ...,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="Encrypt with this key (created, 0600, if absent): keep it apart.")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The bundle file to write (0600), Vault's unseal key inside, encrypted.")] = ...,
+    key_file: Annotated[
+        Optional[Path],
+        typer.Option("--key-file", help="Encrypt and authenticate with this key (created, 0600, if absent); default: this host's bundle key. Keep it apart from the bundles."),
+    ] = None,
 ) -> None:
     """Back up the running stack: Postgres, MinIO objects, Vault, plan and config, in one bundle."""
     from ccoas.backup import backup as take_backup
@@ -309,27 +312,39 @@ def backup(
     result = take_backup(_engine(_plan(stack, name)), out_file, key_file=key_file)
     for service, what in sorted(result.contents.items()):
         out.print(f"{service:9} {what}", highlight=False)
-    out.print(f"wrote {result.path} ({result.size} bytes{', encrypted' if key_file else ''})", highlight=False)
-    if result.unseal_path is not None:
-        out.print(f"wrote {result.unseal_path}: Vault's unseal key and ccoas's token — store it apart from the bundle", highlight=False)
+    out.print(f"wrote {result.path} ({result.size} bytes, encrypted and authenticated with {result.key_path}: keep that key apart from the bundle)", highlight=False)
 
 
 @app.command()
 @reports_errors
 def restore(
-    bundle: Annotated[Path, typer.Argument(help="A bundle written by `ccoas backup` (FILE.unseal beside it).")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `ccoas backup` (or an automatic snapshot).")],
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the bundle was encrypted with.")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the bundle was made with; default: this host's bundle key.")] = None,
+    insecure_unauthenticated: Annotated[
+        bool,
+        typer.Option("--insecure-unauthenticated", help="Also restore a bundle no key authenticates (format 1, from an older ccoas): only one whose origin you know."),
+    ] = False,
     build: Annotated[bool, typer.Option(help="Build missing local images first.")] = True,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for each service to become healthy.")] = 300,
 ) -> None:
-    """Restore a bundle onto an empty (or purged) stack; verified first, never half-applied."""
+    """Restore a bundle onto an empty (or purged) stack; authenticated and verified first, never half-applied."""
+    from ccoas.backup import open_bundle
     from ccoas.backup import restore as restore_bundle
     from ccoas.report import ProgressReporter, status_table
 
+    resolved = _plan(stack, name)
+    opened = open_bundle(bundle, key_file=key_file, allow_unauthenticated=insecure_unauthenticated)  # before any engine call
+    if not opened.authenticated:
+        err.print(
+            f"[red]warning:[/red] {escape(str(bundle))} is NOT authenticated: restoring it installs whatever its author chose "
+            "(Vault's secrets and unseal key, SQL run as the Postgres superuser); take a new backup once restored",
+            highlight=False,
+            soft_wrap=True,
+        )
     with ProgressReporter(err) as progress:
-        result = restore_bundle(_engine(_plan(stack, name), progress), bundle, key_file=key_file, build=build, timeout=timeout)
+        result = restore_bundle(_engine(resolved, progress), opened, build=build, timeout=timeout)
     out.print(status_table(result.status))
     for service, what in sorted(result.restored.items()):
         out.print(f"restored {service}: {what}", highlight=False)
@@ -577,20 +592,22 @@ def host_boot(
 ) -> None:
     """Bring up every stack enabled for boot, one `ccoas up --no-build` each (what the boot unit runs
     after a reboot). Exit 1 if any of them failed; the others are still brought up."""
-    from ccoas.boot import boot, ccoas_command, enabled
+    from ccoas.boot import boot, boot_records, ccoas_command
     from ccoas.host import host_layout
 
     state_root = host_layout().state_root
+    stacks, refused = boot_records(state_root)
+    for item in refused:
+        err.print(f"error: {item.describe()}", highlight=False, soft_wrap=True)
     if list_only:
-        stacks = enabled(state_root)
         for item in stacks:
             out.print(" ".join(item.up_command(["ccoas"])), highlight=False, soft_wrap=True)
-        out.print(f"{len(stacks)} stacks enabled for boot", highlight=False)
+        out.print(f"{len(stacks)} stacks enabled for boot" + (f", {len(refused)} records refused" if refused else ""), highlight=False)
         return
     results = boot(state_root, ccoas_command())
     failed = [item.stack for item, code in results if code != 0]
     out.print(f"{len(results) - len(failed)} of {len(results)} stacks up" + (f"; failed: {', '.join(failed)}" if failed else ""), highlight=False)
-    if failed:
+    if failed or refused:
         raise typer.Exit(EXIT_APPLY_FAILED)
 
 
@@ -663,7 +680,7 @@ def secrets_init(
     from ccoas.secrets import init_secret_files
 
     layout = host_layout()
-    written = init_secret_files(_plan(stack, name), out_dir, layout.give, layout.uid)
+    written = init_secret_files(_plan(stack, name), out_dir, layout, layout.uid)
     what = f"wrote {len(written)} secret files" if written else "every secret file is already there, nothing written"
     out.print(f"{what} in {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
 

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccoas import host_files
 from ccoas.errors import EngineError
 from ccoas.host import HostLayout
 from ccoas.plan import Plan, Port
@@ -201,7 +202,7 @@ def apply(plan: Plan, paths: StackPaths, layout: HostLayout, op: ListenerOperati
         return
     text = render(plan, paths, host_ports(plan, files))
     _write(files.config, text)
-    with open(files.log, "ab") as log:
+    with host_files.open_append(files.log) as log:
         subprocess.Popen(
             layout.engine_command(PROGRAM, "-db", "-f", str(files.config)),
             stdin=subprocess.DEVNULL,
@@ -215,7 +216,7 @@ def apply(plan: Plan, paths: StackPaths, layout: HostLayout, op: ListenerOperati
         if listener_pids(files, layout.uid) and _answers(plan, paths):
             return
         time.sleep(0.2)
-    tail = files.log.read_text(errors="replace")[-1500:] if files.log.is_file() else ""
+    tail = host_files.read_file(files.log).decode(errors="replace")[-1500:] if files.log.is_file() else ""
     raise EngineError(f"edge listener: no answer from nginx through {', '.join(endpoints(plan, paths))} within {START_WAIT_S:.0f}s\n{tail}")
 
 
@@ -255,9 +256,6 @@ def _answers(plan: Plan, paths: StackPaths) -> bool:
 
 
 def _write(path: Path, text: str) -> None:
-    """Atomically, in root's state dir (0755 dir, 0644 file: the engine user reads the config)."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Atomically, without following links, in root's state dir (0755 dir, 0644 file: the
+    engine user reads the config)."""
+    host_files.write_file(path, text.encode(), 0o644, parents_mode=0o755)

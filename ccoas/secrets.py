@@ -28,9 +28,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping, Protocol
 from urllib.parse import quote
 
+from ccoas import host_files
 from ccoas.errors import CcoasError
 from ccoas.plan import Plan, Secret, Service, VaultPolicy
 from ccoas.state import StackPaths, secret_file_in
@@ -110,23 +111,8 @@ def deferred_interrupts():
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_readonly(path: Path, value: str) -> None:
-    """Replace ``path`` with a new 0400 file holding ``value`` (created exclusively, never reopened)."""
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
+    """Root's 0600 file in the (root-owned) state dir, written atomically."""
+    host_files.write_file(path, text.encode(), 0o600, parents_mode=0o755)
 
 
 @dataclass
@@ -346,8 +332,8 @@ class SecretStore:
     """Vault's unix socket."""
     client: object
     """hvac client with the ccoas token, on ``socket``."""
-    chown: Callable[[Path, int, int], None]
-    """Give a file to a container uid/gid (mapped through the engine's user namespace)."""
+    owners: "SecretOwners"
+    """Maps container uids to host ones and gives files to them (the engine's :class:`~ccoas.host.HostLayout`)."""
 
     def _kv(self):
         return self.client.secrets.kv.v2  # type: ignore[attr-defined]
@@ -413,8 +399,11 @@ class SecretStore:
         for secret in self.plan.secrets:
             if secret.generator == "tls-cert":
                 for reader in secret.readers:
-                    path = self.paths.secret_file(reader, secret.name)
-                    if path.exists() and days_left(path.read_text()) < RENEW_WITHIN_DAYS:
+                    try:  # the engine user's dir: never read through a link (materialize replaces one)
+                        delivered = host_files.read_file(self.paths.secret_file(reader, secret.name)).decode()
+                    except (FileNotFoundError, host_files.UnsafePathError):
+                        continue
+                    if days_left(delivered) < RENEW_WITHIN_DAYS:
                         return True
         return False
 
@@ -521,37 +510,49 @@ class SecretStore:
         for service in self.plan.services:
             for mount, value, _ in self._read_mounts(service) if service.secrets else []:
                 path = secret_file_in(out, service.name, mount.secret)
-                write_secret_file(out, path, value, mount.uid, mount.gid, self.chown)
+                write_secret_file(out, path, value, mount.uid, mount.gid, self.owners)
                 written.append(path)
         return sorted(written)
 
     def _write_file(self, path: Path, value: str, uid: int, gid: int) -> None:
-        write_secret_file(self.paths.secrets, path, value, uid, gid, self.chown)
+        write_secret_file(self.paths.secrets, path, value, uid, gid, self.owners)
 
 
-def write_secret_file(root: Path, path: Path, value: str, uid: int, gid: int, chown: Callable[[Path, int, int], None]) -> None:
+class SecretOwners(Protocol):
+    """Who a secret file is given to: the engine's :class:`~ccoas.host.HostLayout` (or a test's stand-in)."""
+
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]: ...
+
+    def give(self, path: Path, uid: int, gid: int) -> None: ...
+
+
+def write_secret_file(root: Path, path: Path, value: str, uid: int, gid: int, owners: SecretOwners) -> None:
     """Write ``value`` to ``path`` under the secrets directory ``root`` (0400, given to the
     container ``uid``/``gid``); ``root`` and ``path``'s directory stay the engine user's (container
-    root), 0700, which it must traverse to bind-mount the file. An unchanged file is kept."""
+    root), 0700, which it must traverse to bind-mount the file. An unchanged file is kept.
+
+    These directories are the engine user's to write: as root every step is fd-relative and
+    never follows a link (:mod:`ccoas.host_files`): the directories are opened with
+    ``O_NOFOLLOW | O_DIRECTORY``, the file is made ``O_EXCL | O_NOFOLLOW``, given its owner with
+    ``fchown`` on its fd and renamed into place."""
+    as_root = os.geteuid() == 0
     for directory in (root, path.parent):
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        chown(directory, 0, 0)
-    try:
-        if path.read_text() == value:
-            chown(path, uid, gid)
-            return
-    except (FileNotFoundError, PermissionError):
-        pass
-    _write_readonly(path, value)
-    chown(path, uid, gid)
+        if as_root:
+            host_files.make_dir(directory, 0o700, owners.host_ids(0, 0))
+        else:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            owners.give(directory, 0, 0)
+    host_files.write_file(path, value.encode(), 0o400, owners.host_ids(uid, gid) if as_root else None, keep_if_same=True)
+    if not as_root:
+        owners.give(path, uid, gid)
 
 
-def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], None], engine_uid: int) -> list[Path]:
+def init_secret_files(plan: Plan, out: Path, owners: SecretOwners, engine_uid: int) -> list[Path]:
     """Compose mode, no Vault: generate every secret of ``plan`` with the generators the Vault
     path uses (:func:`generate`, :func:`ccoas.tls.tls_pair`) and write each service's files into
     ``out``, laid out and owned exactly as the local engine materialises them: one file per
     reader (``out/<service>/<secret>``, formatted for that reader where the plan says so), 0400,
-    owned by the host uid the reader's container uid maps to (``chown``), because Compose
+    owned by the host uid the reader's container uid maps to (``owners``), because Compose
     bind-mounts file secrets and ignores their ``uid``/``gid``/``mode``.
 
     An existing set is kept (values live on in the stack's volumes): when every file is there
@@ -559,7 +560,7 @@ def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], N
     """
     from ccoas.tls import tls_pair
 
-    check_engine_can_reach(out, chown, engine_uid)
+    check_engine_can_reach(out, engine_uid)
     mounts = [(service, mount) for service in plan.services for mount in service.secrets]
     existing = [secret_file_in(out, s.name, m.secret) for s, m in mounts if _exists(secret_file_in(out, s.name, m.secret))]
     if existing and len(existing) == len(mounts):
@@ -580,7 +581,7 @@ def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], N
         if mount.format:
             value = mount.format.replace("{value}", value)
         path = secret_file_in(out, service.name, mount.secret)
-        write_secret_file(out, path, value, mount.uid, mount.gid, chown)
+        write_secret_file(out, path, value, mount.uid, mount.gid, owners)
         written.append(path)
     return sorted(written)
 
@@ -592,7 +593,7 @@ def _exists(path: Path) -> bool:
         return True
 
 
-def check_engine_can_reach(out: Path, chown: Callable[[Path, int, int], None], engine_uid: int | None = None) -> None:
+def check_engine_can_reach(out: Path, engine_uid: int | None = None) -> None:
     """The rootless engine (the engine user) bind-mounts files from ``out``: it must be able to
     traverse every directory above it. ``/root`` (0700) is the usual trap."""
     if engine_uid is None:

@@ -71,3 +71,20 @@ def write_stack() -> Callable[..., Path]:
 def runner() -> CliRunner:
     """A typer CliRunner; ``result.stdout`` and ``result.stderr`` are kept apart."""
     return CliRunner()
+
+
+def _tree_fingerprint(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    import stat
+
+    seen = {}
+    for path in [directory, *sorted(directory.rglob("*"))]:
+        status = path.lstat()
+        seen[str(path)] = (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode), path.read_bytes() if path.is_file() else b"")
+    return seen
+
+
+@pytest.fixture(scope="session")
+def tree_fingerprint() -> Callable[[Path], dict[str, tuple[int, int, int, bytes]]]:
+    """Owner, group, mode and bytes of everything under a directory: compared before and after
+    root works where another user planted links (a victim directory must not change)."""
+    return _tree_fingerprint
