@@ -35,7 +35,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,15 +201,7 @@ def apply(plan: Plan, paths: StackPaths, layout: HostLayout, op: ListenerOperati
         return
     text = render(plan, paths, host_ports(plan, files))
     _write(files.config, text)
-    with host_files.open_append(files.log) as log:
-        subprocess.Popen(
-            layout.engine_command(PROGRAM, "-db", "-f", str(files.config)),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd="/",
-            start_new_session=True,
-        )
+    layout.start_detached((PROGRAM, "-db", "-f", str(files.config)), files.log)
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline:
         if listener_pids(files, layout.uid) and _answers(plan, paths):
