@@ -286,7 +286,7 @@ def test_nginx_listens_where_the_plan_and_its_checks_say(key):
     assert all(port.container_port in nginx.expose for port in nginx.ports)
     for directive in ("server_tokens off;", "ssl_protocols TLSv1.2 TLSv1.3;", "limit_req_zone", "limit_req zone=", "client_max_body_size",
                       "Strict-Transport-Security", "X-Content-Type-Options", "frame-ancestors 'none'", "Referrer-Policy",
-                      "error_log stderr", "access_log /dev/stdout;"):
+                      "error_log stderr", "access_log /dev/stdout ccoas;"):
         assert directive in conf, directive
     # everything nginx writes lands on a tmpfs the plan mounts (the root fs is read-only)
     tmpfs = tuple(t.target + "/" for t in nginx.tmpfs)
