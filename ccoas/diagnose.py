@@ -91,6 +91,8 @@ CREDENTIAL_PARAMS = (
     "x-amz-signature", "x-amz-credential", "x-amz-security-token",
 )
 """Query or form parameters whose value is a credential."""
+CREDENTIAL_FIELDS = ("access_token", "refresh_token", "id_token", "token", "password", "passwd", "client_secret", "api_key", "apikey")
+"""JSON fields whose string value is a credential (``"secret"`` and ``"key"`` name things in a plan)."""
 CREDENTIAL_HEADERS = (
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-hasura-admin-secret",
     "x-vault-token", "x-api-key", "x-amz-security-token",
@@ -105,6 +107,7 @@ characters is above it."""
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _PARAM = re.compile(r"(?i)((?:[?&;]|\b)(?:%s)=)(?!\[scrubbed:)[^&\s\"'<>;,]+" % "|".join(re.escape(p) for p in CREDENTIAL_PARAMS))
 _HEADER = re.compile(r"""(?im)(\b(?:%s)\b["']?\s*[:=]\s*["']?)(?!\[scrubbed:)[^"'\r\n]+""" % "|".join(re.escape(h) for h in CREDENTIAL_HEADERS))
+_JSON_FIELD = re.compile(r"""(?i)("(?:%s)"\s*:\s*")(?!\[scrubbed:)(?:[^"\\]|\\.)+(?=")""" % "|".join(re.escape(p) for p in (*CREDENTIAL_FIELDS, *CREDENTIAL_HEADERS)))
 _SCHEME_TOKEN = re.compile(r"(?i)\b(Bearer|Basic|Digest|Token)\s+[A-Za-z0-9._~+/=-]{8,}")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']+:)(?!\{value\}@|\[scrubbed:)[^/\s@\"']+@")
 _CANDIDATE = re.compile(r"[A-Za-z0-9_+/=-]{%d,}" % HIGH_ENTROPY_MIN_LENGTH)
@@ -129,6 +132,7 @@ SHAPES: tuple[tuple[str, re.Pattern[str], Any], ...] = (
     ("header", _HEADER, r"\1[scrubbed:header]"),
     ("scheme-token", _SCHEME_TOKEN, r"\1 [scrubbed:token]"),
     ("param", _PARAM, r"\1[scrubbed:param]"),
+    ("json-field", _JSON_FIELD, r"\1[scrubbed:field]"),
     ("high-entropy", _CANDIDATE, _high_entropy_strings),
 )
 """Credential shapes, in the order they are scrubbed (a JWT first, whole, wherever it sits)."""

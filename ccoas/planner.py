@@ -39,6 +39,7 @@ NETWORK_PURPOSE = {
     "edge": "published side: only nginx publishes ports; directus, hasura and minio are reached through it",
     "auth": "internal: the services that authenticate users and Vault",
     "db": "internal: data services, never reachable from the edge",
+    "models": "internal: Ollama and its clients only (its API pulls, creates and deletes models, with no credential)",
 }
 
 Graph = dict[str, tuple[str, ...]]
@@ -536,7 +537,7 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
             purpose=NETWORK_PURPOSE[n],
             labels={**labels, f"{LABEL_PREFIX}.network": n},
         )
-        for n in ("edge", "auth", "db")
+        for n in NETWORK_PURPOSE
         if n in used_networks
     )
     volumes = tuple(v for c in order for v in declared[c].volumes)

@@ -73,6 +73,8 @@ LEAKS = [
     ("libpq-conninfo", f'connection to server failed: host=postgres user=hasura password={PASSWORD} dbname=app', PASSWORD),
     ("form-body", f'POST /auth/login body email=admin%40app.example.org&password={PASSWORD}', PASSWORD),
     ("password-json", json.dumps({"email": "admin@app.example.org", "password": PASSWORD}), PASSWORD),
+    ("short-password-json", json.dumps({"level": 40, "body": {"password": "hunter2hunter2", "email": "a@b.c"}}), "hunter2hunter2"),
+    ("token-json-escaped", json.dumps({"token": 'ab"cd\\ef-' + PASSWORD}), PASSWORD),
     ("vault-token-plain", f"login ok, client token {VAULT_TOKEN} policies [app-embedder]", VAULT_TOKEN[4:]),
     ("hasura-admin-secret", f"x-hasura-admin-secret: {PASSWORD}", PASSWORD),
     ("jwt-in-prose", f"token {TOKEN} expired at 2026-12-07T16:27:01Z", TOKEN.split(".")[2]),
