@@ -74,6 +74,10 @@ def environment(ctx: Context) -> dict[str, str]:
         # the admin's password: failed logins can suspend the admin (AUTH_LOGIN_ATTEMPTS),
         # not a user without email or password (see templates/directus/provision.mjs.j2).
         "CCOAS_PROVISION_TOKEN_FILE": ctx.secret_file("directus_provision_token"),
+        # An access token works until it expires, on every front door that verifies it
+        # (Directus, and the GraphQL plane, which never asks Directus): after a logout or a
+        # suspension for at most this long. Directus's default, stated (README "Identity").
+        "ACCESS_TOKEN_TTL": "15m",
         # Session and refresh cookies only ever travel over HTTPS (Nginx terminates TLS);
         # SameSite stays Directus's default, lax.
         "REFRESH_TOKEN_COOKIE_SECURE": "true",
