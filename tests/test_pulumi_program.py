@@ -29,8 +29,9 @@ NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 PROVIDER = "pulumi:providers:docker"
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|ACCESS_KEY|JWT|CREDENTIAL")
-COOKIE_SETTING = re.compile(r"_COOKIE_SECURE$")
-"""How a token's cookie travels (``REFRESH_TOKEN_COOKIE_SECURE``): a setting, not a secret."""
+TOKEN_SETTING = re.compile(r"_(COOKIE_SECURE|TTL)$")
+"""How long a token lives or how its cookie travels (``ACCESS_TOKEN_TTL``,
+``REFRESH_TOKEN_COOKIE_SECURE``): a setting, not a secret."""
 
 
 def example_paths(plan: Plan) -> StackPaths:
@@ -214,7 +215,7 @@ def test_secrets_are_read_only_files_never_env_values(load_plan, stack):
         secret_targets = {s.target for s in service.secrets}
         for entry in container.get("envs") or []:
             key, _, value = entry.partition("=")
-            if SECRETISH.search(key) and not COOKIE_SETTING.search(key):
+            if SECRETISH.search(key) and not TOKEN_SETTING.search(key):
                 assert key.endswith("_FILE"), f"{name}: {key} carries a value; secrets arrive as files"
                 assert value in secret_targets, f"{name}: {key} must point at a mounted secret file, got {value!r}"
         assert sorted(container.get("envs") or []) == sorted(f"{k}={v}" for k, v in service.environment.items())
