@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
+from healthy_stack import healthy_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -53,12 +53,8 @@ def stack_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(stack_file):
-    engine = LocalEngine.connect(build_plan(load_stack(stack_file), name=NAME))
-    try:
-        engine.up()
+    with healthy_stack(build_plan(load_stack(stack_file), name=NAME), ("directus", "nginx", "postgres", "vault")) as engine:
         yield engine
-    finally:
-        engine.down(purge=True)
 
 
 @pytest.fixture(scope="module")
