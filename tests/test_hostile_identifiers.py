@@ -168,3 +168,21 @@ def test_every_hostile_kind_in_one_file_is_reported_together(tmp_path, stack_doc
         "schema.tables[0].columns[2].name",
         "schema.tables[1].columns[2].name",
     ]
+
+
+def test_each_boundary_rule_is_in_the_readme_table():
+    """README "Boundary: stack author ↔ host" lists every rule that holds that boundary."""
+    from ccoas import planner
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Boundary: stack author ↔ host", 1)[1].split("\n## ", 1)[0]
+    for rule in (
+        planner.ensure_identifiers_are_yaml_strings,
+        planner.ensure_no_filter_operator_names,
+        planner.ensure_no_postgres_system_columns,
+        planner.ensure_policy_columns_not_nullable,
+        planner.ensure_service_program_not_ccoas,
+        planner.ensure_service_environment_values_plain,
+        planner.ensure_service_environment_no_loader_variables,
+    ):
+        assert rule in planner.RULES and f"`{rule.__name__}`" in section, rule.__name__
