@@ -108,7 +108,8 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _PARAM = re.compile(r"(?i)((?:[?&;]|\b)(?:%s)=)(?!\[scrubbed:)[^&\s\"'<>;,]+" % "|".join(re.escape(p) for p in CREDENTIAL_PARAMS))
 _HEADER = re.compile(r"""(?im)(\b(?:%s)\b["']?\s*[:=]\s*["']?)(?!\[scrubbed:)[^"'\r\n]+""" % "|".join(re.escape(h) for h in CREDENTIAL_HEADERS))
 _JSON_FIELD = re.compile(r"""(?i)("(?:%s)"\s*:\s*")(?!\[scrubbed:)(?:[^"\\]|\\.)+(?=")""" % "|".join(re.escape(p) for p in (*CREDENTIAL_FIELDS, *CREDENTIAL_HEADERS)))
-_SCHEME_TOKEN = re.compile(r"(?i)\b(Bearer|Basic|Digest|Token)\s+[A-Za-z0-9._~+/=-]{8,}")
+_SCHEME_TOKEN = re.compile(r"(?i)\b(Bearer|Basic|Digest)\s+(?=[A-Za-z_~+/-]*[0-9=.])[A-Za-z0-9._~+/=-]{8,}")
+"""A credential after its scheme; one with a digit, ``=`` or ``.`` in it (prose has none)."""
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']+:)(?!\{value\}@|\[scrubbed:)[^/\s@\"']+@")
 _CANDIDATE = re.compile(r"[A-Za-z0-9_+/=-]{%d,}" % HIGH_ENTROPY_MIN_LENGTH)
 

@@ -113,6 +113,7 @@ KEPT = [
     "redis://directus:{value}@redis:6379",
     "/var/lib/ccoas/stacks/prod/rendered/directus/extensions/ccoas-hasura-claims/index.js",
     "ERROR: duplicate key value violates unique constraint notes_pkey",
+    "invalid token provided; basic configuration loaded; Bearer authentication required",
 ]
 
 
