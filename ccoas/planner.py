@@ -281,14 +281,20 @@ RESERVED_PROGRAM_PREFIX = "ccoas"
 """ccoas's own programs (``ccoas-embedder``) are named so; a user crate's program may not be."""
 
 
+def _columns(stack: Stack):
+    """(field path, table, column) of every column of the schema."""
+    for index, table in enumerate(stack.schema_.tables):
+        for number, column in enumerate(table.columns):
+            yield f"schema.tables[{index}].columns[{number}]", table, column
+
+
 def _named_identifiers(stack: Stack):
     """(field path, name) of every identifier the stack file gives the database."""
     yield "schema.name", stack.schema_.name
     for index, table in enumerate(stack.schema_.tables):
-        path = f"schema.tables[{index}]"
-        yield f"{path}.name", table.name
-        for number, column in enumerate(table.columns):
-            yield f"{path}.columns[{number}].name", column.name
+        yield f"schema.tables[{index}].name", table.name
+    for path, _, column in _columns(stack):
+        yield f"{path}.name", column.name
 
 
 def ensure_identifiers_are_yaml_strings(stack: Stack) -> list[tuple[str, str]]:
@@ -302,12 +308,7 @@ def ensure_identifiers_are_yaml_strings(stack: Stack) -> list[tuple[str, str]]:
 def ensure_no_filter_operator_names(stack: Stack) -> list[tuple[str, str]]:
     """A name that is an operator of a permission filter (``_or``, ``_eq``…) changes the filter's
     meaning; an owner or tenant column is a filter key in every permission, so none starts with ``_``."""
-    policy_keys = {
-        f"schema.tables[{index}].columns[{number}].name"
-        for index, table in enumerate(stack.schema_.tables)
-        for number, column in enumerate(table.columns)
-        if column.name in (table.owner_column, table.tenant_column)
-    }
+    policy_keys = {f"{path}.name" for path, table, column in _columns(stack) if column.name in (table.owner_column, table.tenant_column)}
     problems = []
     for where, name in _named_identifiers(stack):
         if name in FILTER_OPERATORS or (where in policy_keys and name.startswith("_")):
@@ -317,9 +318,8 @@ def ensure_no_filter_operator_names(stack: Stack) -> list[tuple[str, str]]:
 
 def ensure_no_postgres_system_columns(stack: Stack) -> list[tuple[str, str]]:
     return [
-        (f"schema.tables[{index}].columns[{number}].name", f"{column.name!r} is a Postgres system column of every table ({', '.join(POSTGRES_SYSTEM_COLUMNS)}): the bootstrap could not create it; choose another name")
-        for index, table in enumerate(stack.schema_.tables)
-        for number, column in enumerate(table.columns)
+        (f"{path}.name", f"{column.name!r} is a Postgres system column of every table ({', '.join(POSTGRES_SYSTEM_COLUMNS)}): the bootstrap could not create it; choose another name")
+        for path, _, column in _columns(stack)
         if column.name in POSTGRES_SYSTEM_COLUMNS
     ]
 
@@ -328,16 +328,15 @@ def ensure_policy_columns_not_nullable(stack: Stack) -> list[tuple[str, str]]:
     """The owner (owner-only, public-read) or tenant (tenant) column decides who sees a row: a row
     with NULL there belongs to nobody the policies can name."""
     problems = []
-    for index, table in enumerate(stack.schema_.tables):
+    for path, table, column in _columns(stack):
         needed = table.tenant_column if table.policy == "tenant" else table.owner_column
-        for number, column in enumerate(table.columns):
-            if column.name == needed and column.nullable:
-                problems.append((
-                    f"schema.tables[{index}].columns[{number}].nullable",
-                    f"column {needed!r} decides who may see a row under policy {table.policy}: set nullable: false "
-                    f"(an existing table: give rows with a NULL {needed} one, then run ALTER TABLE {stack.schema_.name}.{table.name} "
-                    f"ALTER COLUMN {needed} SET NOT NULL; ccoas does not change an existing column)",
-                ))
+        if column.name == needed and column.nullable:
+            problems.append((
+                f"{path}.nullable",
+                f"column {needed!r} decides who may see a row under policy {table.policy}: set nullable: false "
+                f"(an existing table: give rows with a NULL {needed} one, then run ALTER TABLE {stack.schema_.name}.{table.name} "
+                f"ALTER COLUMN {needed} SET NOT NULL; ccoas does not change an existing column)",
+            ))
     return problems
 
 
