@@ -118,6 +118,7 @@ def artifact_dir(
     the version of the toolchain that builds it (``go1.27.3``: another Go builds another binary)."""
     parts = [artifact.kind, artifact.spec, artifact.binary or "", str(bool(artifact.cgo))]
     parts += list(getattr(artifact, "ldflags", ()))
+    parts += [f"omit={name}" for name in getattr(artifact, "omit", ())]
     if runtime is not None:
         parts.append(runtime.spec)
     if toolchain is not None:
@@ -258,15 +259,6 @@ NODE_INSIDE = "/node"
 """Where a step sees the recipe's Node runtime (read-only): npm and node-gyp run on it, and
 native modules build against its headers."""
 
-NPM_UNUSED: dict[str, tuple[str, ...]] = {
-    # Directus on Postgres: knex loads the client of the configured driver only (``pg``, which
-    # stays). The SQLite client is a native module built by its install script; nothing loads it.
-    "directus": ("node_modules/sqlite3",),
-}
-"""Packages an npm application installs that ccoas never loads, removed before the install
-scripts run (so they are not compiled) and not copied into the image."""
-
-
 def _npm(layout: HostLayout) -> str:
     if shutil.which("npm") is None:
         raise HostError("npm is not installed on the host: run `ccoas host prepare`")
@@ -310,9 +302,9 @@ def fetch_npm_app(
     stages: "Stages | None" = None,
 ) -> Path:
     """Install an npm application (production dependencies) with the recipe's Node, as the build
-    user: ``npm install --ignore-scripts`` with network (downloads only), then the packages ccoas
-    never loads removed (:data:`NPM_UNUSED`), then ``npm rebuild`` (the install scripts: native
-    modules) with no network."""
+    user: ``npm install --ignore-scripts`` with network (downloads only), then the packages the
+    component never loads removed (the artifact's ``omit``), then ``npm rebuild`` (the install
+    scripts: native modules) with no network."""
     stages = stages or SERIAL
     npm = _npm(layout)
     name = spec_name("npm", artifact.spec)
@@ -334,7 +326,7 @@ def fetch_npm_app(
                     layout, [npm, "install", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"],
                     f"npm install {artifact.spec}", tuple(mounts), network=True, env=env, cwd=f"{WORK}/tree",
                 )
-            unused = NPM_UNUSED.get(name, ())
+            unused = tuple(f"node_modules/{package}" for package in getattr(artifact, "omit", ()))
             with stages.step(f"building {artifact.spec} (npm install scripts, no network)", "cpu"):
                 if unused:
                     run_sandboxed(layout, ["rm", "-rf", "--", *unused], f"removing {', '.join(unused)}", tuple(mounts), cwd=f"{WORK}/tree")
