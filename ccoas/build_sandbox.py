@@ -55,6 +55,13 @@ WORK = "/build"
 SYSTEM_DIRS = ("/usr", "/etc")
 MERGED_USR_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+PASSED_ENV = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
+)
+"""What a step inherits from ccoas's environment: how this host reaches the registries (a CA
+bundle of the host's, a proxy). Official Node builds carry their own CA list: behind a
+TLS-inspecting proxy npm needs ``NODE_EXTRA_CA_CERTS``."""
 OUTPUT_TAIL = 3000
 TIMES_MARKER = "--- ccoas build step times ---"
 TIMES_LINE = re.compile(r"^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$")
@@ -129,6 +136,7 @@ def run_sandboxed(
     # The step's CPU time: the sandbox's pid 1 reaps the step, so wait4 here does not see it.
     # A shell around the step prints its children's times (``times``) after a marker line.
     timed = ["/bin/sh", "-c", f'"$@"; rc=$?; echo {TIMES_MARKER} >&2; times >&2; exit $rc', "sh", *argv]
+    env = {**{k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}, **(env or {})}
     cmd = sandbox_command(layout.build_user, timed, mounts, network, env, cwd, layout.toolchain_root)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
