@@ -176,14 +176,14 @@ def test_the_longest_chain_gets_a_free_compile_slot_first():
     holder = threading.Thread(target=lambda: (stages.for_chain("h", 0), hold()))
     holder.start()
     time.sleep(0.05)
-    waiters = [threading.Thread(target=lambda n=n, p=p: (stages.for_chain(n, p), wants(n)())) for n, p in (("npm", 3), ("cgo", 0), ("cargo", 2))]
+    waiters = [threading.Thread(target=lambda n=n, p=p: (stages.for_chain(n, p), wants(n)())) for n, p in (("cargo", 2), ("npm", 0), ("cgo", 1))]
     for w in waiters:
         w.start()
         time.sleep(0.05)
     gate.set()
     for t in (holder, *waiters):
         t.join()
-    assert started == ["cgo", "cargo", "npm"]
+    assert started == ["npm", "cgo", "cargo"]
 
 
 def test_the_critical_path_is_the_component_that_ended_last():
