@@ -615,7 +615,7 @@ def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress
             if line:
                 log.append(line)
                 if line.startswith("STEP "):  # one line per Containerfile step; the rest on failure
-                    progress(recipe.component, line.rstrip())
+                    progress(recipe.component, line.splitlines()[0].rstrip())
     except (docker.errors.APIError, docker.errors.BuildError) as exc:
         raise EngineError(f"{recipe.component}: build failed: {exc}\n{''.join(log[-40:])}") from None
     if not image_present(client, ref):

@@ -95,7 +95,10 @@ def one_run(plan, layout, client, run: str, cpu_slots: int, with_base: bool) -> 
         base_thread = threading.Thread(target=base)
         base_thread.start()
     began = time.monotonic()
-    build_images(services, layout, client, stages=stages, progress=stages.progress, nocache=True)
+    try:
+        build_images(services, layout, client, stages=stages, progress=stages.progress, nocache=True)
+    except Exception as exc:  # noqa: BLE001 - report what was measured, then say what failed
+        print(f"  build failed: {str(exc).splitlines()[0]}")
     if base_thread is not None:
         base_thread.join()
     return time.monotonic() - began, stages.timings, [s.image.ref for s in services]
