@@ -1,6 +1,6 @@
 """Benchmark the local image builds: prints figures, asserts nothing (targets live here).
 
-    python tests/benchmarks/bench_build.py [STACK] [--cache-dir DIR] [--cpu-slots N] [--keep]
+    python tests/benchmarks/bench_build.py [STACK] [--cache-dir DIR] [--cpu-slots N] [--keep] [--warm-only]
 
 Builds every local image of STACK (default stacks/dev.yaml) as ``ccoas up`` does (one build
 graph: downloads overlap compiles, at most ``--cpu-slots`` compiles at once), twice:
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="the cold build cache (default: a new dir under /var/cache)")
     parser.add_argument("--cpu-slots", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's images and cache")
+    parser.add_argument("--warm-only", action="store_true", help="only the warm-cache run (on --cache-dir of an earlier run)")
     args = parser.parse_args()
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="ccoas-bench-build-", dir="/var/cache"))
     os.chmod(cache, 0o755)
@@ -121,11 +122,12 @@ def main() -> None:
     refs: list[str] = []
     try:
         print(f"stack {plan.stack}; cache {cache}; {args.cpu_slots} compile slots on {os.cpu_count()} cores; anchor: {ANCHOR}; target: {TARGET}")
-        cold, cold_timings, made = one_run(plan, layout, client, f"cold{stamp}", args.cpu_slots, with_base=True)
-        refs += made
+        if not args.warm_only:
+            cold, cold_timings, made = one_run(plan, layout, client, f"cold{stamp}", args.cpu_slots, with_base=True)
+            refs += made
+            report("cold (fresh build cache, no engine layer reused)", cold, cold_timings)
         warm, warm_timings, made = one_run(plan, layout, client, f"warm{stamp}", args.cpu_slots, with_base=False)
         refs += made
-        report("cold (fresh build cache, no engine layer reused)", cold, cold_timings)
         report("warm cache (every artifact cached, images built again)", warm, warm_timings)
         print("\nmeasured on a host shared with other work: the figures are pessimistic")
     finally:
