@@ -185,6 +185,8 @@ def _root_dir(path: Path) -> Path:
 def build_root(layout: HostLayout) -> Path:
     """``<cache>/build``, root's; checked along with the cache dir above it, whose every parent
     the build user must be able to pass through (its sandbox binds dirs below it)."""
+    if os.geteuid() != 0:
+        raise HostError("local image builds run as root, which hands every step that runs fetched code to the build user: run ccoas as root")
     _root_dir(layout.cache_root)
     for parent in layout.cache_root.absolute().parents:
         if not os.stat(parent).st_mode & 0o001:
