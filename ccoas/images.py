@@ -678,7 +678,8 @@ def build_images(
                     needs[name] = (by_artifact[runtime_key],)
             own.append(name)
         image_chain = f"{service.name} image"
-        chains[image_chain] = (PRIORITY["image"], lambda s=service: _build_service_image(s, layout, client, progress, stages, nocache))
+        priority = min((_artifact_priority(a) for a in recipe.artifacts if a.kind != "deb"), default=PRIORITY["image"])
+        chains[image_chain] = (priority, lambda s=service: _build_service_image(s, layout, client, progress, stages, nocache))
         needs[image_chain] = ("base", *own)
     started = time.monotonic()
     built = run_graph(chains, needs, stages)
