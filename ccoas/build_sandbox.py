@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -235,8 +236,6 @@ def work_dir(layout: HostLayout, name: str) -> Iterator[Path]:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)  # rmtree never follows links (fd-based on Linux)
 
 

@@ -27,6 +27,9 @@ from ccoas.plan import TEMPLATES_DIR, Artifact
 
 pytestmark = pytest.mark.e2e
 
+PRIVATE = {"tmp"}
+"""Targets the sandbox has a private copy of: a write may succeed there, the host's stays unchanged."""
+
 BUILD_RS = r'''
 use std::fs;
 use std::net::TcpStream;
@@ -94,7 +97,6 @@ def _targets(layout: HostLayout) -> dict[str, Path]:
         "real_cache": Path("/var/cache/ccoas/pwned-by-build"),
         "tmp": Path("/tmp/pwned-by-build"),  # the sandbox's /tmp is its own: the write lands there
     }
-PRIVATE = {"tmp"}
 
 
 def hostile_crate(folder: Path, targets: dict[str, Path], state: Path, port: int) -> Path:
