@@ -25,6 +25,7 @@ from ccoas.errors import HostError
 from ccoas.requirements import ENGINE_PATH
 
 DEFAULT_ENGINE_USER = "ccoas"
+DEFAULT_BUILD_USER = "ccoas-build"
 DEFAULT_STATE_ROOT = Path("/var/lib/ccoas")
 DEFAULT_CACHE_ROOT = Path("/var/cache/ccoas")
 DEFAULT_TOOLCHAIN_ROOT = Path("/opt/ccoas/toolchains")
@@ -52,6 +53,8 @@ class HostLayout:
     cache_root: Path = DEFAULT_CACHE_ROOT
     toolchain_root: Path = DEFAULT_TOOLCHAIN_ROOT
     """Where host preparation installs the build toolchains (Go, Rust); builds use nothing else."""
+    build_user: str = DEFAULT_BUILD_USER
+    """Who runs the code local image builds fetch (see :mod:`ccoas.build_sandbox`): never root."""
 
     def _pw(self) -> pwd.struct_passwd:
         try:
@@ -65,6 +68,17 @@ class HostLayout:
     @property
     def uid(self) -> int:
         return self._pw().pw_uid
+
+    @property
+    def build_ids(self) -> tuple[int, int]:
+        """uid and gid of the build user."""
+        try:
+            entry = pwd.getpwnam(self.build_user)
+        except KeyError:
+            raise HostError(f"build user {self.build_user!r} does not exist: run `ccoas host prepare`") from None
+        if entry.pw_uid == 0:
+            raise HostError(f"build user {self.build_user!r} is root: builds must run unprivileged")
+        return entry.pw_uid, entry.pw_gid
 
     @property
     def gid(self) -> int:
@@ -194,12 +208,13 @@ def subid_range(path: Path, user: str, uid: int) -> range:
 
 def host_layout() -> HostLayout:
     """The layout from the environment: CCOAS_ENGINE_USER, CCOAS_STATE_DIR, CCOAS_CACHE_DIR,
-    CCOAS_TOOLCHAIN_DIR (and CCOAS_SUBID_START, read by :func:`prepare`, for a second engine user on one host)."""
+    CCOAS_TOOLCHAIN_DIR, CCOAS_BUILD_USER (and CCOAS_SUBID_START, read by :func:`prepare`, for a second engine user on one host)."""
     return HostLayout(
         engine_user=os.environ.get("CCOAS_ENGINE_USER") or DEFAULT_ENGINE_USER,
         state_root=Path(os.environ.get("CCOAS_STATE_DIR") or DEFAULT_STATE_ROOT),
         cache_root=Path(os.environ.get("CCOAS_CACHE_DIR") or DEFAULT_CACHE_ROOT),
         toolchain_root=Path(os.environ.get("CCOAS_TOOLCHAIN_DIR") or DEFAULT_TOOLCHAIN_ROOT),
+        build_user=os.environ.get("CCOAS_BUILD_USER") or DEFAULT_BUILD_USER,
     )
 
 
@@ -264,6 +279,7 @@ def planned_preparation(
         "ccoas_state_dir": str(layout.state_root),
         "ccoas_cache_dir": str(layout.cache_root),
         "ccoas_toolchain_dir": str(layout.toolchain_root),
+        "ccoas_build_user": layout.build_user,
     }
     if os.environ.get("CCOAS_SUBID_START"):  # a second engine user needs a range of its own
         data["ccoas_subid_start"] = int(os.environ["CCOAS_SUBID_START"])

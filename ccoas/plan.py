@@ -76,6 +76,9 @@ class Artifact(Model):
     cgo: bool = False
     ldflags: tuple[str, ...] = ()
     """For go artifacts: extra ``-ldflags`` (e.g. ``-X`` version stamps)."""
+    omit: tuple[str, ...] = ()
+    """For npm applications: packages it installs that the component never loads (paths under
+    ``node_modules/``), removed before the install scripts run: not compiled, not in the image."""
 
 
 class LocalRecipe(Model):

@@ -45,6 +45,15 @@ def engine_user_exists(layout: HostLayout) -> list[str]:
     return []
 
 
+def build_user_exists(layout: HostLayout) -> list[str]:
+    """Local image builds run fetched code as the build user (never root): it must exist."""
+    try:
+        layout.build_ids
+    except HostError as exc:
+        return [str(exc)]
+    return []
+
+
 def missing_binaries(layout: HostLayout) -> dict[str, list[str]]:
     """Runtime binaries the engine cannot find (helper dir or its PATH), by Debian package."""
     path = layout.engine_env()["PATH"]
@@ -171,6 +180,7 @@ def check_host(plan: Plan | None, layout: HostLayout, stack_arg: str | None = No
     """Every host rule; the engine is not contacted."""
     no_user = engine_user_exists(layout)
     failures = list(no_user)
+    failures += build_user_exists(layout)
     failures += runtime_binaries_on_path(layout)
     failures += packages_installed((*ENGINE_PACKAGES, *BUILD_PACKAGES, *RUST_PACKAGES), skip=missing_binaries(layout))
     failures += toolchains_installed(layout)

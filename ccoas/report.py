@@ -143,6 +143,10 @@ class ProgressReporter:
     On a terminal: a live status line. Otherwise (a log, CI): one plain line per step with
     the time since the start, and while a step runs longer, a line every ``heartbeat_s``
     saying what is still running and for how long, so a log is never silent for a minute.
+
+    Steps that run at once (the build graph's) each report in a *lane* of their own
+    (:meth:`lane_step`, :meth:`lane_end`): every lane whose step runs long gets its own
+    ``still`` line.
     """
 
     def __init__(self, console: Console, heartbeat_s: float = 30.0):
@@ -156,6 +160,8 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._lanes: dict[str, list] = {}
+        """lane -> [its current step, when it started, when a line last spoke of it]"""
 
     def __enter__(self) -> "ProgressReporter":
         if self.console.is_terminal:
@@ -182,8 +188,35 @@ class ProgressReporter:
     def _heartbeat(self) -> None:
         while not self._stop.wait(min(1.0, self.heartbeat_s / 3)):
             now = time.monotonic()
-            if now - self._last_line >= self.heartbeat_s:
+            with self._lock:
+                lanes = [(name, lane) for name, lane in self._lanes.items() if now - lane[2] >= self.heartbeat_s]
+            if self._lanes:
+                for _, lane in lanes:
+                    lane[2] = now
+                    self._line(f"… still {lane[0]} ({_clock(now - lane[1])})")
+            elif now - self._last_line >= self.heartbeat_s:
                 self._line(f"… still {self._current} ({_clock(now - self._current_since)})")
+
+    def lane_step(self, lane: str, message: str) -> None:
+        """A step of ``lane`` starts, while steps of other lanes may be running."""
+        now = time.monotonic()
+        with self._lock:
+            self._lanes[lane] = [message, now, now]
+        self.step(message)
+
+    def lane_note(self, lane: str, message: str) -> None:
+        """A line about ``lane``'s running step (its step and timer unchanged)."""
+        with self._lock:
+            if lane in self._lanes:
+                self._lanes[lane][2] = time.monotonic()
+        if self._status is not None:
+            self._status.update(message)
+        elif self._beat is not None:
+            self._line(message)
+
+    def lane_end(self, lane: str) -> None:
+        with self._lock:
+            self._lanes.pop(lane, None)
 
     def step(self, message: str) -> None:
         """A step starts (the status line on a terminal, a plain line otherwise)."""

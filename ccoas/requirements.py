@@ -73,10 +73,11 @@ ENGINE_PACKAGES: tuple[str, ...] = tuple(dict.fromkeys(b.package for b in RUNTIM
 """Debian packages of the rootless engine, in the order of :data:`RUNTIME_BINARIES`."""
 
 BUILD_PACKAGES: tuple[str, ...] = (
-    "mmdebstrap", "ca-certificates", "build-essential", "python3", "python3-venv", "xz-utils", "tar"
+    "mmdebstrap", "ca-certificates", "build-essential", "python3", "python3-venv", "xz-utils", "tar", "bubblewrap"
 )
 """What local image builds run on the host: the Debian base image, a C toolchain and python3
-for node-gyp (and, with venv, pip for the Go toolchain), xz/tar for Node tarballs."""
+for node-gyp (and, with venv, pip for the Go toolchain), xz/tar for Node tarballs, and
+bubblewrap, the sandbox every build step that runs fetched code runs in (as the build user)."""
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,19 @@ class Steps:
             self.build_images()
 
     def build_images(self) -> list[Any]:
-        return build_images(
-            self.plan.services, self.runtime.layout, self.runtime.client, progress=lambda component, message: self.say(f"{component}: {message}")
+        """The build graph of the plan's local images; its steps run at once, each reported in
+        a lane of its own (a ``still`` line per long step)."""
+        from ccoas.build_graph import Stages
+
+        reporter = self.progress
+        if reporter is None or not hasattr(reporter, "lane_step"):
+            return build_images(self.plan.services, self.runtime.layout, self.runtime.client, progress=lambda c, m: self.say(f"{c}: {m}"))
+        stages = Stages(
+            progress=lambda component, message: reporter.lane_note(component, f"{component}: {message}"),
+            started=lambda component, message: reporter.lane_step(component, f"{component}: {message}"),
+            ended=reporter.lane_end,
         )
+        return build_images(self.plan.services, self.runtime.layout, self.runtime.client, progress=stages.progress, stages=stages)
 
     def render(self, files: dict[str, str] | None = None) -> None:
         """Render the config in place, file by file: running containers bind-mount these

@@ -25,10 +25,15 @@ What it leaves behind, every piece idempotent (a second run reports no changes):
 - ``/run/user/<uid>`` (0700, the user's): its XDG_RUNTIME_DIR, where the API socket lives.
 - ``/var/lib/ccoas`` (state) owned by root, 0755: the engine user reads the rendered config
   it mounts from there but cannot change anything root keeps or acts on (README, "Boundary:
-  root ↔ engine user"); ``/var/cache/ccoas`` (build cache) owned by the engine user. The
-  rootless user cannot read /root, so nothing it needs may live there.
+  root ↔ engine user"). The rootless user cannot read /root, so nothing it needs may live there.
+- The build user (data ``ccoas_build_user``, default ``ccoas-build``): a system user with no
+  home, no login shell and no subordinate ids, who runs every build step that executes fetched
+  code (``ccoas.build_sandbox``: bubblewrap, installed with the build packages).
+- ``/var/cache/ccoas`` (build cache) and its ``build`` dir owned by root, 0755: root writes the
+  content-keyed artifacts there and hands only leaf dirs (one step's work dir, one cache) to the
+  build user; the engine user gets nothing there (images reach it through the API).
 
-Data (``--data key=value``): ccoas_engine_user, ccoas_subid_start (100000),
+Data (``--data key=value``): ccoas_engine_user, ccoas_build_user, ccoas_subid_start (100000),
 ccoas_subid_count (65536), ccoas_state_dir, ccoas_cache_dir, ccoas_toolchain_dir,
 ccoas_unprivileged_port_start. ``ccoas host prepare`` runs :func:`prepare_host` through
 pyinfra's API (``ccoas.host.prepare``).
@@ -64,6 +69,7 @@ class DeviceMode(FactBase):
 def prepare_host() -> None:
     """Every operation of host preparation, reading its settings from the host's data."""
     user = host.data.get("ccoas_engine_user", "ccoas")
+    build_user = host.data.get("ccoas_build_user", "ccoas-build")
     subid_start = int(host.data.get("ccoas_subid_start", 100000))
     subid_count = int(host.data.get("ccoas_subid_count", 65536))
     state_dir = host.data.get("ccoas_state_dir", "/var/lib/ccoas")
@@ -173,7 +179,17 @@ def prepare_host() -> None:
         )
 
     files.directory(name=f"Directory {state_dir} (root's)", path=state_dir, user="root", group="root", mode="0755")
-    files.directory(name=f"Directory {cache_dir}", path=cache_dir, user=user, group=user, mode="0755")
+
+    server.user(
+        name=f"Build user {build_user} (unprivileged: runs every build step that executes fetched code)",
+        user=build_user,
+        home="/nonexistent",
+        shell="/usr/sbin/nologin",
+        create_home=False,
+        system=True,
+    )
+    for directory in (cache_dir, f"{cache_dir}/build"):  # root's: only leaves are handed to the build user
+        files.directory(name=f"Directory {directory} (root's)", path=directory, user="root", group="root", mode="0755")
 
     go = f"{toolchain_dir}/{TOOLCHAINS['go'].bin_dir}/go"
     if not host.get_fact(File, go):

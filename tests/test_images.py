@@ -240,3 +240,18 @@ def test_the_go_artifact_cache_key_changes_with_the_go_version(tmp_path, monkeyp
     fetch_go(_go_toolchain(tmp_path / "b", "go1.28.0"), minio)
     assert filled[0].name != filled[1].name
     assert filled[0].name == artifact_dir(LAYOUT, minio, toolchain="go1.27.3").name
+
+
+def test_directus_leaves_out_only_what_it_never_loads():
+    """sqlite3 goes (knex loads the configured client only); pg, the client it runs on, and
+    isolated-vm, which its extension manager imports at start, stay."""
+    app = next(a for a in CATALOG["directus"].recipe.artifacts if a.spec.startswith("directus@"))
+    assert app.omit == ("sqlite3",)
+    assert not {"pg", "isolated-vm"} & set(app.omit)
+
+
+def test_what_an_npm_artifact_omits_is_part_of_its_cache_key():
+    full = Artifact(kind="npm", spec="directus@11.17.4")
+    lean = Artifact(kind="npm", spec="directus@11.17.4", omit=("sqlite3",))
+    assert artifact_dir(LAYOUT, full) != artifact_dir(LAYOUT, lean)
+    assert recipe_digest("directus/Containerfile.j2", (), (full,)) != recipe_digest("directus/Containerfile.j2", (), (lean,))

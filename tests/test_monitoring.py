@@ -188,21 +188,15 @@ def test_the_figures_file_is_never_written_through_a_planted_link(tmp_path):
     assert list(target.iterdir()) == []
 
 
-def test_pinned_version_lists_name_only_the_pin_for_every_prefix(tmp_path):
-    """The fallback proxy go install asks for a module's version list (which the real proxy
-    here refuses for postgres_exporter): it lists the pin and nothing else."""
-    from ccoas.images import pinned_version_lists
-
-    class Layout:
-        cache_root = tmp_path
+def test_a_go_package_is_looked_up_in_the_modules_that_may_hold_it_longest_first():
+    """postgres_exporter's program is a package of its module: the build downloads the module
+    at the exact pinned version, trying each module path go install would try."""
+    from ccoas.images import go_module_candidates
 
     spec = "github.com/prometheus-community/postgres_exporter/cmd/postgres_exporter@v0.17.1"
-    root = pinned_version_lists(Layout(), spec)  # type: ignore[arg-type]
-    lists = sorted(p.relative_to(root).as_posix() for p in root.rglob("list"))
-    assert lists == [
-        "github.com/prometheus-community/@v/list",
-        "github.com/prometheus-community/postgres_exporter/@v/list",
-        "github.com/prometheus-community/postgres_exporter/cmd/@v/list",
-        "github.com/prometheus-community/postgres_exporter/cmd/postgres_exporter/@v/list",
+    assert go_module_candidates(spec) == [
+        "github.com/prometheus-community/postgres_exporter/cmd/postgres_exporter@v0.17.1",
+        "github.com/prometheus-community/postgres_exporter/cmd@v0.17.1",
+        "github.com/prometheus-community/postgres_exporter@v0.17.1",
+        "github.com/prometheus-community@v0.17.1",
     ]
-    assert {p.read_text() for p in root.rglob("list")} == {"v0.17.1\n"}

@@ -289,11 +289,12 @@ def recipe_digest(containerfile: str, files: tuple[str, ...], artifacts: tuple[A
     for rel in (containerfile, *files):
         digest.update(rel.encode() + b"\0" + (plan_types.TEMPLATES_DIR / rel).read_bytes() + b"\0")
     for artifact in artifacts:
+        unset = set() if artifact.omit else {"omit"}  # an artifact without it keys as before it existed
         if artifact.kind == "cargo":  # a crate: its every file, wherever its folder is
             crate = crate_digest(plan_types.TEMPLATES_DIR / artifact.spec)
-            digest.update(artifact.model_dump_json(exclude={"spec"}).encode() + b"\0" + crate.encode() + b"\0")
+            digest.update(artifact.model_dump_json(exclude={"spec", *unset}).encode() + b"\0" + crate.encode() + b"\0")
         else:
-            digest.update(artifact.model_dump_json().encode() + b"\0")
+            digest.update(artifact.model_dump_json(exclude=unset).encode() + b"\0")
     return digest.hexdigest()
 
 

