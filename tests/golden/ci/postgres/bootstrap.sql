@@ -342,15 +342,6 @@ BEGIN
         IF TG_OP <> 'INSERT' THEN
             SELECT pg_catalog.jsonb_object_agg(k.name, pg_catalog.to_jsonb(OLD) -> k.name) INTO old_key
                 FROM pg_catalog.unnest(TG_ARGV[1:]) AS k(name);
-            -- the columns the table's policies read (pg_depend records them), for a DELETE's audience
-            SELECT COALESCE(pg_catalog.jsonb_object_agg(a.attname, pg_catalog.to_jsonb(OLD) -> a.attname), '{}')
-                INTO old_image
-                FROM pg_catalog.pg_attribute AS a
-                WHERE a.attrelid = TG_RELID AND a.attnum IN (
-                    SELECT d.refobjsubid FROM pg_catalog.pg_depend AS d
-                    WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
-                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                      AND d.refobjid = TG_RELID AND d.refobjsubid > 0);
         END IF;
         IF TG_OP <> 'DELETE' THEN
             SELECT pg_catalog.jsonb_object_agg(k.name, pg_catalog.to_jsonb(NEW) -> k.name) INTO new_key
@@ -372,6 +363,15 @@ BEGIN
             VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, change.op, change.key)
             RETURNING seq INTO entry;
         IF change.op = 'DELETE' THEN
+            -- the columns the table's policies read (pg_depend records them): who may hear of it
+            SELECT COALESCE(pg_catalog.jsonb_object_agg(a.attname, pg_catalog.to_jsonb(OLD) -> a.attname), '{}')
+                INTO old_image
+                FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = TG_RELID AND a.attnum IN (
+                    SELECT d.refobjsubid FROM pg_catalog.pg_depend AS d
+                    WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
+                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                      AND d.refobjid = TG_RELID AND d.refobjsubid > 0);
             INSERT INTO ccoas.change_log_image (seq, image) VALUES (entry, old_image);
         END IF;
         payload_key := CASE WHEN pg_catalog.octet_length(change.key::text) <= 1024 THEN change.key END;
@@ -530,8 +530,9 @@ BEGIN
         END LOOP;
         FOR target IN SELECT t.value FROM pg_catalog.jsonb_array_elements(targets) AS t(value) LOOP
             CONTINUE WHEN NOT pg_catalog.has_table_privilege(target.value ->> 'relation', 'SELECT');
-            RETURN QUERY SELECT who.n, s.value::bigint FROM pg_catalog.jsonb_array_elements_text(target.value -> 'truncated') AS s(value)
-                WHERE pg_catalog.jsonb_typeof(target.value -> 'truncated') = 'array';
+            IF pg_catalog.jsonb_typeof(target.value -> 'truncated') = 'array' THEN
+                RETURN QUERY SELECT who.n, s.value::bigint FROM pg_catalog.jsonb_array_elements_text(target.value -> 'truncated') AS s(value);
+            END IF;
             CONTINUE WHEN pg_catalog.jsonb_typeof(target.value -> 'live') IS DISTINCT FROM 'array';
             SELECT pg_catalog.string_agg(pg_catalog.format('t.%I = k.%I', c, c), ' AND ') INTO matches
                 FROM pg_catalog.jsonb_object_keys(target.value -> 'live' -> 0 -> 'key') AS c;
