@@ -58,6 +58,21 @@ function refuse(reason) {
   stats.refusals[key] = (stats.refusals[key] ?? 0) + 1;
 }
 
+/** Settles one client's connection once: counted as connected (per user) or refused. */
+function outcome(user, resolve) {
+  const done = (ok, reason) => {
+    if (done.settled) return;
+    done.settled = true;
+    if (ok) {
+      stats.connected += 1;
+      stats.connectedBy.set(user.id, (stats.connectedBy.get(user.id) ?? 0) + 1);
+    } else refuse(reason);
+    resolve();
+  };
+  done.settled = false;
+  return done;
+}
+
 function record(user, op, row) {
   stats.events.push({ at: now(), user: user.id, op, ...row });
 }
@@ -71,16 +86,7 @@ function graphqlSubscriber(user) {
     }
   }
   return new Promise((resolve) => {
-    let settled = false;
-    const done = (ok, reason) => {
-      if (settled) return;
-      settled = true;
-      if (ok) {
-        stats.connected += 1;
-        stats.connectedBy.set(user.id, (stats.connectedBy.get(user.id) ?? 0) + 1);
-      } else refuse(reason);
-      resolve();
-    };
+    const done = outcome(user, resolve);
     const client = createClient({
       url: cfg.ws_url,
       webSocketImpl: BoundWebSocket,
@@ -91,7 +97,7 @@ function graphqlSubscriber(user) {
       on: {
         connected: () => done(true),
         closed: (event) => {
-          if (!settled) done(false, `closed ${event?.code ?? ""} ${event?.reason ?? ""}`.trim());
+          if (!done.settled) done(false, `closed ${event?.code ?? ""} ${event?.reason ?? ""}`.trim());
           else stats.closed_early += 1;
         },
         error: (error) => done(false, error?.message ?? "error"),
@@ -119,22 +125,13 @@ function graphqlSubscriber(user) {
 /** A Directus realtime client of one user subscribed to notes (uid "notes"). */
 function directusSubscriber(user) {
   return new Promise((resolve) => {
-    let settled = false;
-    const done = (ok, reason) => {
-      if (settled) return;
-      settled = true;
-      if (ok) {
-        stats.connected += 1;
-        stats.connectedBy.set(user.id, (stats.connectedBy.get(user.id) ?? 0) + 1);
-      } else refuse(reason);
-      resolve();
-    };
+    const done = outcome(user, resolve);
     const ws = new WebSocket(cfg.ws_url, transport(user.address));
     clients.push(ws);
     ws.on("open", () => ws.send(JSON.stringify({ type: "auth", access_token: user.token })));
     ws.on("unexpected-response", (_req, res) => done(false, `HTTP ${res.statusCode}`));
     ws.on("error", (error) => done(false, error.message));
-    ws.on("close", (code) => (settled ? (stats.closed_early += 1) : done(false, `closed ${code}`)));
+    ws.on("close", (code) => (done.settled ? (stats.closed_early += 1) : done(false, `closed ${code}`)));
     ws.on("message", (data) => {
       const message = JSON.parse(String(data));
       if (message.type === "ping") return ws.send(JSON.stringify({ type: "pong" }));
