@@ -236,10 +236,15 @@ class TableFeed {
     }
     const audience = new Map(batch.map((event) => [String(event.seq), new Set()]));
     for (const row of rows) audience.get(String(row.seq))?.add(row.identity);
+    // Delivered in slices, the event loop free between them: a crowd's deliveries never hold
+    // up another user's request for longer than one slice takes.
+    let pushed = 0;
     for (const event of batch) {
-      const allowed = audience.get(String(event.seq));
-      for (const index of allowed) {
-        for (const subscription of ordered[index].members) subscription.push(event);
+      for (const index of audience.get(String(event.seq))) {
+        for (const subscription of ordered[index].members) {
+          subscription.push(event);
+          if (++pushed % SETTINGS.subscriptions.delivery_slice === 0) await new Promise((resolve) => setImmediate(resolve));
+        }
       }
     }
   }
