@@ -74,7 +74,7 @@ def client_packages() -> Path:
 def call(edge: Edge, method: str, path: str, body: object = None, token: str | None = None):
     """A request through the edge, waiting out Nginx's per-client rate limit (429)."""
     for _ in range(60):
-        status, answer = edge.request(method, path, body, token)
+        status, answer = edge.request(method, path, body, token, timeout=180)
         if status != 429:
             break
         time.sleep(1)
@@ -84,16 +84,17 @@ def call(edge: Edge, method: str, path: str, body: object = None, token: str | N
 
 
 def app_users(engine: LocalEngine, edge: Edge, count: int) -> list[dict]:
-    """``count`` new Directus users with the provisioned app-user role, created in one request,
-    each logged in: [{id, token}]."""
+    """``count`` new Directus users with the provisioned app-user role, created ten to a
+    request (each password is hashed), each logged in: [{id, token}]."""
     admin_password = engine.paths.secret_file("directus", "directus_admin_password").read_text()
     admin_email = engine.plan.service("directus").environment["ADMIN_EMAIL"]
     admin = call(edge, "POST", "/directus/auth/login", {"email": admin_email, "password": admin_password})["access_token"]
     [role] = call(edge, "GET", "/directus/roles?filter[name][_eq]=app-user", token=admin)
     batch = uuid.uuid4().hex[:6]
     people = [{"email": f"crowd-{batch}-{n}@example.com", "password": uuid.uuid4().hex, "role": role["id"]} for n in range(count)]
-    created = call(edge, "POST", "/directus/users", people, admin)
-    ids = {user["email"]: user["id"] for user in created}
+    ids = {}
+    for first in range(0, count, 10):
+        ids.update({user["email"]: user["id"] for user in call(edge, "POST", "/directus/users", people[first:first + 10], admin)})
     return [
         {"id": ids[p["email"]], "token": call(edge, "POST", "/directus/auth/login", {"email": p["email"], "password": p["password"]})["access_token"]}
         for p in people

@@ -166,9 +166,17 @@ async function remove(user, id) {
   deleted.set(String(id), { owner: user.id, sent: now() });
   const answer =
     cfg.kind === "graphql"
-      ? await request("POST", cfg.write_url, { query: "mutation($id: UUID!) { deleteNoteByRowId(input: {rowId: $id}) { deletedNoteId } }", variables: { id } }, user.token, user.address)
+      ? await request("POST", cfg.write_url, { query: "mutation($id: UUID!) { deleteNoteByRowId(input: {rowId: $id}) { note { rowId } } }", variables: { id } }, user.token, user.address)
       : await request("DELETE", `${cfg.write_url}/${id}`, null, user.token, user.address);
   if (answer.status >= 300 || answer.body?.errors) throw new Error(`delete refused: HTTP ${answer.status} ${JSON.stringify(answer.body).slice(0, 200)}`);
+}
+
+/** A write's outcome, handled at once: null, or why it failed. */
+function settled(write) {
+  return write.then(
+    () => null,
+    (error) => String(error.message),
+  );
 }
 
 function percentile(sorted, q) {
@@ -193,20 +201,20 @@ async function main() {
   let n = 0;
   for (let round = 0; round < cfg.inserts_per_writer; round++) {
     for (const user of writers) {
-      writes.push(insert(user, `crowd ${user.id.slice(0, 8)} ${round} ${n++} ${Math.random().toString(36).slice(2, 8)}`));
+      writes.push(settled(insert(user, `crowd ${user.id.slice(0, 8)} ${round} ${n++} ${Math.random().toString(36).slice(2, 8)}`)));
       await sleep(cfg.insert_gap_ms);
     }
   }
-  const writeErrors = (await Promise.allSettled(writes)).filter((r) => r.status === "rejected").map((r) => String(r.reason.message));
+  const writeErrors = (await Promise.all(writes)).filter(Boolean);
   if (cfg.delete) {
     await sleep(cfg.settle_ms);
     const removals = [];
     for (const row of inserted.values()) {
       if (!row.id) continue;
-      removals.push(remove(cfg.users.find((u) => u.id === row.owner), row.id));
+      removals.push(settled(remove(cfg.users.find((u) => u.id === row.owner), row.id)));
       await sleep(cfg.insert_gap_ms);
     }
-    writeErrors.push(...(await Promise.allSettled(removals)).filter((r) => r.status === "rejected").map((r) => String(r.reason.message)));
+    writeErrors.push(...(await Promise.all(removals)).filter(Boolean));
   }
   await sleep(cfg.timeout_ms);
 
