@@ -137,7 +137,8 @@ class ContainerUsage:
             for pid in self._tree(root):
                 try:
                     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    cpu += (int(fields[11]) + int(fields[12])) / ticks
+                    # utime, stime, and cutime, cstime: its children already gone (a backend that ended)
+                    cpu += sum(int(field) for field in fields[11:15]) / ticks
                     rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
                 except (OSError, IndexError):
                     continue
@@ -194,7 +195,7 @@ def run_crowd(engine: LocalEngine, edge: Edge, script: Path, kind: str, users: l
     config = {
         "kind": kind, "ws_url": ws_url, "write_url": write_url, "ca": ca, "users": addressed,
         "per_user": args.per_user, "writers": args.writers, "inserts_per_writer": args.inserts,
-        "insert_gap_ms": args.gap_ms, "delete": args.deletes, "settle_ms": 3000, "timeout_ms": args.wait_ms,
+        "insert_gap_ms": args.gap_ms, "delete": args.deletes, "settle_ms": args.settle_ms, "timeout_ms": args.wait_ms,
         "connect_parallel": 50,
     }
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=CLIENTS, delete=False) as handle:
@@ -226,7 +227,8 @@ def report(kind: str, result: dict, args) -> None:
           + (f", {result['write_error_count']} failed: {result['write_errors']}" if result["write_error_count"] else ""))
     print(f"  deliveries expected {result['expected']}, got {result['got']}, leaks {result['leaks']}" + (f" {result['leak_samples']}" if result["leaks"] else "")
           + (f", unrelated {result['unrelated']}" if result["unrelated"] else ""))
-    print(f"  delivery p50 {ms(result['p50_ms'])}   p95 {ms(result['p95_ms'])}   p99 {ms(result['p99_ms'])}   max {ms(result['max_ms'])}")
+    print(f"  delivery p50 {ms(result['p50_ms'])}   p95 {ms(result['p95_ms'])}   p99 {ms(result['p99_ms'])}   max {ms(result['max_ms'])}"
+          + "".join(f"   ({op} n={f['n']}: p50 {ms(f['p50_ms'])}, p95 {ms(f['p95_ms'])})" for op, f in result["by_op"].items() if f["n"]))
     for line in result["usage"]:
         print(line)
 
@@ -241,6 +243,7 @@ def main() -> None:
     parser.add_argument("--inserts", type=int, default=5, help="inserts per writer")
     parser.add_argument("--gap-ms", type=int, default=100, help="between two writes (all writers in turn)")
     parser.add_argument("--deletes", action="store_true", help="then delete every inserted row")
+    parser.add_argument("--settle-ms", type=int, default=10000, help="after the last socket connected, before the first write")
     parser.add_argument("--wait-ms", type=int, default=5000, help="after the last write, for late events")
     parser.add_argument("--kind", choices=("graphql", "directus", "both"), default="graphql")
     parser.add_argument("--via", choices=("edge", "direct"), default="edge")

@@ -221,6 +221,7 @@ async function main() {
   // Judge every event: it must be one of the subscriber's own rows, once per subscription.
   const byId = new Map([...inserted.values()].filter((r) => r.id).map((r) => [String(r.id), r]));
   const latencies = [];
+  const byOp = { INSERT: [], DELETE: [] };
   let leaks = 0;
   let unrelated = 0;
   const leakSamples = [];
@@ -237,6 +238,7 @@ async function main() {
         continue;
       }
       latencies.push(event.at - row.sent);
+      byOp.DELETE.push(event.at - row.sent);
       continue;
     }
     const row = inserted.get(event.body) ?? byId.get(String(event.id));
@@ -250,6 +252,7 @@ async function main() {
       continue;
     }
     latencies.push(event.at - row.sent);
+    byOp.INSERT.push(event.at - row.sent);
   }
   const writes_done = [...inserted.values()].filter((r) => r.id).length;
   const audience = (owner) => stats.connectedBy.get(owner) ?? 0;
@@ -257,6 +260,7 @@ async function main() {
   for (const row of inserted.values()) if (row.id) expected += audience(row.owner);
   for (const row of deleted.values()) expected += audience(row.owner);
   latencies.sort((a, b) => a - b);
+  for (const values of Object.values(byOp)) values.sort((a, b) => a - b);
   for (const client of clients) (client.dispose ?? client.terminate)?.call(client);
   process.stdout.write(
     JSON.stringify({
@@ -280,6 +284,7 @@ async function main() {
       p95_ms: percentile(latencies, 95),
       p99_ms: percentile(latencies, 99),
       max_ms: latencies.at(-1) ?? null,
+      by_op: Object.fromEntries(Object.entries(byOp).map(([op, values]) => [op, { n: values.length, p50_ms: percentile(values, 50), p95_ms: percentile(values, 95) }])),
     }) + "\n",
   );
   process.exit(0);
