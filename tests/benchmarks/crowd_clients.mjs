@@ -39,7 +39,15 @@ function request(method, url, body, token, address) {
       (res) => {
         let text = "";
         res.on("data", (chunk) => (text += chunk));
-        res.on("end", () => resolve({ status: res.statusCode, body: text ? JSON.parse(text) : null }));
+        res.on("end", () => {
+          let body = null;
+          try {
+            body = text ? JSON.parse(text) : null;
+          } catch {
+            body = { text: text.slice(0, 100) }; // e.g. Nginx's 429 page
+          }
+          resolve({ status: res.statusCode, body });
+        });
       },
     );
     req.on("error", reject);
@@ -66,7 +74,10 @@ function outcome(user, resolve) {
     if (ok) {
       stats.connected += 1;
       stats.connectedBy.set(user.id, (stats.connectedBy.get(user.id) ?? 0) + 1);
-    } else refuse(reason);
+    } else {
+      done.refused = true;
+      refuse(reason);
+    }
     resolve();
   };
   done.settled = false;
@@ -115,7 +126,8 @@ function graphqlSubscriber(user) {
           }
           record(user, change.op, { id: change.node?.rowId ?? change.key?.id ?? null, owner: change.node?.ownerId ?? null, body: change.node?.body ?? null, seq: change.seq });
         },
-        error: (error) => refuse(`subscription error: ${JSON.stringify(error?.message ?? error).slice(0, 100)}`),
+        // a socket refused at connection (already counted) errors its subscription too
+        error: (error) => (done.refused ? undefined : refuse(`subscription error: ${JSON.stringify(error?.message ?? error).slice(0, 100)}`)),
         complete: () => {},
       },
     );
