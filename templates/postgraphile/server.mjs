@@ -94,10 +94,14 @@ function refuse(message, code) {
   return new SafeError(message, { code });
 }
 
-/** Which request roles may read which tables (privileges, not rows): asked once per role. */
+/** Which request roles may read which tables (privileges, not rows): asked at most once a
+ * minute per role (a changed preset is seen without a restart; ccoas.change_audience checks
+ * the privilege again for every batch anyway). */
 const readable = new Map();
+const readableAsked = new Map();
 async function mayRead(role, table) {
-  if (!readable.has(role)) {
+  if (!readable.has(role) || Date.now() - readableAsked.get(role) > 60_000) {
+    readableAsked.set(role, Date.now());
     readable.set(
       role,
       pool
