@@ -125,16 +125,17 @@ const LIMITS = SETTINGS.subscriptions;
 const heldByConnection = new WeakMap();
 const heldByClient = new Map();
 
-function clientAddress(ws) {
-  // Nginx sets X-Real-IP to the client's address; PostGraphile is reachable only behind it.
-  const header = ws?.request?.headers?.["x-real-ip"];
+/** The client's address: Nginx sets X-Real-IP (PostGraphile is reachable only behind it). */
+function clientAddress({ ws, http }) {
+  const header = ws ? ws.request?.headers?.["x-real-ip"] : http?.getHeader?.("x-real-ip");
   return (Array.isArray(header) ? header[0] : header) || ws?.request?.socket?.remoteAddress || "unknown";
 }
 
-/** Take one subscription slot for this connection and client, or refuse; returns the release. */
-function holdSlot(ws) {
-  const socket = ws?.socket ?? ws?.request?.socket;
-  const client = clientAddress(ws);
+/** Take one subscription slot for this connection (a websocket) and client, or refuse;
+ * returns the release. */
+function holdSlot(request) {
+  const socket = request.ws?.socket;
+  const client = clientAddress(request);
   const onConnection = socket ? heldByConnection.get(socket) ?? 0 : 0;
   const onClient = heldByClient.get(client) ?? 0;
   if (onConnection >= LIMITS.per_connection) {
@@ -263,7 +264,7 @@ const feeds = new Map(SETTINGS.tables.map((table) => [table.channel, new TableFe
  * than queue_max events behind is ended with an error (it resubscribes).
  */
 class SubscriptionStream {
-  constructor(feed, role, claims, ws) {
+  constructor(feed, role, claims, request) {
     this.feed = feed;
     this.identity = { role, settings: claims };
     this.identityKey = JSON.stringify([role, Object.entries(claims).sort()]);
@@ -280,7 +281,7 @@ class SubscriptionStream {
         throw refuse(`${feed.table.schema}.${feed.table.table} cannot be read with this token (or without one): subscription refused`, "FORBIDDEN");
       }
       if (this.done) return;
-      this.release = holdSlot(ws);
+      this.release = holdSlot(request);
       feed.add(this);
     });
     this.ready.catch(() => this.close());
@@ -343,13 +344,13 @@ class SubscriptionStream {
 }
 
 /** The subscriber of one request: each stream carries only the events its identity may read. */
-function filteredSubscriber(settings, ws) {
+function filteredSubscriber(settings, request) {
   const { role, ...claims } = settings;
   return {
     subscribe(channel) {
       const feed = feeds.get(channel);
       if (!feed) throw refuse("no such change feed", "NOT_FOUND");
-      return new SubscriptionStream(feed, role, claims, ws);
+      return new SubscriptionStream(feed, role, claims, request);
     },
   };
 }
@@ -432,7 +433,7 @@ const preset = {
       const authorization =
         requestContext.http?.getHeader("authorization") ?? requestContext.ws?.normalizedConnectionParams?.authorization;
       const settings = requestSettings(Array.isArray(authorization) ? authorization[0] : authorization);
-      return { pgSettings: settings, ccoasSubscriber: filteredSubscriber(settings, requestContext.ws) };
+      return { pgSettings: settings, ccoasSubscriber: filteredSubscriber(settings, { ws: requestContext.ws, http: requestContext.http }) };
     },
   },
   schema: { exportSchemaSDLPath: undefined, pgForbidSetofFunctionsToReturnNull: false },
