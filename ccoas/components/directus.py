@@ -94,8 +94,8 @@ def environment(ctx: Context) -> dict[str, str]:
         "STORAGE_LOCATIONS": "local",
         "STORAGE_LOCAL_DRIVER": "local",
         "STORAGE_LOCAL_ROOT": "/directus/uploads",
-        # Rendered and mounted read-only: the one extension is ccoas's (Hasura claims); nothing
-        # can be installed at run time.
+        # Rendered and mounted read-only: the extensions are ccoas's (Hasura claims, websocket
+        # deletes told only to who was shown the item); nothing can be installed at run time.
         "EXTENSIONS_PATH": f"{CONFIG_DIR}/extensions",
         "CCOAS_TENANT_FIELD": TENANT_FIELD,
         "CACHE_ENABLED": "false",
@@ -108,7 +108,8 @@ def environment(ctx: Context) -> dict[str, str]:
         # is limited at the edge instead: Nginx's per-client request rate and connections.
         "PRESSURE_LIMITER_ENABLED": "false",
         # Realtime: item subscriptions over a websocket at /websocket, authenticated by the
-        # first message (access token), each event filtered by the subscriber's permissions.
+        # first message (access token), create/update events read with the subscriber's
+        # permissions, deletes filtered by ccoas's hook (only keys the subscription was shown).
         "WEBSOCKETS_ENABLED": "true",
         "WEBSOCKETS_REST_ENABLED": "true",
         "WEBSOCKETS_REST_AUTH": "handshake",
@@ -165,6 +166,8 @@ def service(ctx: Context) -> Service:
             "directus/provision.mjs.j2",
             "directus/extensions/ccoas-hasura-claims/package.json.j2",
             "directus/extensions/ccoas-hasura-claims/index.js.j2",
+            "directus/extensions/ccoas-websocket-deletes/package.json.j2",
+            "directus/extensions/ccoas-websocket-deletes/index.js.j2",
         ),
         hooks=(
             Hook(

@@ -4,8 +4,10 @@
 // names. Every request runs in a transaction as a NOLOGIN role: with a valid Directus-issued
 // HS256 token as the user role, its claims set as ccoas.* transaction settings (row-level
 // security reads them); without a token as the anonymous role (public-read tables only); a
-// bad token is refused. Subscriptions (graphql-ws) LISTEN on the change feed's channels and
-// pass an event on only when the subscriber may read the row (re-read through its own RLS).
+// bad token is refused. Subscriptions (graphql-ws) share one LISTEN per table channel; each
+// batch of events is checked in one query for every distinct identity subscribed (its own
+// RLS decides; a delete goes only to those who could read the deleted row), and subscriptions
+// are bounded per connection and per client address.
 // Introspection and GraphiQL only when the stack's environment is dev.
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -14,7 +16,7 @@ import { createServer } from "node:http";
 import { postgraphile } from "postgraphile";
 import { makePgService, PgSubscriber } from "postgraphile/adaptors/pg";
 import { jsonParse } from "postgraphile/@dataplan/json";
-import { constant, context, listen } from "postgraphile/grafast";
+import { constant, context, listen, SafeError } from "postgraphile/grafast";
 import { grafserv } from "postgraphile/grafserv/node";
 import { NoSchemaIntrospectionCustomRule } from "postgraphile/graphql";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
@@ -87,51 +89,268 @@ function requestSettings(authorization) {
   return settings;
 }
 
-/** Whether the subscriber may read the row of a change event now (its own role and claims). */
-async function visible(event, table, settings) {
-  if (event.op === "DELETE" || event.op === "TRUNCATE") return true; // the key only, as LISTEN tells anyone
-  if (event.key == null) return false;
-  const client = await pool.connect();
-  try {
-    await client.query("BEGIN");
-    for (const [name, value] of Object.entries(settings)) {
-      await client.query("SELECT pg_catalog.set_config($1, $2, true)", [name, value]);
+/** A refusal the client reads as is (not masked): the subscription is not started. */
+function refuse(message, code) {
+  return new SafeError(message, { code });
+}
+
+/** Which request roles may read which tables (privileges, not rows): asked at most once a
+ * minute per role (a changed preset is seen without a restart; ccoas.change_audience checks
+ * the privilege again for every batch anyway). */
+const readable = new Map();
+const readableAsked = new Map();
+async function mayRead(role, table) {
+  if (!readable.has(role) || Date.now() - readableAsked.get(role) > 60_000) {
+    readableAsked.set(role, Date.now());
+    readable.set(
+      role,
+      pool
+        .query(
+          "SELECT t.schema_name || '.' || t.table_name AS name FROM pg_catalog.jsonb_to_recordset($1::jsonb) AS t(schema_name text, table_name text) " +
+            "WHERE pg_catalog.has_table_privilege($2, pg_catalog.format('%I.%I', t.schema_name, t.table_name), 'SELECT')",
+          [JSON.stringify(SETTINGS.tables.map((t) => ({ schema_name: t.schema, table_name: t.table }))), role],
+        )
+        .then((result) => new Set(result.rows.map((row) => row.name)))
+        .catch((error) => {
+          readable.delete(role);
+          throw error;
+        }),
+    );
+  }
+  return (await readable.get(role)).has(`${table.schema}.${table.table}`);
+}
+
+/** Subscriptions held per websocket connection and per client address, each bounded. */
+const LIMITS = SETTINGS.subscriptions;
+const heldByConnection = new WeakMap();
+const heldByClient = new Map();
+
+/** The client's address: Nginx sets X-Real-IP (PostGraphile is reachable only behind it). */
+function clientAddress({ ws, http }) {
+  const header = ws ? ws.request?.headers?.["x-real-ip"] : http?.getHeader?.("x-real-ip");
+  return (Array.isArray(header) ? header[0] : header) || ws?.request?.socket?.remoteAddress || "unknown";
+}
+
+/** Take one subscription slot for this connection (a websocket) and client, or refuse;
+ * returns the release. */
+function holdSlot(request) {
+  const socket = request.ws?.socket;
+  const client = clientAddress(request);
+  const onConnection = socket ? heldByConnection.get(socket) ?? 0 : 0;
+  const onClient = heldByClient.get(client) ?? 0;
+  if (onConnection >= LIMITS.per_connection) {
+    throw refuse(`too many subscriptions on this connection (at most ${LIMITS.per_connection})`, "TOO_MANY_SUBSCRIPTIONS");
+  }
+  if (onClient >= LIMITS.per_client) {
+    throw refuse(`too many subscriptions from this client address (at most ${LIMITS.per_client})`, "TOO_MANY_SUBSCRIPTIONS");
+  }
+  if (socket) heldByConnection.set(socket, onConnection + 1);
+  heldByClient.set(client, onClient + 1);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    if (socket) heldByConnection.set(socket, (heldByConnection.get(socket) ?? 1) - 1);
+    const left = (heldByClient.get(client) ?? 1) - 1;
+    if (left > 0) heldByClient.set(client, left);
+    else heldByClient.delete(client);
+  };
+}
+
+/**
+ * One LISTEN per table channel, shared by all its subscriptions. Events are taken in batches
+ * (whatever arrived while the previous batch was being checked) and ONE query decides, for
+ * every distinct identity (role and claims) subscribed to the table, which events it may read:
+ * ccoas.change_audience (inserts and updates re-read under each identity's own row-level
+ * security, deletes judged on the deleted row's image, truncates by table privilege). The
+ * cost per event grows with distinct identities inside one SQL call, never with a transaction
+ * per subscription. Each subscription numbers its own events (seq 1, 2, …): nothing global.
+ */
+class TableFeed {
+  constructor(table) {
+    this.table = table;
+    this.subscriptions = new Set();
+    this.pending = [];
+    this.checking = false;
+    this.listening = null;
+  }
+
+  add(subscription) {
+    this.subscriptions.add(subscription);
+    if (!this.listening) this.listen();
+  }
+
+  remove(subscription) {
+    this.subscriptions.delete(subscription);
+    if (this.subscriptions.size === 0 && this.listening) {
+      const listening = this.listening;
+      this.listening = null;
+      listening.return?.();
     }
-    const where = table.key.map((column, i) => `t.${pg.escapeIdentifier(column)} = $${i + 1}`).join(" AND ");
-    const qualified = `${pg.escapeIdentifier(table.schema)}.${pg.escapeIdentifier(table.table)}`;
-    const found = await client.query(`SELECT 1 FROM ${qualified} AS t WHERE ${where}`, table.key.map((c) => event.key[c]));
-    await client.query("COMMIT");
-    return found.rowCount > 0;
-  } catch (error) {
-    await client.query("ROLLBACK").catch(() => {});
-    console.error(`postgraphile: visibility check on ${table.schema}.${table.table} failed: ${error.message}`);
-    return false;
-  } finally {
-    client.release();
+  }
+
+  listen() {
+    const stream = subscriber.subscribe(this.table.channel);
+    this.listening = stream;
+    (async () => {
+      for await (const payload of stream) {
+        let event;
+        try {
+          event = JSON.parse(payload);
+        } catch {
+          continue;
+        }
+        if (event.seq == null) continue;
+        this.pending.push(event);
+        this.check();
+      }
+    })().catch((error) => console.error(`postgraphile: change feed ${this.table.channel} stopped: ${error.message}`));
+  }
+
+  async check() {
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      while (this.pending.length) {
+        const batch = this.pending.splice(0, SETTINGS.subscriptions.batch_max);
+        await this.deliver(batch);
+      }
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  async deliver(batch) {
+    const groups = new Map();
+    for (const subscription of this.subscriptions) {
+      let group = groups.get(subscription.identityKey);
+      if (!group) groups.set(subscription.identityKey, (group = { identity: subscription.identity, members: [] }));
+      group.members.push(subscription);
+    }
+    if (groups.size === 0) return;
+    const ordered = [...groups.values()];
+    let rows;
+    try {
+      ({ rows } = await pool.query("SELECT a.identity, a.seq FROM ccoas.change_audience($1::jsonb, $2::bigint[]) AS a", [
+        JSON.stringify(ordered.map((group) => group.identity)),
+        batch.map((event) => String(event.seq)),
+      ]));
+    } catch (error) {
+      console.error(`postgraphile: audience of ${batch.length} change(s) on ${this.table.schema}.${this.table.table} failed, not delivered: ${error.message}`);
+      return;
+    }
+    const audience = new Map(batch.map((event) => [String(event.seq), new Set()]));
+    for (const row of rows) audience.get(String(row.seq))?.add(row.identity);
+    // Delivered in slices, the event loop free between them: a crowd's deliveries never hold
+    // up another user's request for longer than one slice takes.
+    let pushed = 0;
+    for (const event of batch) {
+      for (const index of audience.get(String(event.seq))) {
+        for (const subscription of ordered[index].members) {
+          subscription.push(event);
+          if (++pushed % SETTINGS.subscriptions.delivery_slice === 0) await new Promise((resolve) => setImmediate(resolve));
+        }
+      }
+    }
   }
 }
 
-/** A subscriber whose streams carry only the events this request may see. */
-function filteredSubscriber(settings) {
+const feeds = new Map(SETTINGS.tables.map((table) => [table.channel, new TableFeed(table)]));
+
+/**
+ * One subscription's stream: the events its feed hands it, numbered 1, 2, … for it alone. An
+ * iterator of its own (not an async generator, whose return() would wait for the next event):
+ * ending the subscription releases its slot and leaves the feed at once. A subscriber more
+ * than queue_max events behind is ended with an error (it resubscribes).
+ */
+class SubscriptionStream {
+  constructor(feed, role, claims, request) {
+    this.feed = feed;
+    this.identity = { role, settings: claims };
+    this.identityKey = JSON.stringify([role, Object.entries(claims).sort()]);
+    this.queue = [];
+    this.waiting = null;
+    this.overflow = false;
+    this.done = false;
+    this.count = 0;
+    this.release = null;
+    // Refused here, once, when the subscription starts: a table the role may not read, or
+    // one subscription too many for the connection or the client.
+    this.ready = mayRead(role, feed.table).then((allowed) => {
+      if (!allowed) {
+        throw refuse(`${feed.table.schema}.${feed.table.table} cannot be read with this token (or without one): subscription refused`, "FORBIDDEN");
+      }
+      if (this.done) return;
+      this.release = holdSlot(request);
+      feed.add(this);
+    });
+    this.ready.catch(() => this.close());
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+
+  format(event) {
+    this.count += 1;
+    return JSON.stringify({ op: event.op, key: event.key, seq: String(this.count) });
+  }
+
+  push(event) {
+    if (this.done) return;
+    if (this.waiting) {
+      const resolve = this.waiting;
+      this.waiting = null;
+      resolve({ value: this.format(event), done: false });
+    } else if (this.queue.length >= SETTINGS.subscriptions.queue_max) {
+      this.overflow = true;
+    } else {
+      this.queue.push(event);
+    }
+  }
+
+  async next() {
+    await this.ready;
+    if (this.queue.length) return { value: this.format(this.queue.shift()), done: false };
+    if (this.overflow) {
+      this.close();
+      throw refuse("subscriber too slow: events were dropped, subscribe again", "OVERFLOW");
+    }
+    if (this.done) return { value: undefined, done: true };
+    return new Promise((resolve) => (this.waiting = resolve));
+  }
+
+  async return() {
+    this.close();
+    return { value: undefined, done: true };
+  }
+
+  async throw(error) {
+    this.close();
+    throw error;
+  }
+
+  close() {
+    if (this.done) return;
+    this.done = true;
+    this.feed.remove(this);
+    this.release?.();
+    if (this.waiting) {
+      const resolve = this.waiting;
+      this.waiting = null;
+      resolve({ value: undefined, done: true });
+    }
+  }
+}
+
+/** The subscriber of one request: each stream carries only the events its identity may read. */
+function filteredSubscriber(settings, request) {
+  const { role, ...claims } = settings;
   return {
     subscribe(channel) {
-      const table = SETTINGS.tables.find((t) => t.channel === channel);
-      const inner = subscriber.subscribe(channel);
-      return (async function* () {
-        try {
-          for await (const payload of inner) {
-            let event;
-            try {
-              event = JSON.parse(payload);
-            } catch {
-              continue;
-            }
-            if (table && (await visible(event, table, settings))) yield payload;
-          }
-        } finally {
-          await inner.return?.();
-        }
-      })();
+      const feed = feeds.get(channel);
+      if (!feed) throw refuse("no such change feed", "NOT_FOUND");
+      return new SubscriptionStream(feed, role, claims, request);
     },
   };
 }
@@ -154,7 +373,7 @@ const ChangeFeedPlugin = extendSchema((build) => {
     const typeName = build.inflection.tableType(resource.codec);
     const payload = `${typeName}Change`;
     const field = `${camel(table.table)}Changed`;
-    fields.push(`  """Changes to ${table.schema}.${table.table} the subscriber may read (channel ${table.channel})."""\n  ${field}: ${payload}`);
+    fields.push(`  """Changes to ${table.schema}.${table.table} the subscriber may read (channel ${table.channel}); seq numbers this subscription's events from 1."""\n  ${field}: ${payload}`);
     types.push(`type ${payload} {\n  seq: String!\n  op: String!\n  key: JSON\n  node: ${typeName}\n}`);
     objects.Subscription.plans[field] = {
       subscribePlan() {
@@ -216,7 +435,7 @@ const preset = {
       const authorization =
         requestContext.http?.getHeader("authorization") ?? requestContext.ws?.normalizedConnectionParams?.authorization;
       const settings = requestSettings(Array.isArray(authorization) ? authorization[0] : authorization);
-      return { pgSettings: settings, ccoasSubscriber: filteredSubscriber(settings) };
+      return { pgSettings: settings, ccoasSubscriber: filteredSubscriber(settings, { ws: requestContext.ws, http: requestContext.http }) };
     },
   },
   schema: { exportSchemaSDLPath: undefined, pgForbidSetofFunctionsToReturnNull: false },

@@ -313,7 +313,7 @@ async def _graphql_subscriber(directus: Directus, token: str, received: list, re
     """PostGraphile over wss (graphql-transport-ws), authenticated with the Directus token."""
     url = directus.edge.websocket_url("/graphql")
     async with websockets.connect(url, ssl=directus.context, subprotocols=["graphql-transport-ws"], open_timeout=20) as ws:
-        await graphql_subscribe(ws, token, "subscription { notesChanged { op node { body ownerId } } }")
+        await graphql_subscribe(ws, token, "subscription { notesChanged { op key node { body ownerId } } }")
         ready.set()
         await gather_events(ws, received, stop)
 
@@ -347,6 +347,42 @@ def test_a_subscriber_gets_its_own_change_and_nothing_of_others(directus, users,
     assert f"a {marker}" in json.dumps(message) and a["id"] in json.dumps(message), message
     assert f"b {marker}" not in json.dumps(message)
     print(f"\ninsert through Directus → {subscriber.__name__.strip('_')}: {(at - began) * 1000:.1f} ms")
+
+
+@pytest.mark.parametrize("subscriber", [_directus_subscriber, _graphql_subscriber], ids=["directus-realtime", "graphql"])
+def test_a_delete_reaches_only_who_could_read_the_row(directus, users, subscriber):
+    """A subscribes; B creates and deletes a note (through Directus): A hears nothing of it, not
+    even its key. A creates and deletes one: A hears both, the delete naming A's key."""
+    a, b = users["a"], users["b"]
+    received: list = []
+
+    async def scenario() -> tuple[str, str, list]:
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(subscriber(directus, a["token"], received, ready, stop))
+        await asyncio.wait_for(ready.wait(), 20)
+        theirs = (await asyncio.to_thread(directus.ok, "POST", "/items/notes", {"body": "b, soon gone"}, b["token"]))["id"]
+        await asyncio.to_thread(directus.ok, "DELETE", f"/items/notes/{theirs}", None, b["token"])
+        await asyncio.sleep(1.5)
+        leaked = list(received)
+        mine = (await asyncio.to_thread(directus.ok, "POST", "/items/notes", {"body": "a, soon gone"}, a["token"]))["id"]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(directus.ok, "DELETE", f"/items/notes/{mine}", None, a["token"])
+        began = time.monotonic()
+        while len(received) < len(leaked) + 2 and time.monotonic() - began < 3:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+        return theirs, mine, leaked
+
+    theirs, mine, leaked = asyncio.run(scenario())
+    assert leaked == [], leaked
+    assert theirs not in json.dumps(received), received
+    messages = [message for _, message in received]
+    assert len(messages) == 2, messages
+    created, deleted = (json.dumps(m) for m in messages)
+    assert mine in created and ("create" in created or "INSERT" in created), messages
+    assert mine in deleted and ("delete" in deleted or "DELETE" in deleted), messages
 
 
 # --- last, as it changes the stack: a changed preset converges on the next up ----------------

@@ -499,9 +499,17 @@ CREATE TABLE IF NOT EXISTS ccoas.change_log_horizon (
     pruned_through bigint NOT NULL DEFAULT 0
 );
 INSERT INTO ccoas.change_log_horizon (singleton) VALUES (true) ON CONFLICT (singleton) DO NOTHING;
+-- What a deleted row showed to row-level security: the columns its table's policies read
+-- (nothing else), so a DELETE is told only to those who could read the row. Nobody but the
+-- owner reads it (ccoas.deleted_audience evaluates it); it goes with its log entry.
+CREATE TABLE IF NOT EXISTS ccoas.change_log_image (
+    seq bigint PRIMARY KEY REFERENCES ccoas.change_log (seq) ON DELETE CASCADE,
+    image jsonb NOT NULL
+);
 ALTER TABLE ccoas.change_log OWNER TO "app_owner";
 ALTER TABLE ccoas.change_log_horizon OWNER TO "app_owner";
-REVOKE ALL ON ccoas.change_log, ccoas.change_log_horizon FROM PUBLIC;
+ALTER TABLE ccoas.change_log_image OWNER TO "app_owner";
+REVOKE ALL ON ccoas.change_log, ccoas.change_log_horizon, ccoas.change_log_image FROM PUBLIC;
 -- Readers see what LISTEN would tell them anyway (schema, table, op, key, seq); rows are
 -- re-read through their own row-level security.
 GRANT SELECT ON ccoas.change_log, ccoas.change_log_horizon TO "directus", "postgraphile";
@@ -546,6 +554,7 @@ DECLARE
     change record;
     entry bigint;
     payload_key jsonb;
+    old_image jsonb;
 BEGIN
     IF TG_OP <> 'TRUNCATE' THEN
         IF TG_OP <> 'INSERT' THEN
@@ -571,6 +580,18 @@ BEGIN
         INSERT INTO ccoas.change_log (schema_name, table_name, op, key)
             VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, change.op, change.key)
             RETURNING seq INTO entry;
+        IF change.op = 'DELETE' THEN
+            -- the columns the table's policies read (pg_depend records them): who may hear of it
+            SELECT COALESCE(pg_catalog.jsonb_object_agg(a.attname, pg_catalog.to_jsonb(OLD) -> a.attname), '{}')
+                INTO old_image
+                FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = TG_RELID AND a.attnum IN (
+                    SELECT d.refobjsubid FROM pg_catalog.pg_depend AS d
+                    WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
+                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                      AND d.refobjid = TG_RELID AND d.refobjsubid > 0);
+            INSERT INTO ccoas.change_log_image (seq, image) VALUES (entry, old_image);
+        END IF;
         payload_key := CASE WHEN pg_catalog.octet_length(change.key::text) <= 1024 THEN change.key END;
         PERFORM pg_catalog.pg_notify(TG_ARGV[0], pg_catalog.jsonb_build_object(
             'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME, 'op', change.op, 'key', payload_key, 'seq', entry
@@ -626,6 +647,126 @@ $ccoas$;
 ALTER FUNCTION ccoas.changes_since(bigint, integer) OWNER TO "app_owner";
 REVOKE ALL ON FUNCTION ccoas.changes_since(bigint, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ccoas.changes_since(bigint, integer) TO "directus", "postgraphile";
+
+-- Who may read each change, for many identities at once (one call per batch of changes, as
+-- Hasura multiplexes): identities is a JSON array of {"role": <request role>, "settings":
+-- {"ccoas.user_id": …, …}}; the answer is (identity index from 0, seq) for each pair where the
+-- identity may read the change. INSERT and UPDATE: the row re-read as that role with those
+-- settings (its own row-level security). DELETE: the table's SELECT policies for that role
+-- evaluated on the deleted row's image (ccoas.deleted_audience). TRUNCATE: every role that may
+-- read the table. Only the GraphQL plane's login role may call it (it may act as anyone).
+CREATE OR REPLACE FUNCTION ccoas.deleted_audience(identities jsonb, seqs bigint[])
+    RETURNS TABLE (identity integer, seq bigint)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+DECLARE
+    who record;
+    entry record;
+    names text[];
+    qual text;
+    allowed boolean;
+BEGIN
+    SELECT pg_catalog.array_agg(DISTINCT s.name) INTO names
+        FROM pg_catalog.jsonb_array_elements(identities) AS i(value),
+             pg_catalog.jsonb_object_keys(COALESCE(i.value -> 'settings', '{}')) AS s(name);
+    FOR entry IN
+        SELECT l.seq, l.schema_name, l.table_name, m.image, c.oid AS relid
+        FROM ccoas.change_log AS l
+        JOIN ccoas.change_log_image AS m ON m.seq = l.seq
+        JOIN pg_catalog.pg_namespace AS n ON n.nspname = l.schema_name
+        JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = l.table_name
+        WHERE l.seq = ANY (seqs) AND l.op = 'DELETE'
+        ORDER BY l.seq
+    LOOP
+        FOR who IN
+            SELECT (i.n - 1)::integer AS n, i.value FROM pg_catalog.jsonb_array_elements(identities) WITH ORDINALITY AS i(value, n)
+        LOOP
+            CONTINUE WHEN NOT pg_catalog.has_table_privilege(who.value ->> 'role', entry.relid, 'SELECT');
+            -- as row-level security combines them: permissive policies OR'ed, restrictive AND'ed
+            SELECT '(' || COALESCE(pg_catalog.string_agg('(' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')', ' OR ') FILTER (WHERE p.polpermissive), 'false')
+                   || ') AND (' || COALESCE(pg_catalog.string_agg('(' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')', ' AND ') FILTER (WHERE NOT p.polpermissive), 'true') || ')'
+                INTO qual
+                FROM pg_catalog.pg_policy AS p
+                WHERE p.polrelid = entry.relid AND p.polcmd IN ('r', '*') AND p.polqual IS NOT NULL
+                  AND EXISTS (
+                      SELECT FROM pg_catalog.unnest(p.polroles) AS r(oid)
+                      WHERE CASE WHEN r.oid = 0 THEN true ELSE pg_catalog.pg_has_role(who.value ->> 'role', r.oid, 'MEMBER') END);
+            FOR i IN 1 .. COALESCE(pg_catalog.array_length(names, 1), 0) LOOP
+                PERFORM pg_catalog.set_config(names[i], COALESCE(who.value -> 'settings' ->> names[i], ''), true);
+            END LOOP;
+            EXECUTE pg_catalog.format('SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%I.%I, $1) AS %I',
+                                      qual, entry.schema_name, entry.table_name, entry.table_name)
+                INTO allowed USING entry.image;
+            IF allowed THEN
+                identity := who.n;
+                seq := entry.seq;
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$ccoas$;
+ALTER FUNCTION ccoas.deleted_audience(jsonb, bigint[]) OWNER TO "app_owner";
+REVOKE ALL ON FUNCTION ccoas.deleted_audience(jsonb, bigint[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ccoas.change_audience(identities jsonb, seqs bigint[])
+    RETURNS TABLE (identity integer, seq bigint)
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+DECLARE
+    who record;
+    target record;
+    targets jsonb;
+    names text[];
+    matches text;
+BEGIN
+    RETURN QUERY SELECT d.identity, d.seq FROM ccoas.deleted_audience(identities, seqs) AS d;
+    -- the log is read as the caller, before taking on each identity's role
+    SELECT pg_catalog.jsonb_agg(t) INTO targets FROM (
+        SELECT pg_catalog.format('%I.%I', l.schema_name, l.table_name) AS relation,
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('seq', l.seq, 'key', l.key) ORDER BY l.seq)
+                   FILTER (WHERE l.op IN ('INSERT', 'UPDATE')) AS live,
+               pg_catalog.jsonb_agg(l.seq ORDER BY l.seq) FILTER (WHERE l.op = 'TRUNCATE') AS truncated
+        FROM ccoas.change_log AS l
+        WHERE l.seq = ANY (seqs) AND l.op <> 'DELETE'
+        GROUP BY l.schema_name, l.table_name
+    ) AS t;
+    IF targets IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.array_agg(DISTINCT s.name) INTO names
+        FROM pg_catalog.jsonb_array_elements(identities) AS i(value),
+             pg_catalog.jsonb_object_keys(COALESCE(i.value -> 'settings', '{}')) AS s(name);
+    FOR who IN
+        SELECT (i.n - 1)::integer AS n, i.value FROM pg_catalog.jsonb_array_elements(identities) WITH ORDINALITY AS i(value, n)
+    LOOP
+        PERFORM pg_catalog.set_config('role', who.value ->> 'role', true);
+        FOR i IN 1 .. COALESCE(pg_catalog.array_length(names, 1), 0) LOOP
+            PERFORM pg_catalog.set_config(names[i], COALESCE(who.value -> 'settings' ->> names[i], ''), true);
+        END LOOP;
+        FOR target IN SELECT t.value FROM pg_catalog.jsonb_array_elements(targets) AS t(value) LOOP
+            CONTINUE WHEN NOT pg_catalog.has_table_privilege(target.value ->> 'relation', 'SELECT');
+            IF pg_catalog.jsonb_typeof(target.value -> 'truncated') = 'array' THEN
+                RETURN QUERY SELECT who.n, s.value::bigint FROM pg_catalog.jsonb_array_elements_text(target.value -> 'truncated') AS s(value);
+            END IF;
+            CONTINUE WHEN pg_catalog.jsonb_typeof(target.value -> 'live') IS DISTINCT FROM 'array';
+            SELECT pg_catalog.string_agg(pg_catalog.format('t.%I = k.%I', c, c), ' AND ') INTO matches
+                FROM pg_catalog.jsonb_object_keys(target.value -> 'live' -> 0 -> 'key') AS c;
+            RETURN QUERY EXECUTE pg_catalog.format(
+                'SELECT $1, (e.value ->> ''seq'')::bigint FROM pg_catalog.jsonb_array_elements($2) AS e(value) '
+                'WHERE EXISTS (SELECT FROM %1$s AS t, pg_catalog.jsonb_populate_record(NULL::%1$s, e.value -> ''key'') AS k WHERE %2$s)',
+                target.value ->> 'relation', matches
+            ) USING who.n, target.value -> 'live';
+        END LOOP;
+    END LOOP;
+    PERFORM pg_catalog.set_config('role', 'none', true);
+END
+$ccoas$;
+ALTER FUNCTION ccoas.change_audience(jsonb, bigint[]) OWNER TO "app_owner";
+REVOKE ALL ON FUNCTION ccoas.change_audience(jsonb, bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ccoas.deleted_audience(jsonb, bigint[]), ccoas.change_audience(jsonb, bigint[]) TO "postgraphile";
 
 -- app.notes → channel ccoas_app_notes
 DROP TRIGGER IF EXISTS ccoas_change ON "app"."notes";
