@@ -162,10 +162,10 @@ def plan(
     if as_json:
         sys.stdout.write(resolved.to_json())
         return
-    from ccoas.report import plan_tables
+    from ccoas.report import plan_tables, print_table
 
     for table in plan_tables(resolved):
-        out.print(table)
+        print_table(out, table)
     out.print(f"state on this host: {_state_line(resolved)}", highlight=False, soft_wrap=True)
 
 
@@ -232,7 +232,7 @@ def up(
     if dry_run:
         _print_operations(_engine(resolved).up(dry_run=True).operations)
         return
-    from ccoas.report import ProgressReporter, login_hints, status_table
+    from ccoas.report import ProgressReporter, login_hints, print_table, status_table
 
     from ccoas.backup import snapshot_before_up
 
@@ -244,7 +244,7 @@ def up(
         result = engine_.up(build=build, timeout=timeout)
     if taken is not None:
         out.print(f"snapshot taken first: {taken[0].path} (restore: ccoas restore {taken[0].path} after `ccoas down --purge`)", highlight=False)
-    out.print(status_table(result.status))
+    print_table(out, status_table(result.status))
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     for hint in login_hints(resolved, result.status, stack, name):
@@ -326,11 +326,11 @@ def restore(
 ) -> None:
     """Restore a bundle onto an empty (or purged) stack; verified first, never half-applied."""
     from ccoas.backup import restore as restore_bundle
-    from ccoas.report import ProgressReporter, status_table
+    from ccoas.report import ProgressReporter, print_table, status_table
 
     with ProgressReporter(err) as progress:
         result = restore_bundle(_engine(_plan(stack, name), progress), bundle, key_file=key_file, build=build, timeout=timeout)
-    out.print(status_table(result.status))
+    print_table(out, status_table(result.status))
     for service, what in sorted(result.restored.items()):
         out.print(f"restored {service}: {what}", highlight=False)
 
@@ -365,7 +365,7 @@ def status(
     containers are read from the engine whichever engine made them).
 
     Exit code 3 when a service is not running and healthy, so a CI job can gate on it."""
-    from ccoas.report import status_table
+    from ccoas.report import print_table, status_table
 
     resolved = _plan(stack, name)
     if engine is Engine.pulumi:
@@ -379,7 +379,7 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
     else:
-        out.print(status_table(rows))
+        print_table(out, status_table(rows))
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     err.print(f"state: {_state_line(resolved)}", highlight=False, soft_wrap=True)
@@ -614,17 +614,13 @@ def secrets_list(
     as_json: Annotated[bool, typer.Option("--json", help="Names, paths, versions and readers as JSON.")] = False,
 ) -> None:
     """List the stack's secrets: OWNER/NAME, Vault paths, versions and readers (never values)."""
-    from ccoas.report import secrets_table
+    from ccoas.report import print_table, secrets_table
 
     rows = _engine(_plan(stack, name)).secrets().list()
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
         return
-    table = secrets_table(rows, wrap=out.is_terminal)
-    if out.is_terminal:
-        out.print(table)
-    else:  # a log or a pipe: whole names and paths, never folded or cut
-        Console(width=100_000, file=sys.stdout).print(table, soft_wrap=True)
+    print_table(out, secrets_table(rows))
 
 
 @secrets_app.command("get")

@@ -73,14 +73,25 @@ def status_table(rows: Iterable[Any]) -> Table:
     return table
 
 
-def secrets_table(rows: Iterable[Any], wrap: bool = True) -> Table:
-    """``wrap=False`` (not a terminal): names and paths whole on one line each."""
+def secrets_table(rows: Iterable[Any]) -> Table:
     table = Table(title="secrets (values are never shown; `ccoas secrets get OWNER/NAME` prints one)")
     for column in ("secret", "vault path", "version", "readers"):
-        table.add_column(column, no_wrap=not wrap, overflow="fold" if wrap else "ignore")
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row.name, row.path, str(row.version or "-"), ", ".join(row.readers))
     return table
+
+
+def print_table(console: Console, table: Table) -> None:
+    """On a terminal, ``table`` fitted to its width. Anywhere else (a log, a pipe, CI) every
+    value whole on one line: no ellipsis, no folding, however narrow the console thinks it is."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    for column in table.columns:
+        column.no_wrap, column.overflow = True, "ignore"
+    whole = Console(file=console.file, width=1_000_000, color_system=None, highlight=False, emoji=False)
+    whole.print(table, soft_wrap=True)
 
 
 def login_hints(plan: Any, status: Iterable[Any], stack: Any, name: str | None) -> list[str]:
