@@ -43,9 +43,11 @@ app = typer.Typer(
 images_app = typer.Typer(help="Local images, built from Debian, PyPI, npm and Go packages (no registry).", no_args_is_help=True)
 host_app = typer.Typer(help="Prepare a host for rootless containers (pyinfra).", no_args_is_help=True)
 secrets_app = typer.Typer(help="Secrets kept in Vault: paths and versions, never values.", no_args_is_help=True)
+tls_app = typer.Typer(help="The stack CA (in Vault) that signs the certificates ccoas generates.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 app.add_typer(host_app, name="host")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(tls_app, name="tls")
 
 out = Console()
 err = Console(stderr=True)
@@ -621,6 +623,22 @@ def secrets_list(
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
         return
     print_table(out, secrets_table(rows))
+
+
+@tls_app.command("trust")
+@reports_errors
+def tls_trust(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
+    """Print the stack CA's certificate (PEM, on stdout) and, on stderr, how to trust it in a
+    browser and in curl. It stays the same across certificate renewals."""
+    from ccoas.tls import trust_instructions
+
+    resolved = _plan(stack, name)
+    pem = _engine(resolved).secrets().ca_certificate()
+    sys.stdout.write(pem)
+    edge = [p for s in resolved.services if s.name == "nginx" for p in s.ports if p.scheme == "https"]
+    port = edge[0].host_port if edge else None
+    for line in trust_instructions(f"{resolved.stack}-ca.pem", resolved.domain, port):
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @secrets_app.command("get")

@@ -111,8 +111,14 @@ def login_hints(plan: Any, status: Iterable[Any], stack: Any, name: str | None) 
         email = plan.service("directus").environment.get("ADMIN_EMAIL", "?")
         args = f" {stack}" + (f" --name {name}" if name else "")
         hints.append(
-            f"Directus: {web[0]}/directus/  admin e-mail {email}; password: `ccoas secrets get directus/admin_password{args}`"
+            f"Directus admin app: {web[0]}/directus/  admin e-mail {email}; password: `ccoas secrets get directus/admin_password{args}`"
         )
+        hints.append(
+            "only the administrator role may use the admin app: users of the app-user role have no app access "
+            "(Directus shows them \"No App Access\"); they use the API, e.g. POST /directus/auth/login"
+        )
+        if plan.tls is not None and plan.tls.mode == "generate":
+            hints.append(f"TLS: the stack CA signs the certificate; `ccoas tls trust{args}` prints it and how to trust it")
     return hints
 
 
