@@ -1,6 +1,8 @@
 # The two entry points of the README. Everything a fresh machine needs is installed here.
 #   make up     set up, prepare the host (rootless Podman), build local images, `ccoas up` the default stack
-#   make test   set up, then the fast tier and the end-to-end tier (pytest exit code 5 fails too)
+#   make test   set up, then the fast tier (needs no prepared host: it may run first, on a host
+#               where `make up` never ran) and the end-to-end tier (prepares the host first);
+#               pytest exit code 5 fails too. Both print each test module's time at the end.
 PYTHON ?= python3
 VENV ?= .venv
 STACK ?= stacks/dev.yaml
@@ -26,8 +28,11 @@ up: host
 down: setup
 	$(CCOAS) down $(STACK)
 
+# Two workers (pytest-xdist): the fast tier is CPU-bound and the machines have two cores.
+FAST_WORKERS ?= 2
+
 test-fast: setup
-	$(PYTEST) -m "not e2e" -q
+	$(PYTEST) -m "not e2e" -q -n $(FAST_WORKERS)
 
 test-e2e: host
 	$(PYTEST) -m e2e -q
