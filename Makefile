@@ -34,8 +34,15 @@ FAST_WORKERS ?= 2
 test-fast: setup
 	$(PYTEST) -m "not e2e" -q -n $(FAST_WORKERS)
 
+# The e2e tier mostly waits (about 40% of two cores): E2E_WORKERS=2 runs it on two xdist
+# workers, each module whole on one worker and modules that share a fixture or host
+# preparation's apt/useradd one after another (tests/e2e/conftest.py). The images are built
+# first, once, so that two workers never build the same one at the same time.
+E2E_WORKERS ?= 0
+
 test-e2e: host
-	$(PYTEST) -m e2e -q
+	$(CCOAS) images build $(STACK)
+	$(PYTEST) -m e2e -q $(if $(filter-out 0,$(E2E_WORKERS)),-n $(E2E_WORKERS) --dist loadgroup)
 
 test: test-fast test-e2e
 

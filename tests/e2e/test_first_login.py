@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from ccoas.edge import Edge
-from ccoas.planner import CATALOG, build_plan, load_stack
+from ccoas.planner import build_plan, load_stack
 from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
 from healthy_stack import healthy_stack
 
@@ -34,20 +34,10 @@ OWNER_MODAL = "You have not set a project owner"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    name = f"newcomer-login-{uuid.uuid4().hex[:6]}"
-    document = {
-        "version": 1,
-        "name": name,
-        "environment": "ci",
-        "images": {"source": "local"},
-        "tls": {"mode": "generate"},
-        "components": {
-            **{c: {"enabled": False} for c in sorted(CATALOG) if c not in RUNNING},
-            "nginx": {"publish": [{"container_port": 8443, "host_port": 0}]},
-        },
-    }
-    path = tmp_path_factory.mktemp("login") / f"{name}.yaml"
+def stack(module_stack):
+    path = module_stack(f"newcomer-login-{uuid.uuid4().hex[:6]}", *RUNNING)
+    document = yaml.safe_load(path.read_text())
+    document["components"]["nginx"] = {"publish": [{"container_port": 8443, "host_port": 0}]}  # a free port
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     with healthy_stack(build_plan(load_stack(path)), RUNNING) as engine:
         yield engine, path
