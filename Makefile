@@ -28,11 +28,12 @@ up: host
 down: setup
 	$(CCOAS) down $(STACK)
 
-# Two workers (pytest-xdist): the fast tier is CPU-bound and the machines have two cores.
+# Two workers (pytest-xdist): the fast tier is CPU-bound and the machines have two cores; each
+# module whole on one worker (its module fixtures, a Vault server or one Checkov run, made once).
 FAST_WORKERS ?= 2
 
 test-fast: setup
-	$(PYTEST) -m "not e2e" -q -n $(FAST_WORKERS)
+	$(PYTEST) -m "not e2e" -q -n $(FAST_WORKERS) --dist loadfile
 
 # The e2e tier mostly waits (about 40% of two cores): E2E_WORKERS=2 runs it on two xdist
 # workers, each module whole on one worker and modules that share a fixture or host
