@@ -630,9 +630,12 @@ def secrets_list(
 def tls_trust(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
     """Print the stack CA's certificate (PEM, on stdout) and, on stderr, how to trust it in a
     browser and in curl. It stays the same across certificate renewals."""
+    from ccoas.secrets import generates_tls
     from ccoas.tls import trust_instructions
 
     resolved = _plan(stack, name)
+    if not generates_tls(resolved):
+        raise CcoasError(f"stack {resolved.stack} has no stack CA: its certificate is supplied (tls.mode: supplied); trust its issuer")
     pem = _engine(resolved).secrets().ca_certificate()
     sys.stdout.write(pem)
     edge = [p for s in resolved.services if s.name == "nginx" for p in s.ports if p.scheme == "https"]

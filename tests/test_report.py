@@ -66,3 +66,30 @@ def test_the_cli_prints_whole_tables_when_stdout_is_not_a_terminal(runner, monke
     assert "…" not in result.stdout
     for service in plan.services:
         assert f"{service.image.ref} ({service.image.source})" in result.stdout
+
+
+def test_tls_trust_on_a_stack_with_a_supplied_certificate_says_so_before_touching_the_engine(runner, monkeypatch):
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the engine was reached")
+
+    monkeypatch.setattr(ccoas.cli, "_engine", no_engine)
+
+    result = runner.invoke(app, ["tls", "trust", str(STACKS_DIR / "prod.yaml")])
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "has no stack CA: its certificate is supplied (tls.mode: supplied)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_tls_trust_prints_the_pem_alone_on_stdout_and_how_to_trust_it_on_stderr(runner, monkeypatch):
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    store = type("Store", (), {"ca_certificate": lambda self: pem})()
+    monkeypatch.setattr(ccoas.cli, "_engine", lambda plan, progress=None: type("E", (), {"secrets": lambda self: store})())
+
+    result = runner.invoke(app, ["tls", "trust", str(STACKS_DIR / "dev.yaml"), "--name", "pr-7"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == pem  # `ccoas tls trust > ca.pem` saves exactly the certificate
+    assert "curl --cacert pr-7-ca.pem https://localhost:8443/" in result.stderr
+    assert "Authorities > Import pr-7-ca.pem" in result.stderr
