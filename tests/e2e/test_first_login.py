@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -95,6 +96,21 @@ def test_curl_and_openssl_trust_the_edge_through_the_stack_ca_across_a_renewal(s
     assert verdict == "Verify return code: 0 (ok)", verdict
     assert serial_after != serial_before
     assert ccoas("tls", "trust", str(path)).stdout == trusted.stdout
+
+
+def test_the_compliance_controls_pass_on_the_stack_cas_chain(stack, tmp_path):
+    """`ccoas check`: sslyze's Mozilla intermediate profile and the expiry control read the
+    chain Nginx now serves (leaf, then the stack CA); only path validation may fail (no public
+    store knows the CA)."""
+    _, path = stack
+    report = tmp_path / "check.xml"
+
+    checked = ccoas("check", str(path), "--junit", str(report))
+
+    assert checked.returncode == 0, (checked.stdout + checked.stderr)[-4000:]
+    outcome = {case.get("name"): [child.tag for child in case] for case in ET.parse(report).getroot().iter("testcase")}
+    for control in ("test_edge_tls_is_mozilla_intermediate", "test_edge_certificate_is_not_about_to_expire"):
+        assert outcome.get(control) == [] or set(outcome.get(control, ["absent"])) <= {"system-out", "system-err", "properties"}, (control, outcome.get(control))
 
 
 def test_the_project_owner_is_set_and_nothing_is_pending_for_directus_servers(stack):
