@@ -375,8 +375,8 @@ def test_a_vault_from_before_the_stack_ca_gets_one_on_the_next_up(vault):
     root = root_client(bootstrap)
     try:
         root.sys.disable_secrets_engine(CA_MOUNT)
-        old_policy = "\n".join(block for block in ccoas_policy_hcl(plan).split("path ") if CA_MOUNT not in block)
-        root.sys.create_or_update_policy(plan.vault.ccoas_policy, old_policy.replace("\n\n", "\npath "))
+        old_policy = "path ".join(block for block in ccoas_policy_hcl(plan).split("path ") if CA_MOUNT not in block)
+        root.sys.create_or_update_policy(plan.vault.ccoas_policy, old_policy)
     finally:
         root.auth.token.revoke_self()
     secrets = store(plan, paths, bootstrap.ccoas_client())

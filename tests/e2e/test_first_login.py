@@ -113,6 +113,40 @@ def test_the_compliance_controls_pass_on_the_stack_cas_chain(stack, tmp_path):
         assert outcome.get(control) == [] or set(outcome.get(control, ["absent"])) <= {"system-out", "system-err", "properties"}, (control, outcome.get(control))
 
 
+def test_a_stack_from_before_the_stack_ca_migrates_on_the_next_up(stack, tmp_path):
+    """What an earlier ccoas left: a self-signed leaf in Vault and served by Nginx, no PKI mount,
+    the old ccoas policy. One `ccoas up` mounts a CA, issues a leaf from it and recreates Nginx."""
+    from ccoas.secrets import ccoas_policy_hcl
+    from ccoas.tls import CA_MOUNT, generate_self_signed
+
+    engine, path = stack
+    plan = engine.plan
+    cert, key = generate_self_signed(plan.domain)
+    store = engine.secrets()
+    for secret in plan.secrets:
+        if secret.generator in ("tls-cert", "tls-key"):
+            store.put(secret, cert if secret.generator == "tls-cert" else key)
+    engine.up()  # delivers the self-signed pair: Nginx serves what the earlier ccoas made
+    old_policy = "path ".join(block for block in ccoas_policy_hcl(plan).split("path ") if CA_MOUNT not in block)
+    with engine.steps.vault().root_client() as root:
+        root.sys.disable_secrets_engine(CA_MOUNT)
+        root.sys.create_or_update_policy(plan.vault.ccoas_policy, old_policy)
+    port = urlsplit(Edge.of(engine).origin).port
+    (tmp_path / "self-signed.pem").write_text(cert)
+    assert curl(f"https://{plan.domain}:{port}/directus/server/ping", "--cacert", str(tmp_path / "self-signed.pem")).stdout == "pong"
+
+    upgraded = ccoas("up", str(path))
+
+    assert upgraded.returncode == 0, upgraded.stderr[-3000:]
+    trusted = ccoas("tls", "trust", str(path))
+    assert trusted.returncode == 0, trusted.stderr
+    (tmp_path / "ca.pem").write_text(trusted.stdout)
+    port = urlsplit(Edge.of(engine).origin).port
+    url = f"https://{plan.domain}:{port}/directus/server/ping"
+    assert (curl(url, "--cacert", str(tmp_path / "ca.pem")).stdout, curl(url, "--cacert", str(tmp_path / "self-signed.pem")).returncode) == ("pong", 60)
+    assert ccoas("up", str(path)).stdout.strip().endswith("0 changes")
+
+
 def test_the_project_owner_is_set_and_nothing_is_pending_for_directus_servers(stack):
     engine, _ = stack
     directus = Directus(engine)
