@@ -182,7 +182,7 @@ class VaultBootstrap:
                 client.sys.submit_unseal_key(key)
         self.wait_active(client)
         root_token = material.get("root_token")
-        if not root_token and (not self._ccoas_token_valid() or self._policies_outdated()):
+        if not root_token and (not self._ccoas_token_valid() or self._policies_outdated() or self._stack_ca_missing()):
             # ccoas's token is gone or expired, a bootstrap was interrupted, or the plan's
             # policies changed: mint a one-off root token from the unseal key, converge, revoke it.
             root_token = self._root_from_unseal_keys(client, material["keys_base64"])
@@ -212,6 +212,9 @@ class VaultBootstrap:
             return True
         except hvac.exceptions.Forbidden:
             return False
+
+    def _stack_ca_missing(self) -> bool:
+        return SecretStore(self.plan, self.paths, self.socket, self.ccoas_client(), chown=lambda *_: None).stack_ca_missing()
 
     def _root_from_unseal_keys(self, client, keys: list[str]) -> str:
         """The generate-root flow with the unseal keys ccoas holds; the token is revoked right after use."""
@@ -426,6 +429,20 @@ class SecretStore:
             raise VaultError(f"stack {self.plan.stack}: Vault holds no stack CA yet: run `ccoas up`")
         return pem.strip() + "\n"
 
+    def stack_ca_missing(self) -> bool:
+        """The stack generates its certificate but Vault has no stack CA: no PKI mount (Vault
+        answers 403 for a path no mount serves, 404 through some clients) or an empty one."""
+        import hvac.exceptions
+
+        from ccoas.tls import CA_MOUNT
+
+        if not generates_tls(self.plan):
+            return False
+        try:
+            return not self.client.secrets.pki.read_ca_certificate(mount_point=CA_MOUNT).strip()  # type: ignore[attr-defined]
+        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+            return True
+
     def tls_pair(self) -> tuple[str, str]:
         """``(chain, key)`` for the edge: a new leaf from the stack CA, or the operator's pair."""
         from ccoas.tls import CA_MOUNT, LEAF_ROLE, chain, leaf_request, load_supplied
@@ -450,7 +467,7 @@ class SecretStore:
             if secret.generator not in TLS_GENERATORS:
                 self.put(secret, generate(secret))
                 written += 1
-        if any(s.generator in TLS_GENERATORS for s in missing) or self._generated_certificate_stale():
+        if any(s.generator in TLS_GENERATORS for s in missing) or self.certificate_renewal():
             # a pair is written whole, so that certificate and key always match
             cert, key = self.tls_pair()
             for secret in self.plan.secrets:
@@ -459,14 +476,14 @@ class SecretStore:
                     written += 1
         return written
 
-    def _generated_certificate_stale(self) -> bool:
-        """A certificate ccoas generated has less than RENEW_WITHIN_DAYS left, or is not the
-        stack CA's (self-signed, from before the CA): read from the file it last delivered
-        (ccoas's token never reads a value)."""
+    def certificate_renewal(self) -> str | None:
+        """Why the certificate ccoas generated must be issued again, or ``None``: less than
+        RENEW_WITHIN_DAYS left, or not the stack CA's (self-signed, from before the CA). Read
+        from the file it last delivered (ccoas's token never reads a value)."""
         from ccoas.tls import RENEW_WITHIN_DAYS, days_left, issued_by
 
         if not generates_tls(self.plan):
-            return False
+            return None
         ca = None
         for secret in self.plan.secrets:
             if secret.generator == "tls-cert":
@@ -475,12 +492,13 @@ class SecretStore:
                     if not path.exists():
                         continue
                     delivered = path.read_text()
-                    if days_left(delivered) < RENEW_WITHIN_DAYS:
-                        return True
+                    left = days_left(delivered)
+                    if left < RENEW_WITHIN_DAYS:
+                        return f"the edge certificate has {left:.1f} days left (renewed under {RENEW_WITHIN_DAYS})"
                     ca = ca or self.ca_certificate()
                     if not issued_by(delivered, ca):
-                        return True
-        return False
+                        return "the edge certificate is not the stack CA's (self-signed, from before the stack CA)"
+        return None
 
     def rotate(self, service: str) -> list[Secret]:
         """New versions of every secret ``service`` owns (the plan's :attr:`Secret.owner`)."""
