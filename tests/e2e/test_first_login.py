@@ -147,6 +147,37 @@ def test_a_stack_from_before_the_stack_ca_migrates_on_the_next_up(stack, tmp_pat
     assert ccoas("up", str(path)).stdout.strip().endswith("0 changes")
 
 
+def test_a_no_op_up_renews_a_certificate_near_its_end_from_the_same_ca(stack, tmp_path):
+    """A leaf of the stack CA with 10 days left, delivered: `up --dry-run` names the renewal;
+    `up` serves a new 90-day leaf that the CA of `ccoas tls trust` still verifies."""
+    from ccoas.tls import CA_MOUNT, LEAF_ROLE, chain, days_left, leaf_request
+
+    engine, path = stack
+    plan = engine.plan
+    store = engine.secrets()
+    issued = store.client.secrets.pki.generate_certificate(
+        LEAF_ROLE, plan.domain, extra_params={**leaf_request(plan.domain), "ttl": "240h"}, mount_point=CA_MOUNT
+    )["data"]
+    for secret in plan.secrets:
+        if secret.generator in ("tls-cert", "tls-key"):
+            store.put(secret, chain(issued["certificate"], issued["issuing_ca"]) if secret.generator == "tls-cert" else issued["private_key"])
+    engine.up()  # delivers the short-lived leaf
+    delivered = engine.paths.secret_file("nginx", "nginx_tls_cert")
+    assert days_left(delivered.read_text()) < 10.1
+
+    dry = ccoas("up", str(path), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    renew = [line for line in dry.stdout.splitlines() if line.startswith("renew secrets: the edge certificate has ")]
+    assert renew and renew[0].endswith("days left (renewed under 30)"), dry.stdout
+    renewed = ccoas("up", str(path))
+    assert renewed.returncode == 0, renewed.stderr[-3000:]
+    assert days_left(delivered.read_text()) > 89
+    (tmp_path / "ca.pem").write_text(ccoas("tls", "trust", str(path)).stdout)
+    port = urlsplit(Edge.of(engine).origin).port
+    verdict, _ = served(port, tmp_path / "ca.pem", plan.domain)
+    assert verdict == "Verify return code: 0 (ok)", verdict
+
+
 def test_the_project_owner_is_set_and_nothing_is_pending_for_directus_servers(stack):
     engine, _ = stack
     directus = Directus(engine)
