@@ -1,22 +1,26 @@
-"""Backup and restore of a stack's data: one versioned, checksummed bundle file.
+"""Backup and restore of a stack's data: one versioned, authenticated bundle file.
 
 A bundle holds what a stack cannot regenerate: Postgres's application database
 (``pg_dump`` custom format, with its grants and row-level security), the MinIO buckets of
 the plan (every object, byte for byte, with its content type and user metadata), and a
-raft snapshot of Vault (every secret, every version, the tokens and policies), plus the
-plan and rendered config it was taken with and a manifest with a SHA-256 per member.
+raft snapshot of Vault (every secret, every version, the tokens and policies) with the
+unseal key it opens with, plus the plan and rendered config it was taken with and a
+manifest with a SHA-256 per member.
 
-The file is ``MAGIC`` + one JSON header line (format version, whether the payload is
-encrypted, the payload's SHA-256) + the payload, a tar archive, encrypted with Fernet
-(AES-128-CBC + HMAC-SHA256, from ``cryptography``) when the operator gives a key file. A
-raft snapshot opens only with the unseal key of the Vault it came from: that key (and
-ccoas's token, stored in the snapshot) goes into ``FILE.unseal`` beside the bundle, 0600,
-for the operator to keep apart.
+The file is ``MAGIC`` + one JSON header line (format version, the payload's SHA-256) + the
+payload: the tar archive encrypted and authenticated with Fernet (AES-128-CBC +
+HMAC-SHA256, from ``cryptography``) under a key kept apart from the bundle: the operator's
+``--key-file``, or this host's bundle key (:func:`bundle_key_path`, root-only, outside the
+state directory), which automatic snapshots use. Whoever can write a bundle but does not
+hold the key cannot make one that restores.
 
-:func:`restore` reads and verifies everything first (header, payload checksum or
-authentication tag, every member's checksum, the plan's compatibility, the unseal file's
-match with the snapshot) and refuses before touching the engine. It restores only onto an
-empty stack, and if any step fails it purges what it created: a restore is whole or absent.
+:func:`open_bundle` authenticates the whole payload before it reads a byte of the archive,
+then checks every member (a regular file, a name that stays inside any directory it is
+written under, its checksum in the manifest). :func:`restore` then checks the plan's
+compatibility and that the stack is empty, and refuses before touching the engine. It
+restores only onto an empty stack, and if any step fails it purges what it created: a
+restore is whole or absent. Bundles of format 1 (unauthenticated, with the unseal key in a
+``FILE.unseal`` beside them) are read only when the operator says so.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ccoas import __version__
+from ccoas import __version__, host_files
 from ccoas.errors import CcoasError
 from ccoas.plan import LABEL_PREFIX, PLAN_SCHEMA_VERSION, Plan, Service
 
@@ -41,12 +46,19 @@ if TYPE_CHECKING:
     from ccoas.engine.local import LocalEngine
 
 MAGIC = b"CCOAS-BACKUP\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: always encrypted and authenticated, the unseal key inside. 1: optionally encrypted, the
+unseal key and ccoas's token in ``FILE.unseal`` beside it, unauthenticated (read only with
+``allow_unauthenticated``)."""
+UNAUTHENTICATED_FORMAT = 1
 DATA_SERVICES = ("postgres", "minio", "vault")
 """Services whose data a bundle carries. Redis is a cache (rebuilt by its clients); Directus keeps
 uploads in MinIO; Ollama's models are re-imported from their package."""
 RESTORE_DIR = ".ccoas-restore"
 """Under Postgres's data volume mount (not PGDATA): where the dump is put for pg_restore."""
+UNSEAL_MEMBER = "vault/unseal.json"
+DEFAULT_BUNDLE_KEY = Path("/etc/ccoas/keys/bundle.key")
+INSECURE_FLAG = "--insecure-unauthenticated"
 
 
 class BackupError(CcoasError):
@@ -57,65 +69,282 @@ class BackupError(CcoasError):
 class Bundle:
     manifest: dict[str, Any]
     members: dict[str, bytes]
-    """Archive member name → content; every checksum already verified."""
+    """Archive member name → content; every name and checksum already verified."""
+    authenticated: bool = True
+    """False only for a format-1 bundle read with ``allow_unauthenticated``."""
+    path: Path | None = None
 
     @property
     def plan(self) -> dict[str, Any]:
-        return json.loads(self.members["plan.json"])
+        return _json_object(self.members["plan.json"], f"{self.path or 'bundle'}: plan.json")
+
+    def unseal(self) -> dict[str, Any] | None:
+        """The unseal material of the bundle's Vault snapshot (None: no snapshot)."""
+        if "vault/raft.snap" not in self.members:
+            return None
+        if self.authenticated:
+            if UNSEAL_MEMBER not in self.members:
+                raise BackupError(f"{self.path}: the bundle holds a Vault snapshot but no unseal material")
+            source = f"{self.path or 'bundle'}: {UNSEAL_MEMBER}"
+            return _unseal_keys(_json_object(self.members[UNSEAL_MEMBER], source), source)
+        beside = unseal_path(self.path) if self.path else None
+        try:
+            material = json.loads(beside.read_text()) if beside else None
+        except FileNotFoundError:
+            material = None
+        except ValueError:
+            raise BackupError(f"{beside}: damaged (not JSON)") from None
+        if material is None:
+            raise BackupError(f"{beside}: missing: a format-1 bundle's Vault snapshot opens only with the unseal file saved beside it")
+        if material.get("snapshot_sha256") != _sha256(self.members["vault/raft.snap"]):
+            raise BackupError(f"{beside}: belongs to another bundle (its snapshot checksum differs)")
+        return _unseal_keys(material, str(beside))
+
+
+def _json_object(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise BackupError(f"{source}: damaged (not a JSON object)")
+    return value
+
+
+def _unseal_keys(material: Any, source: str) -> dict[str, Any]:
+    """Only the unseal keys are taken from a bundle (a token it may carry is never used)."""
+    keys = material.get("keys_base64") if isinstance(material, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+        raise BackupError(f"{source}: no unseal key (expected keys_base64: a list of base64 strings)")
+    return {"keys_base64": keys}
 
 
 @dataclass
 class BackupResult:
     path: Path
-    unseal_path: Path | None
+    key_path: Path
+    """The key that encrypts and authenticates the bundle (keep it apart from the bundle)."""
     size: int
     contents: dict[str, str] = field(default_factory=dict)
     """Per service: what was saved (e.g. ``3 objects in 1 bucket``)."""
 
 
-# -- the bundle file ----------------------------------------------------------------------------
+# -- keys ---------------------------------------------------------------------------------------
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _check_fernet_key(key: bytes, source: Path) -> bytes:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key)
+    except ValueError:
+        raise BackupError(f"{source}: not a key ccoas made (expected 32 url-safe base64-encoded bytes)") from None
+    return key
+
+
 def load_key(key_file: Path, create: bool = False) -> bytes:
     """A Fernet key from ``key_file``; with ``create``, a new one is written there (0600) if absent."""
     from cryptography.fernet import Fernet
 
+    key_file = Path(key_file)
     if not key_file.exists():
         if not create:
             raise BackupError(f"{key_file}: key file not found")
         _write_private(key_file, Fernet.generate_key())
-    key = key_file.read_bytes().strip()
+    return _check_fernet_key(key_file.read_bytes().strip(), key_file)
+
+
+def bundle_key_path() -> Path:
+    """This host's bundle key: ``CCOAS_BUNDLE_KEY``, else ``/etc/ccoas/keys/bundle.key``.
+
+    Root-only (0600 in a 0700 directory, both root's) and outside ``/var/lib/ccoas``, where the
+    engine user owns directories and where the bundles themselves lie: a key beside the bundles
+    it authenticates would authenticate nothing."""
+    return Path(os.environ.get("CCOAS_BUNDLE_KEY") or DEFAULT_BUNDLE_KEY)
+
+
+def _require_private(st: os.stat_result, path: Path, what: str) -> None:
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise BackupError(
+            f"{path}: the {what} must be owned by uid {os.geteuid()} and closed to everyone else "
+            f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it"
+        )
+
+
+def host_bundle_key(create: bool) -> bytes | None:
+    """This host's bundle key; with ``create`` it is made on first need (None: absent).
+
+    Its directory is made 0700 and checked (owned by us, closed to others, not a symlink);
+    the key is opened and created relative to that directory with ``O_NOFOLLOW`` (and
+    ``O_EXCL`` when created), so no link planted anywhere redirects it."""
+    from cryptography.fernet import Fernet
+
+    path = bundle_key_path()
+    directory = path.parent
+    if create:
+        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
     try:
-        Fernet(key)
-    except ValueError:
-        raise BackupError(f"{key_file}: not a key ccoas made (expected 32 url-safe base64-encoded bytes)") from None
-    return key
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupError(f"{directory}: cannot open the bundle key's directory (a symlink, or not a directory): {exc.strerror}") from None
+    try:
+        _require_private(os.fstat(dir_fd), directory, "bundle key's directory")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path.name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            key = Fernet.generate_key()
+            try:
+                fd = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            except FileExistsError:  # made meanwhile by another ccoas: use that one
+                fd = os.open(path.name, flags, dir_fd=dir_fd)
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(key)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.fsync(dir_fd)
+                return key
+        except OSError as exc:
+            raise BackupError(f"{path}: cannot open the bundle key (a symlink?): {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise BackupError(f"{path}: the bundle key is not a regular file")
+            _require_private(st, path, "bundle key")
+            return _check_fernet_key(handle.read().strip(), path)
+    finally:
+        os.close(dir_fd)
 
 
-def pack(members: dict[str, bytes], key: bytes | None) -> bytes:
-    """The bundle file's bytes: members archived (manifest first), sealed, headed."""
+# -- member names: nothing a bundle names may leave the directory it is written under ----------
+
+
+def member_parts(name: str, source: str = "bundle") -> tuple[str, ...]:
+    """The segments of a relative member name or object key; refuses anything that could name a
+    place outside the directory it is joined to, or a different file than it says."""
+    parts = tuple(name.split("/"))
+    problem = None
+    if not name:
+        problem = "an empty name"
+    elif "\0" in name:
+        problem = "a NUL byte"
+    elif name.startswith("/"):
+        problem = "an absolute path"
+    elif any(part == "" for part in parts):
+        problem = "an empty segment (//, or a trailing /)"
+    elif any(part in (".", "..") for part in parts):
+        problem = "a . or .. segment"
+    if problem:
+        raise BackupError(f"{source}: refused member name {name!r}: {problem}")
+    return parts
+
+
+def _contained(root: Path, parts: tuple[str, ...]) -> Path:
+    """``root`` joined with ``parts``, checked to resolve inside ``root``."""
+    target = root.joinpath(*parts)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(target)]) != real_root:
+        raise BackupError(f"{target}: resolves outside {root}; refusing to write it")
+    return target
+
+
+def write_contained(root: Path, name: str, content: bytes) -> Path:
+    """Write ``content`` to the new file ``root/name`` (0600), never outside ``root``.
+
+    The name is checked segment by segment, the resolved path checked to stay in ``root``, and
+    the file is reached from ``root`` one directory at a time with ``O_NOFOLLOW`` and created
+    with ``O_EXCL``: a symlink already there (planted, or a second member of the same name) is
+    refused rather than followed or overwritten."""
+    parts = member_parts(name, str(root))
+    target = _contained(root, parts)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        try:
+            out = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        except OSError as exc:
+            raise BackupError(f"{target}: refusing to write it: {exc.strerror}") from None
+        with os.fdopen(out, "wb") as handle:
+            handle.write(content)
+    except NotADirectoryError:
+        raise BackupError(f"{target}: refusing to write it: a segment of its path is a file or a symlink") from None
+    finally:
+        os.close(fd)
+    return target
+
+
+def read_regular_files(root: Path) -> dict[str, bytes]:
+    """Every regular file under ``root`` by its relative path, read without following a link
+    (a symlink, device or FIFO there is skipped: a job container cannot make root read a file
+    outside its staging directory)."""
+    files: dict[str, bytes] = {}
+    if not root.is_dir() or root.is_symlink():
+        return files
+    for directory, _, names, dir_fd in os.fwalk(root, follow_symlinks=False):
+        relative = Path(directory).relative_to(root)
+        for name in names:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError:  # a symlink (ELOOP) or gone
+                continue
+            with os.fdopen(fd, "rb") as handle:
+                if stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    files[(relative / name).as_posix()] = handle.read()
+    return files
+
+
+# -- the bundle file ----------------------------------------------------------------------------
+
+
+def pack(members: dict[str, bytes], key: bytes) -> bytes:
+    """The bundle file's bytes: members archived (manifest first), encrypted and authenticated, headed."""
+    from cryptography.fernet import Fernet
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name in sorted(members, key=lambda n: (n != "manifest.json", n)):
+            member_parts(name)
             info = tarfile.TarInfo(name)
             info.size = len(members[name])
             info.mode = 0o600
             archive.addfile(info, io.BytesIO(members[name]))
-    payload = buffer.getvalue()
-    if key is not None:
-        from cryptography.fernet import Fernet
-
-        payload = Fernet(key).encrypt(payload)
-    header = {"format": "ccoas-backup", "version": FORMAT_VERSION, "encrypted": key is not None, "sha256": _sha256(payload)}
+    payload = Fernet(key).encrypt(buffer.getvalue())
+    header = {"format": "ccoas-backup", "version": FORMAT_VERSION, "encrypted": True, "sha256": _sha256(payload)}
     return MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
 
 
-def unpack(data: bytes, key: bytes | None, source: str = "bundle") -> Bundle:
-    """Verify and open a bundle; any damage (one flipped byte anywhere) raises :class:`BackupError`."""
+def _unauthenticated(source: str, why: str) -> BackupError:
+    return BackupError(
+        f"{source}: refused: {why}. Anyone who could write the bundle (or the file beside it) chose what a restore "
+        f"would install: Vault's snapshot and unseal key, the SQL pg_restore runs as the superuser. If you know where "
+        f"this bundle came from, restore it with {INSECURE_FLAG}, then take a new backup"
+    )
+
+
+def unpack(data: bytes, key: bytes | None, source: str = "bundle", allow_unauthenticated: bool = False) -> Bundle:
+    """Authenticate and open a bundle; any damage (one flipped byte anywhere), a wrong key, an
+    unauthenticated bundle (unless allowed) or a member that is not a plain relative file raises
+    :class:`BackupError` before anything is read from the archive."""
     if not data.startswith(MAGIC):
         raise BackupError(f"{source}: not a ccoas backup bundle (its first line is not {MAGIC.strip().decode()})")
     line, _, payload = data[len(MAGIC):].partition(b"\n")
@@ -123,27 +352,37 @@ def unpack(data: bytes, key: bytes | None, source: str = "bundle") -> Bundle:
         header = json.loads(line)
     except ValueError:
         raise BackupError(f"{source}: the bundle header is damaged") from None
-    if not isinstance(header, dict) or header.get("format") != "ccoas-backup" or header.get("version") != FORMAT_VERSION:
+    version = header.get("version") if isinstance(header, dict) else None
+    if not isinstance(header, dict) or header.get("format") != "ccoas-backup" or version not in (FORMAT_VERSION, UNAUTHENTICATED_FORMAT):
         raise BackupError(f"{source}: unsupported bundle header {line[:200].decode(errors='replace')!r} (this ccoas reads version {FORMAT_VERSION})")
+    if header.get("encrypted") not in (True, False) or (version == FORMAT_VERSION and header["encrypted"] is not True):
+        raise BackupError(f"{source}: the bundle header is damaged")
+    if version == UNAUTHENTICATED_FORMAT and not allow_unauthenticated:
+        raise _unauthenticated(source, f"a format-{UNAUTHENTICATED_FORMAT} bundle (an older ccoas) is not authenticated: its checksums are its own and its unseal file is not covered")
     if header.get("sha256") != _sha256(payload):
         raise BackupError(f"{source}: checksum mismatch: the bundle is damaged or truncated; nothing was restored")
-    if header.get("encrypted") is True:
+    if header["encrypted"]:
         if key is None:
-            raise BackupError(f"{source}: the bundle is encrypted: give the key file it was made with (--key-file)")
+            raise BackupError(f"{source}: the bundle is encrypted and authenticated: give the key it was made with (--key-file; this host's bundle key {bundle_key_path()} is absent)")
         from cryptography.fernet import Fernet, InvalidToken
 
         try:
             payload = Fernet(key).decrypt(payload)
         except InvalidToken:
-            raise BackupError(f"{source}: the key file does not open this bundle (wrong key, or the bundle is damaged)") from None
-    elif header.get("encrypted") is not False:
-        raise BackupError(f"{source}: the bundle header is damaged")
+            raise BackupError(f"{source}: the key does not authenticate this bundle (another key, or the bundle was altered); nothing was restored") from None
+    return _members(payload, source, authenticated=version == FORMAT_VERSION)
+
+
+def _members(payload: bytes, source: str, authenticated: bool) -> Bundle:
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as archive:
             for info in archive:
-                if not info.isfile() or info.name.startswith("/") or ".." in Path(info.name).parts:
-                    raise BackupError(f"{source}: unexpected archive member {info.name!r}")
+                if not info.isreg():
+                    raise BackupError(f"{source}: refused archive member {info.name!r}: not a regular file (a link, device or directory)")
+                member_parts(info.name, source)
+                if info.name in members:
+                    raise BackupError(f"{source}: refused archive member {info.name!r}: it appears twice")
                 handle = archive.extractfile(info)
                 assert handle is not None
                 members[info.name] = handle.read()
@@ -153,37 +392,47 @@ def unpack(data: bytes, key: bytes | None, source: str = "bundle") -> Bundle:
         manifest = json.loads(members.pop("manifest.json"))
     except (KeyError, ValueError):
         raise BackupError(f"{source}: the manifest is missing or damaged") from None
-    listed = manifest.get("files", {})
-    if set(listed) != set(members):
+    listed = manifest.get("files", {}) if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict) or set(listed) != set(members):
         raise BackupError(f"{source}: the archive's members differ from its manifest")
     for name, content in members.items():
         if listed[name] != _sha256(content):
             raise BackupError(f"{source}: {name}: checksum mismatch")
-    return Bundle(manifest=manifest, members=members)
+    if "plan.json" not in members:
+        raise BackupError(f"{source}: the bundle has no plan.json")
+    return Bundle(manifest=manifest, members=members, authenticated=authenticated)
 
 
-def read_bundle(path: Path, key_file: Path | None = None) -> Bundle:
+def open_bundle(path: Path, key_file: Path | None = None, allow_unauthenticated: bool = False) -> Bundle:
+    """Read and authenticate the bundle at ``path`` with ``key_file`` (default: this host's
+    bundle key), before anything of it is used. Touches no engine."""
+    path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BackupError(f"{path}: cannot read the bundle: {exc.strerror}") from None
-    return unpack(data, load_key(key_file) if key_file else None, source=str(path))
+    key = load_key(key_file) if key_file else host_bundle_key(create=False)
+    bundle = unpack(data, key, source=str(path), allow_unauthenticated=allow_unauthenticated)
+    bundle.path = path
+    return bundle
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` as a new 0600 file, atomically."""
+    """Write ``data`` to ``path`` as a new 0600 file, atomically (the temporary file is created
+    with ``O_EXCL | O_NOFOLLOW``; the rename replaces a link at ``path``, never follows it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
 def unseal_path(bundle: Path) -> Path:
+    """Where a format-1 bundle kept its unseal material."""
     return bundle.with_name(bundle.name + ".unseal")
 
 
@@ -213,14 +462,16 @@ def incompatibilities(saved: dict[str, Any], plan: Plan) -> list[str]:
 
 
 def backup(engine: LocalEngine, out: Path, key_file: Path | None = None) -> BackupResult:
-    """Take a bundle of ``engine``'s running stack into ``out`` (0600), and ``out.unseal`` beside it."""
+    """Take a bundle of ``engine``'s running stack into ``out`` (0600), encrypted and
+    authenticated with ``key_file`` (created if absent) or, without one, this host's bundle key."""
     from ccoas.render import rendered_files
 
     plan = engine.plan
     down = [r.service for r in engine.status() if r.service in DATA_SERVICES and r.health != "healthy"]
     if down:
         raise BackupError(f"stack {plan.stack}: {', '.join(down)} not healthy: a backup needs the data services running (`ccoas up` first)")
-    key = load_key(key_file, create=True) if key_file else None
+    key = load_key(key_file, create=True) if key_file else host_bundle_key(create=True)
+    assert key is not None
     # The render on disk is what the containers run with (a snapshot before `up` is taken before
     # that `up` renders the new plan); its plan.json is the plan they were made from.
     rendered = {p.relative_to(engine.paths.render).as_posix(): p.read_bytes() for p in sorted(engine.paths.render.rglob("*")) if p.is_file()}
@@ -229,7 +480,6 @@ def backup(engine: LocalEngine, out: Path, key_file: Path | None = None) -> Back
     members: dict[str, bytes] = {"plan.json": rendered.get("plan.json", plan.to_json().encode())}
     members.update({f"render/{path}": content for path, content in rendered.items()})
     contents: dict[str, str] = {}
-    unseal: dict[str, Any] | None = None
     if plan.has("postgres"):
         members["postgres/app.dump"] = _pg_dump(engine)
         members["postgres/roles.sql"] = _pg_exec(engine, ["pg_dumpall", "-h", "/tmp", "-U", "postgres", "--roles-only", "--no-role-passwords"])
@@ -239,9 +489,11 @@ def backup(engine: LocalEngine, out: Path, key_file: Path | None = None) -> Back
         members.update(objects)
         contents["minio"] = f"{sum(1 for n in objects if n.startswith('minio/objects/'))} objects"
     if plan.has("vault"):
-        snapshot, unseal = _vault_snapshot(engine)
-        members["vault/raft.snap"] = snapshot
-        unseal["snapshot_sha256"] = _sha256(snapshot)
+        members["vault/raft.snap"] = _vault_snapshot(engine)
+        # Only the unseal key, inside the authenticated payload: ccoas's token is not needed (the
+        # `up` after a restore mints a new one from the unseal key) and must not travel.
+        members[UNSEAL_MEMBER] = json.dumps({"keys_base64": json.loads(engine.paths.vault_init.read_text())["keys_base64"]}).encode()
+        snapshot = members["vault/raft.snap"]
         contents["vault"] = f"raft snapshot of {len(snapshot)} bytes"
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -250,18 +502,14 @@ def backup(engine: LocalEngine, out: Path, key_file: Path | None = None) -> Back
         "plan_schema_version": plan.schema_version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "services": sorted(contents),
-        "encrypted": key is not None,
+        "encrypted": True,
         "files": {name: _sha256(content) for name, content in sorted(members.items())},
     }
     members["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     data = pack(members, key)
     out = Path(out)
-    secret_path = None
-    if unseal is not None:
-        secret_path = unseal_path(out)
-        _write_private(secret_path, json.dumps(unseal, indent=2, sort_keys=True).encode())
     _write_private(out, data)
-    return BackupResult(path=out, unseal_path=secret_path, size=len(data), contents=contents)
+    return BackupResult(path=out, key_path=Path(key_file) if key_file else bundle_key_path(), size=len(data), contents=contents)
 
 
 def _pg_exec(engine: LocalEngine, command: list[str]) -> bytes:
@@ -280,20 +528,13 @@ def _pg_dump(engine: LocalEngine) -> bytes:
     return _pg_exec(engine, ["pg_dump", "-h", SOCKET_DIR, "-U", SUPERUSER, "-d", DATABASE, "--format=custom", "--compress=6"])
 
 
-def _vault_snapshot(engine: LocalEngine) -> tuple[bytes, dict[str, Any]]:
-    """Vault's raft snapshot (taken with a one-off root token, revoked after) and its unseal material."""
-    bootstrap = engine.steps.vault()
-    material = json.loads(engine.paths.vault_init.read_text())
-    with bootstrap.root_client() as root:
+def _vault_snapshot(engine: LocalEngine) -> bytes:
+    """Vault's raft snapshot, taken with a one-off root token (revoked after)."""
+    with engine.steps.vault().root_client() as root:
         response = root.sys.take_raft_snapshot()
     if response.status_code != 200 or not response.content:
         raise BackupError(f"vault: the raft snapshot was refused: HTTP {response.status_code} {response.text[:300]}")
-    unseal = {
-        "stack": engine.plan.stack,
-        "keys_base64": material["keys_base64"],
-        "ccoas_token": engine.paths.ccoas_token.read_text().strip(),
-    }
-    return response.content, unseal
+    return response.content
 
 
 # -- MinIO: a one-off job container on one of MinIO's networks --------------------------------
@@ -369,13 +610,24 @@ def _remove_if_present(engine: LocalEngine, name: str) -> None:
         pass
 
 
-def _staging(engine: LocalEngine, service: Service) -> Path:
-    staging = engine.paths.state / "jobs" / service.name
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True, mode=0o700)
-    engine.runtime.give(staging, service.uid, service.gid)
+def _staging(engine: LocalEngine, service: Service, give: bool = True) -> Path:
+    """A fresh job dir in the stack's root-owned ``jobs`` dir, the one leaf handed to the job's
+    container uid (``give=False``: root's until root has written what the job reads, see
+    :func:`_give_staging`)."""
+    staging = engine.paths.jobs / service.name
+    host_files.make_dir(engine.paths.jobs, 0o755, host_files.ROOT)
+    host_files.remove_tree(staging)
+    host_files.make_dir(staging, 0o700, host_files.ROOT)
+    if give:
+        engine.runtime.give(staging, service.uid, service.gid)
     return staging
+
+
+def _give_staging(engine: LocalEngine, service: Service, staging: Path) -> None:
+    """Hand ``staging`` and all root wrote in it to the job's uid, deepest first (the directory
+    stays root's until its contents are given; each is given on an fd, never through a link)."""
+    for path in [*sorted(staging.rglob("*"), reverse=True), staging]:
+        engine.runtime.give(path, service.uid, service.gid)
 
 
 def _minio_buckets(plan: Plan) -> list[str]:
@@ -388,13 +640,15 @@ def _minio_backup(engine: LocalEngine) -> dict[str, bytes]:
     staging = _staging(engine, service)
     try:
         _minio_job(engine, "backup", staging, buckets)
+        # The job wrote these as MinIO's user: read without following any link it may have made.
+        written = read_regular_files(staging)
         members: dict[str, bytes] = {}
         metadata: dict[str, dict[str, dict[str, str]]] = {}
         for bucket in buckets:
-            root = staging / "objects" / bucket
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                members[f"minio/objects/{bucket}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-            metadata[bucket] = _object_metadata((staging / f"stat-{bucket}.json").read_text(), bucket)
+            prefix = f"objects/{bucket}/"
+            for name in sorted(n for n in written if n.startswith(prefix)):
+                members[f"minio/{name}"] = written[name]
+            metadata[bucket] = _object_metadata(written.get(f"stat-{bucket}.json", b"").decode(), bucket)
         members["minio/metadata.json"] = json.dumps(metadata, indent=2, sort_keys=True).encode()
         return members
     finally:
@@ -424,27 +678,45 @@ def _object_metadata(stat_lines: str, bucket: str) -> dict[str, dict[str, str]]:
     return result
 
 
+def bundle_objects(bundle: Bundle, buckets: list[str]) -> list[tuple[str, str, bytes]]:
+    """``(bucket, key, content)`` of every MinIO object in ``bundle``; refuses a bucket the plan
+    does not have and a key that is empty, absolute or holds an empty, ``.`` or ``..`` segment
+    (``minio/objects/b//etc/cron.d/x`` would make the key ``/etc/cron.d/x``)."""
+    objects = []
+    source = str(bundle.path or "bundle")
+    for name, content in sorted(bundle.members.items()):
+        if not name.startswith("minio/objects/"):
+            continue
+        bucket, _, key = name[len("minio/objects/"):].partition("/")
+        if bucket not in buckets:
+            raise BackupError(f"{source}: {name}: bucket {bucket!r} is not one of the plan's buckets ({', '.join(buckets) or 'none'})")
+        member_parts(key, f"{source}: {name}: object key")
+        objects.append((bucket, key, content))
+    return objects
+
+
+def stage_objects(staging: Path, bundle: Bundle, buckets: list[str]) -> int:
+    """Write ``bundle``'s objects under ``staging/objects`` (never outside it, see
+    :func:`write_contained`) and the ``mc`` script that uploads them; returns their count."""
+    metadata = json.loads(bundle.members.get("minio/metadata.json", b"{}"))
+    commands = ["set -eu"]
+    objects = bundle_objects(bundle, buckets)
+    for bucket, key, content in objects:
+        write_contained(staging, f"objects/{bucket}/{key}", content)
+        attributes = ";".join(f"{k}={v}" for k, v in sorted(metadata.get(bucket, {}).get(key, {}).items()))
+        attr = ["--attr", attributes] if attributes else []
+        commands.append(shlex.join(["mc", "--quiet", "cp", *attr, f"/backup/objects/{bucket}/{key}", f"s3/{bucket}/{key}"]) + " >/dev/null")
+    write_contained(staging, "restore-objects.sh", ("\n".join(commands) + "\n").encode())
+    return len(objects)
+
+
 def _minio_restore(engine: LocalEngine, bundle: Bundle) -> int:
     service = engine.plan.service("minio")
-    metadata = json.loads(bundle.members.get("minio/metadata.json", b"{}"))
-    staging = _staging(engine, service)
+    # Root writes into its own 0700 directory first, and hands it over only once it is complete.
+    staging = _staging(engine, service, give=False)
     try:
-        commands = ["set -eu"]
-        count = 0
-        for name, content in sorted(bundle.members.items()):
-            if not name.startswith("minio/objects/"):
-                continue
-            bucket, key = name[len("minio/objects/"):].split("/", 1)
-            path = staging / "objects" / bucket / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            attributes = ";".join(f"{k}={v}" for k, v in sorted(metadata.get(bucket, {}).get(key, {}).items()))
-            attr = ["--attr", attributes] if attributes else []
-            commands.append(shlex.join(["mc", "--quiet", "cp", *attr, f"/backup/objects/{bucket}/{key}", f"s3/{bucket}/{key}"]) + " >/dev/null")
-            count += 1
-        (staging / "restore-objects.sh").write_text("\n".join(commands) + "\n")
-        for path in [staging, *staging.rglob("*")]:
-            engine.runtime.give(path, service.uid, service.gid)
+        count = stage_objects(staging, bundle, _minio_buckets(engine.plan))
+        _give_staging(engine, service, staging)
         _minio_job(engine, "restore", staging, _minio_buckets(engine.plan))
         return count
     finally:
@@ -460,33 +732,34 @@ class RestoreResult:
     status: list[Any]
 
 
-def verify(engine: LocalEngine, bundle_path: Path, key_file: Path | None = None) -> tuple[Bundle, dict[str, Any] | None]:
-    """Everything a restore checks before it touches anything; returns the bundle and unseal material."""
-    bundle = read_bundle(bundle_path, key_file)
+def verify(engine: LocalEngine, bundle: Bundle) -> dict[str, Any] | None:
+    """Everything a restore checks before it touches anything, on an authenticated (or
+    knowingly unauthenticated) bundle; returns the unseal material of its Vault snapshot."""
     problems = incompatibilities(bundle.plan, engine.plan)
     if problems:
-        raise BackupError(f"{bundle_path}: cannot be restored into stack {engine.plan.stack}:\n  " + "\n  ".join(problems))
-    unseal = None
-    if "vault/raft.snap" in bundle.members:
-        path = unseal_path(bundle_path)
-        try:
-            unseal = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise BackupError(f"{path}: missing: Vault's snapshot opens only with the unseal material saved beside the bundle") from None
-        except ValueError:
-            raise BackupError(f"{path}: damaged (not JSON)") from None
-        if unseal.get("snapshot_sha256") != _sha256(bundle.members["vault/raft.snap"]):
-            raise BackupError(f"{path}: belongs to another bundle (its snapshot checksum differs)")
+        raise BackupError(f"{bundle.path}: cannot be restored into stack {engine.plan.stack}:\n  " + "\n  ".join(problems))
+    bundle_objects(bundle, _minio_buckets(engine.plan))
+    unseal = bundle.unseal()
     leftovers = [c.name for c in engine._owned("containers")] + [v.name for v in engine._owned("volumes")]
     if leftovers or engine.paths.vault_init.exists():
         what = ", ".join(leftovers) or str(engine.paths.vault_init)
         raise BackupError(f"stack {engine.plan.stack} is not empty ({what}): restore goes onto an empty stack; run `ccoas down --purge` first")
-    return bundle, unseal
+    return unseal
 
 
-def restore(engine: LocalEngine, bundle_path: Path, key_file: Path | None = None, build: bool = True, timeout: int = 300) -> RestoreResult:
-    """Restore a bundle onto ``engine``'s empty stack; on any failure the stack is purged again."""
-    bundle, unseal = verify(engine, bundle_path, key_file)
+def restore(
+    engine: LocalEngine,
+    bundle: Bundle | Path,
+    key_file: Path | None = None,
+    build: bool = True,
+    timeout: int = 300,
+    allow_unauthenticated: bool = False,
+) -> RestoreResult:
+    """Restore a bundle (opened with :func:`open_bundle`, or its path) onto ``engine``'s empty
+    stack; on any failure the stack is purged again."""
+    if not isinstance(bundle, Bundle):
+        bundle = open_bundle(bundle, key_file, allow_unauthenticated)
+    unseal = verify(engine, bundle)
     restored: dict[str, str] = {}
 
     def after_ready(service: Service) -> int:
@@ -514,7 +787,8 @@ def restore(engine: LocalEngine, bundle_path: Path, key_file: Path | None = None
 
 def _vault_restore(engine: LocalEngine, snapshot: bytes, unseal: dict[str, Any], build: bool, timeout: int) -> None:
     """Start Vault alone, initialise it with throwaway keys, force-install the snapshot, then
-    hand ccoas the snapshot's own unseal key and token: the next ``up`` unseals with them."""
+    hand ccoas the snapshot's own unseal key: the next ``up`` unseals with it and, finding no
+    token of ccoas's, mints a new one from that key (a token is never taken from a bundle)."""
     from ccoas.secrets import vault_client
 
     engine.start_alone("vault", build=build, timeout=timeout)
@@ -529,7 +803,7 @@ def _vault_restore(engine: LocalEngine, snapshot: bytes, unseal: dict[str, Any],
     if response.status_code not in (200, 204):
         raise BackupError(f"vault: the snapshot was refused: HTTP {response.status_code} {response.text[:300]}")
     _write_private(engine.paths.vault_init, json.dumps({"keys_base64": unseal["keys_base64"]}).encode())
-    _write_private(engine.paths.ccoas_token, unseal["ccoas_token"].encode())
+    engine.paths.ccoas_token.unlink(missing_ok=True)
 
 
 def _pg_restore(engine: LocalEngine, dump: bytes) -> None:
@@ -585,7 +859,11 @@ def snapshot_dir(engine: LocalEngine) -> Path:
 
 
 def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: bool = True) -> tuple[BackupResult, dict[str, str]] | None:
-    """A bundle of the running stack if the next ``up`` would replace a data service; keeps the newest ``keep``."""
+    """A bundle of the running stack if the next ``up`` would replace a data service; keeps the newest ``keep``.
+
+    It is encrypted and authenticated with this host's bundle key (:func:`bundle_key_path`, made
+    on first need, root-only, outside the state directory): a bundle swapped into the snapshots
+    directory by anyone without that key does not restore."""
     engine.prepare_images(build)
     risky = risky_replacements(engine)
     if not risky:
@@ -600,7 +878,8 @@ def snapshot_before_up(engine: LocalEngine, keep: int = DEFAULT_KEEP, build: boo
         )
         return None
     directory = snapshot_dir(engine)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for level in (directory.parent, directory):  # root's alone: root restores what is in it
+        host_files.make_dir(level, 0o700, host_files.ROOT)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = backup(engine, directory / f"{stamp}-before-{'-'.join(sorted(risky))}.ccoas")
     bundles = sorted(directory.glob("*.ccoas"))

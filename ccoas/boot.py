@@ -8,6 +8,11 @@ STACK [--name N]``, which writes ``boot.json`` (the stack file's absolute path a
 into that stack's state dir; ``disable-boot`` removes it, and so does ``down --purge`` (with
 the rest of the state). ``ccoas host boot`` ups each of them; ``--list`` only lists them.
 
+Root trusts a boot record only when nobody else could have written it (:func:`boot_records`):
+the file and every directory above it are root's and writable by no one else, reached
+without a link. A record the engine user could have planted (in a state dir of the layout
+before state schema 3, say) is refused with the reason, never run.
+
 On hosts where systemd is PID 1, ``ccoas host prepare`` installs ``ccoas-boot.service``
 (rendered from ``templates/host/ccoas-boot.service.j2``), which runs ``ccoas host boot`` once
 the network is online, as root with the layout's environment, and enables lingering for the
@@ -25,6 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccoas import host_files
 from ccoas.errors import CcoasError, HostError
 from ccoas.host import HostLayout
 from ccoas.state import state_dir
@@ -55,32 +61,59 @@ def enable(state_root: Path, stack: str, stack_file: Path, name: str | None) -> 
     from ccoas import migrations
 
     directory = state_dir(state_root, stack)
-    if not directory.is_dir():  # enabled before its first up: the state dir starts with its marker
+    new = not directory.is_dir()
+    owner = host_files.ROOT if os.geteuid() == 0 else None
+    for level in (state_root, directory.parent, directory):
+        host_files.make_dir(level, 0o755, owner)
+    if new:  # enabled before its first up: the state dir starts with its marker
         migrations.record(directory)
     path = directory / BOOT_FILE
-    path.write_text(json.dumps({"name": name, "stack_file": str(Path(stack_file).resolve())}, indent=2, sort_keys=True) + "\n")
+    record = json.dumps({"name": name, "stack_file": str(Path(stack_file).resolve())}, indent=2, sort_keys=True) + "\n"
+    host_files.write_file(path, record.encode(), 0o600, owner)
     return path
 
 
 def disable(state_root: Path, stack: str) -> bool:
     """Stop bringing ``stack`` up at boot; ``False`` when it was not enabled."""
-    path = state_dir(state_root, stack) / BOOT_FILE
-    if not path.is_file():
-        return False
-    path.unlink()
-    return True
+    return host_files.remove(state_dir(state_root, stack) / BOOT_FILE)
 
 
-def enabled(state_root: Path) -> list[BootStack]:
-    """The stacks enabled for boot on this host, by name."""
-    found = []
+@dataclass(frozen=True)
+class RefusedBoot:
+    """A boot record root does not trust: it is never run."""
+
+    path: Path
+    reason: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.path}: refused, not run at boot: {self.reason}. Only root may enable a stack for boot: "
+            f"check who wrote it, remove it, and run `ccoas up` then `ccoas host enable-boot` as root"
+        )
+
+
+def boot_records(state_root: Path) -> tuple[list[BootStack], list[RefusedBoot]]:
+    """The stacks enabled for boot on this host, by name, and the records refused because
+    someone besides root could have written them (:func:`ccoas.host_files.check_root_only`)."""
+    found, refused = [], []
     for path in sorted((state_root / "stacks").glob(f"*/{BOOT_FILE}")):
         try:
-            data = json.loads(path.read_text())
+            host_files.check_root_only(path)
+            text = host_files.read_file(path)
+        except HostError as exc:
+            refused.append(RefusedBoot(path, str(exc)))
+            continue
+        try:
+            data = json.loads(text)
             found.append(BootStack(stack=path.parent.name, stack_file=Path(data["stack_file"]), name=data.get("name")))
         except (ValueError, KeyError, TypeError) as exc:
             raise CcoasError(f"{path}: expected {{\"stack_file\": ..., \"name\": ...}} ({type(exc).__name__}: {exc}); run enable-boot again") from None
-    return found
+    return found, refused
+
+
+def enabled(state_root: Path) -> list[BootStack]:
+    """The stacks enabled for boot on this host whose records root trusts (see :func:`boot_records`)."""
+    return boot_records(state_root)[0]
 
 
 def ccoas_command() -> list[str]:

@@ -11,6 +11,7 @@ import enum
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
@@ -302,36 +303,55 @@ def down(
 def backup(
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
-    out_file: Annotated[Path, typer.Option("--out", help="The bundle file to write (0600); Vault's unseal material goes to FILE.unseal.")] = ...,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="Encrypt with this key (created, 0600, if absent): keep it apart.")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The bundle file to write (0600), Vault's unseal key inside, encrypted.")] = ...,
+    key_file: Annotated[
+        Optional[Path],
+        typer.Option("--key-file", help="Encrypt and authenticate with this key (created, 0600, if absent); default: this host's bundle key. Keep it apart from the bundles."),
+    ] = None,
 ) -> None:
     """Back up the running stack: Postgres, MinIO objects, Vault, plan and config, in one bundle."""
     from ccoas.backup import backup as take_backup
 
-    result = take_backup(_engine(_plan(stack, name)), out_file, key_file=key_file)
+    from ccoas.metrics import record_backup
+
+    engine = _engine(_plan(stack, name))
+    result = take_backup(engine, out_file, key_file=key_file)
+    record_backup(engine.paths.state, result.path, time.time())
     for service, what in sorted(result.contents.items()):
         out.print(f"{service:9} {what}", highlight=False)
-    out.print(f"wrote {result.path} ({result.size} bytes{', encrypted' if key_file else ''})", highlight=False)
-    if result.unseal_path is not None:
-        out.print(f"wrote {result.unseal_path}: Vault's unseal key and ccoas's token — store it apart from the bundle", highlight=False)
+    out.print(f"wrote {result.path} ({result.size} bytes, encrypted and authenticated with {result.key_path}: keep that key apart from the bundle)", highlight=False)
 
 
 @app.command()
 @reports_errors
 def restore(
-    bundle: Annotated[Path, typer.Argument(help="A bundle written by `ccoas backup` (FILE.unseal beside it).")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `ccoas backup` (or an automatic snapshot).")],
     stack: StackArg = DEFAULT_STACK,
     name: NameOpt = None,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the bundle was encrypted with.")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the bundle was made with; default: this host's bundle key.")] = None,
+    insecure_unauthenticated: Annotated[
+        bool,
+        typer.Option("--insecure-unauthenticated", help="Also restore a bundle no key authenticates (format 1, from an older ccoas): only one whose origin you know."),
+    ] = False,
     build: Annotated[bool, typer.Option(help="Build missing local images first.")] = True,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for each service to become healthy.")] = 300,
 ) -> None:
-    """Restore a bundle onto an empty (or purged) stack; verified first, never half-applied."""
+    """Restore a bundle onto an empty (or purged) stack; authenticated and verified first, never half-applied."""
+    from ccoas.backup import open_bundle
     from ccoas.backup import restore as restore_bundle
     from ccoas.report import ProgressReporter, print_table, status_table
 
+    resolved = _plan(stack, name)
+    opened = open_bundle(bundle, key_file=key_file, allow_unauthenticated=insecure_unauthenticated)  # before any engine call
+    if not opened.authenticated:
+        err.print(
+            f"[red]warning:[/red] {escape(str(bundle))} is NOT authenticated: restoring it installs whatever its author chose "
+            "(Vault's secrets and unseal key, SQL run as the Postgres superuser); take a new backup once restored",
+            highlight=False,
+            soft_wrap=True,
+        )
     with ProgressReporter(err) as progress:
-        result = restore_bundle(_engine(_plan(stack, name), progress), bundle, key_file=key_file, build=build, timeout=timeout)
+        result = restore_bundle(_engine(resolved, progress), opened, build=build, timeout=timeout)
     print_table(out, status_table(result.status))
     for service, what in sorted(result.restored.items()):
         out.print(f"restored {service}: {what}", highlight=False)
@@ -378,16 +398,82 @@ def status(
     with engine_step(f"stack {resolved.stack}", "status"):
         rows = local.status()
         notes = local.host_notes()
+    firing = _firing_alerts_for_status(local, resolved, rows)
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
     else:
         print_table(out, status_table(rows))
+        if firing:
+            from ccoas.report import alerts_table
+
+            print_table(out, alerts_table(firing))
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     err.print(f"state: {_state_line(resolved)}", highlight=False, soft_wrap=True)
     unwell = [r.service for r in rows if (r.state, r.health) != ("running", "healthy")]
     if unwell:
         err.print(f"not running and healthy: {', '.join(unwell)}", highlight=False)
+        raise typer.Exit(EXIT_NOT_HEALTHY)
+
+
+def _firing_alerts_for_status(local: LocalEngine, plan: Plan, rows: list) -> list:
+    """The firing alerts `status` shows under its table; none when the stack has no monitoring,
+    when its container is not running (its own row says so) or it does not answer (then a note
+    says so: status's own exit code stays its own)."""
+    from ccoas.metrics import firing_alerts
+
+    if not plan.has("monitoring"):
+        return []
+    if not any(r.service == "monitoring" and r.state == "running" for r in rows):
+        return []
+    try:
+        return firing_alerts(local.runtime, plan)
+    except CcoasError as exc:
+        err.print(f"[yellow]note:[/yellow] alerts not read: {exc}", highlight=False)
+        return []
+
+
+@app.command()
+@reports_errors
+def metrics(
+    promql: Annotated[str, typer.Argument(help="A PromQL expression, e.g. 'up' or 'sum by (service) (up)'.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The samples as JSON (labels, value, timestamp).")] = False,
+) -> None:
+    """Print an instant query's result, asked of the stack's Prometheus (inside its container:
+    nothing is published)."""
+    from ccoas.metrics import instant_query
+    from ccoas.report import print_table, samples_table
+
+    resolved = _plan(stack, name)
+    samples = instant_query(_engine(resolved).runtime, resolved, promql)
+    if as_json:
+        sys.stdout.write(json.dumps([s.as_dict() for s in samples], indent=2, sort_keys=True) + "\n")
+    else:
+        print_table(out, samples_table(samples))
+
+
+@app.command()
+@reports_errors
+def alerts(
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The firing alerts as JSON.")] = False,
+) -> None:
+    """List the firing alerts. Exit code 3 when any fires, so a job can gate on it."""
+    from ccoas.metrics import firing_alerts
+    from ccoas.report import alerts_table, print_table
+
+    resolved = _plan(stack, name)
+    firing = firing_alerts(_engine(resolved).runtime, resolved)
+    if as_json:
+        sys.stdout.write(json.dumps([a.as_dict() for a in firing], indent=2, sort_keys=True) + "\n")
+    elif firing:
+        print_table(out, alerts_table(firing))
+    else:
+        out.print(f"no alert fires in stack {resolved.stack}", highlight=False)
+    if firing:
         raise typer.Exit(EXIT_NOT_HEALTHY)
 
 
@@ -579,20 +665,22 @@ def host_boot(
 ) -> None:
     """Bring up every stack enabled for boot, one `ccoas up --no-build` each (what the boot unit runs
     after a reboot). Exit 1 if any of them failed; the others are still brought up."""
-    from ccoas.boot import boot, ccoas_command, enabled
+    from ccoas.boot import boot, boot_records, ccoas_command
     from ccoas.host import host_layout
 
     state_root = host_layout().state_root
+    stacks, refused = boot_records(state_root)
+    for item in refused:
+        err.print(f"error: {item.describe()}", highlight=False, soft_wrap=True)
     if list_only:
-        stacks = enabled(state_root)
         for item in stacks:
             out.print(" ".join(item.up_command(["ccoas"])), highlight=False, soft_wrap=True)
-        out.print(f"{len(stacks)} stacks enabled for boot", highlight=False)
+        out.print(f"{len(stacks)} stacks enabled for boot" + (f", {len(refused)} records refused" if refused else ""), highlight=False)
         return
     results = boot(state_root, ccoas_command())
     failed = [item.stack for item, code in results if code != 0]
     out.print(f"{len(results) - len(failed)} of {len(results)} stacks up" + (f"; failed: {', '.join(failed)}" if failed else ""), highlight=False)
-    if failed:
+    if failed or refused:
         raise typer.Exit(EXIT_APPLY_FAILED)
 
 
@@ -656,6 +744,20 @@ def secrets_get(
     sys.stdout.write(value + "\n")
 
 
+@secrets_app.command("set")
+@reports_errors
+def secrets_set(
+    secret: Annotated[str, typer.Argument(help="OWNER/NAME of a secret the operator supplies, e.g. monitoring/webhook_url.")],
+    stack: StackArg = DEFAULT_STACK,
+    name: NameOpt = None,
+) -> None:
+    """Store a value the operator supplies (read from stdin, never from the command line); the
+    next `up` delivers it to its readers."""
+    value = sys.stdin.read().strip()
+    stored = _engine(_plan(stack, name)).secrets().set(secret, value)
+    out.print(f"stored {stored.vault_path} (value not shown); run `ccoas up` to deliver it", highlight=False)
+
+
 @secrets_app.command("export")
 @reports_errors
 def secrets_export(
@@ -680,7 +782,7 @@ def secrets_init(
     from ccoas.secrets import init_secret_files
 
     layout = host_layout()
-    written = init_secret_files(_plan(stack, name), out_dir, layout.give, layout.uid)
+    written = init_secret_files(_plan(stack, name), out_dir, layout, layout.uid)
     what = f"wrote {len(written)} secret files" if written else "every secret file is already there, nothing written"
     out.print(f"{what} in {out_dir} (values not shown); export CCOAS_SECRETS_DIR={out_dir.resolve()}", highlight=False)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ccoas import host_files
 from ccoas import __version__
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ def secret_values(engine: LocalEngine) -> dict[str, str]:
         for mount in service.secrets:
             path = engine.paths.secret_file(service.name, mount.secret)
             try:
-                content = path.read_text()
-            except (FileNotFoundError, PermissionError):
+                content = host_files.read_file(path).decode()  # the engine user's dir: never through a link
+            except (FileNotFoundError, PermissionError, host_files.UnsafePathError):
                 continue
             values[mount.secret] = content
             if mount.format:  # the file holds a URL around the value: find the value itself

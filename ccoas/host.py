@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccoas import host_files
 from ccoas.errors import HostError
 from ccoas.requirements import ENGINE_PATH
 
@@ -30,6 +31,8 @@ DEFAULT_TOOLCHAIN_ROOT = Path("/opt/ccoas/toolchains")
 SUBUID_FILE = Path("/etc/subuid")
 ROLE = "host.py"
 API_WAIT_S = 30.0
+API_UNIT = "ccoas-podman-api"
+"""The engine user's transient systemd unit running ccoas's API service (systemd hosts)."""
 
 
 def _role_path() -> Path:
@@ -77,7 +80,16 @@ class HostLayout:
 
     @property
     def socket_path(self) -> Path:
-        return self.runtime_dir / "podman" / "podman.sock"
+        """ccoas's own Podman API socket, not the well-known ``$XDG_RUNTIME_DIR/podman/podman.sock``
+        that other Docker-API clients find: Podman 4.3's service loses ``isolate`` from the
+        networks it holds when any client lists them through its Docker API, so ccoas keeps a
+        service no other client talks to (README, "Boundary: root ↔ engine user")."""
+        return self.runtime_dir / "ccoas-api" / "podman.sock"
+
+    @property
+    def service_log(self) -> Path:
+        """The output of the API service ccoas starts (root's, in the root-owned state root)."""
+        return self.state_root / "podman-service.log"
 
     @property
     def base_url(self) -> str:
@@ -110,15 +122,27 @@ class HostLayout:
             return self.uid
         return self.subuid_start + container_uid - 1
 
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The host uid and gid a container ``uid``/``gid`` are in this user's rootless containers."""
+        return self.host_uid(uid), self.host_uid(gid) if gid else self.gid  # subgid ranges mirror subuid ones
+
     def give(self, path: Path, uid: int, gid: int) -> None:
-        """chown ``path`` to a container uid/gid, mapped through the rootless user namespace
-        (as root directly; as the engine user through ``podman unshare``)."""
-        host_uid = self.host_uid(uid)
-        host_gid = self.host_uid(gid) if gid else self.gid  # subgid ranges mirror subuid ones
+        """Give ``path`` to a container uid/gid, mapped through the rootless user namespace: as
+        root with ``fchown`` on an fd opened without following links (:mod:`ccoas.host_files`),
+        as the engine user through ``podman unshare chown -h``."""
         if os.geteuid() == 0:
-            os.chown(path, host_uid, host_gid)
+            host_files.set_owner(path, self.host_ids(uid, gid))
         else:
-            subprocess.run(self.engine_command("podman", "unshare", "chown", f"{uid}:{gid}", str(path)), check=True)
+            subprocess.run(self.engine_command("podman", "unshare", "chown", "-h", f"{uid}:{gid}", str(path)), check=True)
+
+    def give_dir(self, path: Path, uid: int, gid: int, mode: int = 0o700) -> None:
+        """Make the directory ``path`` (``mode``) and give it to a container uid/gid (see :meth:`give`)."""
+        if os.geteuid() == 0:
+            host_files.make_dir(path, mode, self.host_ids(uid, gid))
+        else:
+            path.mkdir(parents=True, exist_ok=True, mode=mode)
+            os.chmod(path, mode)
+            self.give(path, uid, gid)
 
     def engine_env(self) -> dict[str, str]:
         """Environment for a process running as the engine user."""
@@ -284,8 +308,11 @@ def systemd_running() -> bool:
 def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAIT_S) -> str:
     """Make the rootless Podman API answer on ``layout.socket_path``; return its base URL.
 
-    Without systemd, ``podman system service --time=0`` is started detached (own session)
-    as the engine user; its output goes to ``<state_root>/podman-service.log``. Before it is
+    ccoas's service listens on a socket of its own (:attr:`HostLayout.socket_path`), so no
+    other Docker-API client shares its in-memory networks. Without systemd,
+    ``podman system service --time=0`` is started detached (own session) as the engine user;
+    its output goes to ``<state_root>/podman-service.log``, opened by root without following
+    links. With systemd it runs as the engine user's transient unit ``ccoas-podman-api``. Before it is
     started, a dead session's stale runtime dir is cleared (:func:`_clear_stale_session`), by
     every command alike: that state is what logind or a reboot would have removed, never data,
     and a command that only observes needs a working engine as much as ``up`` does.
@@ -299,17 +326,21 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
     if not systemd:
         _clear_stale_session(layout)
     _ensure_runtime_dir(layout)
-    log_path = layout.state_root / "podman-service.log"
+    log_path = layout.service_log
+    if layout.socket_path.is_socket():
+        host_files.remove(layout.socket_path)  # stale: nothing answered on it
     if systemd:
-        cmd = ["systemctl", "--user", f"--machine={layout.engine_user}@", "start", "podman.socket"]
+        cmd = [
+            "systemd-run", "--user", f"--machine={layout.engine_user}@", "--collect", f"--unit={API_UNIT}",
+            "podman", "system", "service", "--time=0", layout.base_url,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise HostError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
     else:
-        if layout.socket_path.is_socket():
-            layout.socket_path.unlink()  # stale: nothing answered on it
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        if os.geteuid() == 0:
+            host_files.make_dir(layout.state_root, 0o755, host_files.ROOT)
+        with host_files.open_append(log_path) if os.geteuid() == 0 else open(log_path, "ab") as log:
             subprocess.Popen(
                 layout.engine_command("podman", "system", "service", "--time=0", layout.base_url),
                 stdin=subprocess.DEVNULL,
@@ -324,8 +355,10 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
             return layout.base_url
         time.sleep(0.2)
     tail = ""
-    if log_path.is_file():
-        tail = "\n" + log_path.read_text(errors="replace")[-2000:]
+    try:
+        tail = "\n" + host_files.read_file(log_path).decode(errors="replace")[-2000:]
+    except (OSError, HostError):
+        pass
     if "podman system migrate" in tail and not systemd:
         pids = engine_processes(layout)
         why = (
@@ -389,10 +422,8 @@ def _ensure_runtime_dir(layout: HostLayout) -> None:
     if not runtime.is_dir():
         if os.geteuid() != 0:
             raise HostError(f"{runtime} is missing and only root can create it: run `ccoas host prepare`")
-        runtime.mkdir(mode=0o700, parents=True)
-        os.chown(runtime, layout.uid, layout.gid)
-    socket_dir = layout.socket_path.parent
-    if not socket_dir.is_dir():
-        socket_dir.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            os.chown(socket_dir, layout.uid, layout.gid)
+        host_files.make_dir(runtime, 0o700, (layout.uid, layout.gid))
+    if os.geteuid() == 0:
+        host_files.make_dir(layout.socket_path.parent, 0o700, (layout.uid, layout.gid))
+    else:
+        layout.socket_path.parent.mkdir(mode=0o700, exist_ok=True)

@@ -340,6 +340,24 @@ def go_version(layout: HostLayout) -> str:
         return _run([str(go), "env", "GOVERSION"], "go env GOVERSION", env=toolchain_env(layout, "go")).strip()
 
 
+def pinned_version_lists(layout: HostLayout, spec: str) -> Path:
+    """A file-based module proxy that answers only ``@v/list`` with the pinned version, for
+    every path prefix of ``spec``'s package: ``go install pkg@v`` asks the module's version
+    list to check for a deprecation, and the module proxy reachable here refuses the list of
+    some modules (403 for postgres_exporter) while serving the pinned version itself. Listed
+    after the real proxy with ``|`` (fall back on any error), it is only asked what the real
+    proxy refuses, and its list names nothing but the pin."""
+    path, _, version = spec.partition("@")
+    root = layout.cache_root / "go" / "pinned-lists" / cache_key(spec)
+    parts = path.split("/")
+    for end in range(2, len(parts) + 1):
+        listing = root.joinpath(*parts[:end], "@v", "list")
+        if not listing.is_file():
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text(version + "\n")
+    return root
+
+
 def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
     """``go install module@version`` on the host; module and build caches under the cache root."""
     binary = artifact.binary or spec_name("go", artifact.spec)
@@ -353,6 +371,7 @@ def fetch_go(layout: HostLayout, artifact: ArtifactLike) -> Path:
             GOPATH=str(layout.cache_root / "go" / "path"),
             CGO_ENABLED="1" if artifact.cgo else "0",
             GOFLAGS="-trimpath -modcacherw",
+            GOPROXY=f"https://proxy.golang.org|{pinned_version_lists(layout, artifact.spec).as_uri()}",
         )
         ldflags = list(getattr(artifact, "ldflags", ()))
         cmd = [str(toolchain_program(layout, "go", "go")), "install", *(["-ldflags", " ".join(ldflags)] if ldflags else []), artifact.spec]

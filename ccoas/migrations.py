@@ -29,6 +29,8 @@ Schema history:
 1. No marker. Directus 12.4 kept its tables in ``public``; some stacks have no step record.
 2. The marker (this module). Directus's tables live in the schema ``directus``, Directus is
    11.17.4 (README, "Why Directus 11").
+3. Root owns the state: the state root, ``stacks/``, the state dir and everything root keeps
+   in it are root's; the engine user holds only leaf directories (README, "Host layout").
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ccoas import __version__
+from ccoas import __version__, host_files
 from ccoas.errors import CcoasError
 from ccoas.plan import PLAN_SCHEMA_VERSION
 from ccoas.state import StackPaths
@@ -47,7 +49,7 @@ from ccoas.steps import StepRecord
 
 FIRST_SCHEMA = 1
 """The schema of a state dir without a marker: written before ccoas recorded one."""
-STATE_SCHEMA_VERSION = 2
+STATE_SCHEMA_VERSION = 3
 """The state schema this ccoas writes (see the module's schema history)."""
 STATE_FILE = "ccoas-state.json"
 
@@ -179,18 +181,12 @@ def describe(state: Path, migrations: tuple[Migration, ...] | None = None) -> st
 def record(state: Path, state_schema: int = STATE_SCHEMA_VERSION, plan_schema: int = PLAN_SCHEMA_VERSION) -> None:
     """Write the marker into the state dir ``state`` (atomically; sorted keys, so an unchanged
     one is byte-identical)."""
-    state.mkdir(parents=True, exist_ok=True)
-    marker = state / STATE_FILE
     text = json.dumps(
         {"ccoas_version": __version__, "plan_schema_version": plan_schema, "state_schema_version": state_schema},
         indent=2,
         sort_keys=True,
     ) + "\n"
-    if marker.is_file() and marker.read_text() == text:
-        return
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, marker)
+    host_files.write_file(state / STATE_FILE, text.encode(), 0o600, keep_if_same=True, parents_mode=0o755)
 
 
 # -- the migrations, oldest first ------------------------------------------------------------
@@ -211,7 +207,60 @@ def directus_tables_leave_public(paths: StackPaths) -> str:
     return "the Postgres bootstrap runs on this up (no run of it recorded) and moves any directus_* table out of public"
 
 
+def state_owned_by_root(paths: StackPaths) -> str:
+    """The state root, stacks/, the state dir and all in it become root's; what the engine user planted goes.
+
+    Before this schema the state root (``/var/lib/ccoas``) was the engine user's: it could
+    rename ``stacks/`` or a stack's dir and put its own in their place, with symlinks, a
+    ``boot.json`` or a bundle in ``snapshots/`` root would act on. From now on root owns every
+    directory above the leaves it hands over (:meth:`StackPaths.own_state_dirs`). In the
+    stack's state dir and its snapshots dir, entries root did not write (symlinks, anything
+    not owned by root; a job's staging dir left by an interrupted job) are removed: root
+    cannot tell them from a plant. The rendered config is written again by this ``up``.
+    """
+    paths.own_state_dirs()
+    root = paths.state.parent.parent
+    snapshots = root / "snapshots" / paths.state.name
+    removed = []
+    for link in (root / "podman-service.log", snapshots.parent, snapshots):
+        if link.is_symlink():
+            host_files.remove(link)
+            removed.append(str(link))
+    for top in (paths.state, snapshots):
+        removed += _remove_untrusted(top)
+    for directory in (snapshots.parent, snapshots):
+        if directory.is_dir():
+            host_files.make_dir(directory, 0o700, host_files.ROOT)
+    if not removed:
+        return "the state root and the stack's state dir are root's (nothing planted was found)"
+    return f"the state root and the stack's state dir are root's; removed what root did not write: {', '.join(removed)}"
+
+
+def _remove_untrusted(top: Path) -> list[str]:
+    """Remove (without following links) every entry under ``top`` that is a symlink or not
+    root's, and the jobs dir's leftovers; the paths removed."""
+    import shutil
+    import stat
+
+    if not top.is_dir() or top.is_symlink():
+        return []
+    removed = []
+    for directory, subdirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
+        for name in [*subdirs, *files]:
+            status = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            leftover_job = Path(directory) == top / "jobs"
+            if stat.S_ISLNK(status.st_mode) or status.st_uid != 0 or leftover_job:
+                if stat.S_ISDIR(status.st_mode):
+                    shutil.rmtree(name, dir_fd=dir_fd)
+                    subdirs.remove(name)
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+                removed.append(str(Path(directory) / name))
+    return removed
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "directus-tables-leave-public", directus_tables_leave_public),
+    Migration(3, "state-owned-by-root", state_owned_by_root),
 )
 """Every migration, oldest first; a version may have several (run in this order)."""

@@ -287,7 +287,9 @@ class Secret(Model):
     client: str | None = None
     """The service this credential identifies to its owner (``directus`` for the postgres role
     ``directus``); ``None`` for the owner's own secrets."""
-    generator: Literal["password", "token", "key", "username", "tls-cert", "tls-key"]
+    generator: Literal["password", "token", "key", "username", "tls-cert", "tls-key", "supplied"]
+    """How ccoas makes the value; ``supplied``: the operator sets it (``ccoas secrets set``), ccoas
+    writes an empty value until then and never overwrites it."""
     length: int = 32
     readers: tuple[str, ...]
     reader_formats: dict[str, str] = {}

@@ -20,14 +20,14 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas.components import directus, embedder, hasura, minio, nginx, ollama, postgraphile, postgres, redis, services, vault
+from ccoas.components import directus, embedder, hasura, minio, monitoring, nginx, ollama, postgraphile, postgres, redis, services, vault
 from ccoas.components.base import Component, Context
 from ccoas.errors import Problem, StackError
 from ccoas.plan import LABEL_PREFIX, Bucket, ChangeFeed, Network, Plan, TableChanges, Tls, VaultPlan, VaultPolicy, change_channel
 from ccoas.stack import COMPONENTS, HNSW_MAX_DIMS, RESERVED_SCHEMAS, SERVICE_NETWORKS, Schema, Stack, check_name, read_stack, validate_document
 
 CATALOG: dict[str, Component] = {
-    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, embedder, vault)
+    m.COMPONENT.name: m.COMPONENT for m in (nginx, directus, hasura, postgraphile, postgres, redis, minio, ollama, embedder, vault, monitoring)
 }
 """Every component ccoas knows, by name."""
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ccoas import host_files
 from ccoas.errors import CcoasError, HostError, MissingToolError
 from ccoas.plan import Plan
 from ccoas.state import StackPaths
@@ -306,8 +307,7 @@ def down_from_cli(plan: Plan, stack_file: str | Path, purge: bool = False, on_ou
     operations = {str(_op(k)): v for k, v in (destroyed.summary.resource_changes or {}).items()}
     if purge:
         for directory in (paths.runtime, paths.state):
-            if directory.exists():
-                shutil.rmtree(directory)
+            host_files.remove_tree(directory)  # never through a link the engine user planted
     result = PulumiResult(operations=operations)
     on_output(f"{result.changes} changes")
     return result

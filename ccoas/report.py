@@ -73,6 +73,25 @@ def status_table(rows: Iterable[Any]) -> Table:
     return table
 
 
+def alerts_table(alerts: Iterable[Any]) -> Table:
+    table = Table(title="firing alerts")
+    for column in ("alert", "service", "severity", "since", "summary"):
+        table.add_column(column, overflow="fold")
+    for alert in alerts:
+        table.add_row(alert.name, alert.service, alert.severity, alert.active_since, alert.summary)
+    return table
+
+
+def samples_table(samples: Iterable[Any]) -> Table:
+    table = Table(title="instant query")
+    for column in ("series", "value"):
+        table.add_column(column, overflow="fold")
+    for sample in samples:
+        series = ", ".join(f"{k}={v}" for k, v in sample.labels.items()) or "{}"
+        table.add_row(series, f"{sample.value:g}")
+    return table
+
+
 def secrets_table(rows: Iterable[Any]) -> Table:
     table = Table(title="secrets (values are never shown; `ccoas secrets get OWNER/NAME` prints one)")
     for column in ("secret", "vault path", "version", "readers"):

@@ -29,9 +29,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping, Protocol
 from urllib.parse import quote
 
+from ccoas import host_files
 from ccoas.errors import CcoasError
 from ccoas.plan import Plan, Secret, Service, VaultPolicy
 from ccoas.state import StackPaths, secret_file_in
@@ -77,6 +78,22 @@ def generates_tls(plan: Plan) -> bool:
     return plan.tls is not None and plan.tls.mode == "generate" and any(s.generator == "tls-cert" for s in plan.secrets)
 
 
+def stack_ca_missing(plan: Plan, client) -> bool:
+    """The stack generates its certificate but Vault has no stack CA: no PKI mount or an empty
+    one. ``<CA_MOUNT>/ca/pem`` is unauthenticated where the mount exists, so a 403 there means
+    no mount serves the path (404 through some clients), never a policy that forbids it."""
+    import hvac.exceptions
+
+    from ccoas.tls import CA_MOUNT
+
+    if not generates_tls(plan):
+        return False
+    try:
+        return not client.secrets.pki.read_ca_certificate(mount_point=CA_MOUNT).strip()
+    except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+        return True
+
+
 def ccoas_policy_hcl(plan: Plan) -> str:
     """The operator token ccoas keeps: write secrets and read metadata, never read a value.
 
@@ -120,23 +137,8 @@ def deferred_interrupts():
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_readonly(path: Path, value: str) -> None:
-    """Replace ``path`` with a new 0400 file holding ``value`` (created exclusively, never reopened)."""
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
+    """Root's 0600 file in the (root-owned) state dir, written atomically."""
+    host_files.write_file(path, text.encode(), 0o600, parents_mode=0o755)
 
 
 @dataclass
@@ -214,7 +216,7 @@ class VaultBootstrap:
             return False
 
     def _stack_ca_missing(self) -> bool:
-        return SecretStore(self.plan, self.paths, self.socket, self.ccoas_client(), chown=lambda *_: None).stack_ca_missing()
+        return stack_ca_missing(self.plan, self.ccoas_client())
 
     def _root_from_unseal_keys(self, client, keys: list[str]) -> str:
         """The generate-root flow with the unseal keys ccoas holds; the token is revoked right after use."""
@@ -355,6 +357,8 @@ def generate(secret: Secret) -> str:
         return base64.b64encode(csprng.token_bytes(secret.length)).decode()
     if secret.generator == "username":
         return "u" + csprng.token_hex(secret.length)[: secret.length - 1]
+    if secret.generator == "supplied":
+        return ""  # a placeholder until the operator sets it (`ccoas secrets set`)
     raise ValueError(f"{secret.name}: generator {secret.generator} makes pairs, see ccoas.tls")
 
 
@@ -378,8 +382,8 @@ class SecretStore:
     """Vault's unix socket."""
     client: object
     """hvac client with the ccoas token, on ``socket``."""
-    chown: Callable[[Path, int, int], None]
-    """Give a file to a container uid/gid (mapped through the engine's user namespace)."""
+    owners: "SecretOwners"
+    """Maps container uids to host ones and gives files to them (the engine's :class:`~ccoas.host.HostLayout`)."""
 
     def _kv(self):
         return self.client.secrets.kv.v2  # type: ignore[attr-defined]
@@ -430,18 +434,7 @@ class SecretStore:
         return pem.strip() + "\n"
 
     def stack_ca_missing(self) -> bool:
-        """The stack generates its certificate but Vault has no stack CA: no PKI mount (Vault
-        answers 403 for a path no mount serves, 404 through some clients) or an empty one."""
-        import hvac.exceptions
-
-        from ccoas.tls import CA_MOUNT
-
-        if not generates_tls(self.plan):
-            return False
-        try:
-            return not self.client.secrets.pki.read_ca_certificate(mount_point=CA_MOUNT).strip()  # type: ignore[attr-defined]
-        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
-            return True
+        return stack_ca_missing(self.plan, self.client)
 
     def tls_pair(self) -> tuple[str, str]:
         """``(chain, key)`` for the edge: a new leaf from the stack CA, or the operator's pair."""
@@ -488,10 +481,10 @@ class SecretStore:
         for secret in self.plan.secrets:
             if secret.generator == "tls-cert":
                 for reader in secret.readers:
-                    path = self.paths.secret_file(reader, secret.name)
-                    if not path.exists():
+                    try:  # the engine user's dir: never read through a link (materialize replaces one)
+                        delivered = host_files.read_file(self.paths.secret_file(reader, secret.name)).decode()
+                    except (FileNotFoundError, host_files.UnsafePathError):
                         continue
-                    delivered = path.read_text()
                     left = days_left(delivered)
                     if left < RENEW_WITHIN_DAYS:
                         return f"the edge certificate has {left:.1f} days left (renewed under {RENEW_WITHIN_DAYS})"
@@ -507,12 +500,26 @@ class SecretStore:
             raise CcoasError(f"{service}: owns no secrets in stack {self.plan.stack}")
         pair = None
         for secret in owned:
+            if secret.generator == "supplied":
+                continue  # the operator's value: `ccoas secrets set` replaces it
             if secret.generator in TLS_GENERATORS:
                 pair = pair or self.tls_pair()
                 self.put(secret, pair[0] if secret.generator == "tls-cert" else pair[1])
             else:
                 self.put(secret, generate(secret))
         return owned
+
+    def set(self, name: str, value: str) -> Secret:
+        """Store the operator's value of the supplied secret ``name`` (OWNER/NAME)."""
+        secret = next((s for s in self.plan.secrets if s.vault_path == name), None)
+        supplied = sorted(s.vault_path for s in self.plan.secrets if s.generator == "supplied")
+        if secret is None or secret.generator != "supplied":
+            raise CcoasError(
+                f"{name!r} is not a secret the operator supplies in stack {self.plan.stack} "
+                f"(ccoas generates the others); supplied ones: {', '.join(supplied) or 'none'}"
+            )
+        self.put(secret, value)
+        return secret
 
     def list(self) -> list[SecretInfo]:
         assert self.plan.vault is not None
@@ -600,37 +607,49 @@ class SecretStore:
         for service in self.plan.services:
             for mount, value, _ in self._read_mounts(service) if service.secrets else []:
                 path = secret_file_in(out, service.name, mount.secret)
-                write_secret_file(out, path, value, mount.uid, mount.gid, self.chown)
+                write_secret_file(out, path, value, mount.uid, mount.gid, self.owners)
                 written.append(path)
         return sorted(written)
 
     def _write_file(self, path: Path, value: str, uid: int, gid: int) -> None:
-        write_secret_file(self.paths.secrets, path, value, uid, gid, self.chown)
+        write_secret_file(self.paths.secrets, path, value, uid, gid, self.owners)
 
 
-def write_secret_file(root: Path, path: Path, value: str, uid: int, gid: int, chown: Callable[[Path, int, int], None]) -> None:
+class SecretOwners(Protocol):
+    """Who a secret file is given to: the engine's :class:`~ccoas.host.HostLayout` (or a test's stand-in)."""
+
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]: ...
+
+    def give(self, path: Path, uid: int, gid: int) -> None: ...
+
+
+def write_secret_file(root: Path, path: Path, value: str, uid: int, gid: int, owners: SecretOwners) -> None:
     """Write ``value`` to ``path`` under the secrets directory ``root`` (0400, given to the
     container ``uid``/``gid``); ``root`` and ``path``'s directory stay the engine user's (container
-    root), 0700, which it must traverse to bind-mount the file. An unchanged file is kept."""
+    root), 0700, which it must traverse to bind-mount the file. An unchanged file is kept.
+
+    These directories are the engine user's to write: as root every step is fd-relative and
+    never follows a link (:mod:`ccoas.host_files`): the directories are opened with
+    ``O_NOFOLLOW | O_DIRECTORY``, the file is made ``O_EXCL | O_NOFOLLOW``, given its owner with
+    ``fchown`` on its fd and renamed into place."""
+    as_root = os.geteuid() == 0
     for directory in (root, path.parent):
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        chown(directory, 0, 0)
-    try:
-        if path.read_text() == value:
-            chown(path, uid, gid)
-            return
-    except (FileNotFoundError, PermissionError):
-        pass
-    _write_readonly(path, value)
-    chown(path, uid, gid)
+        if as_root:
+            host_files.make_dir(directory, 0o700, owners.host_ids(0, 0))
+        else:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            owners.give(directory, 0, 0)
+    host_files.write_file(path, value.encode(), 0o400, owners.host_ids(uid, gid) if as_root else None, keep_if_same=True)
+    if not as_root:
+        owners.give(path, uid, gid)
 
 
-def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], None], engine_uid: int) -> list[Path]:
+def init_secret_files(plan: Plan, out: Path, owners: SecretOwners, engine_uid: int) -> list[Path]:
     """Compose mode, no Vault: generate every secret of ``plan`` with the generators the Vault
     path uses (:func:`generate`, :func:`ccoas.tls.tls_pair`) and write each service's files into
     ``out``, laid out and owned exactly as the local engine materialises them: one file per
     reader (``out/<service>/<secret>``, formatted for that reader where the plan says so), 0400,
-    owned by the host uid the reader's container uid maps to (``chown``), because Compose
+    owned by the host uid the reader's container uid maps to (``owners``), because Compose
     bind-mounts file secrets and ignores their ``uid``/``gid``/``mode``.
 
     An existing set is kept (values live on in the stack's volumes): when every file is there
@@ -638,7 +657,7 @@ def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], N
     """
     from ccoas.tls import tls_pair
 
-    check_engine_can_reach(out, chown, engine_uid)
+    check_engine_can_reach(out, engine_uid)
     mounts = [(service, mount) for service in plan.services for mount in service.secrets]
     existing = [secret_file_in(out, s.name, m.secret) for s, m in mounts if _exists(secret_file_in(out, s.name, m.secret))]
     if existing and len(existing) == len(mounts):
@@ -659,7 +678,7 @@ def init_secret_files(plan: Plan, out: Path, chown: Callable[[Path, int, int], N
         if mount.format:
             value = mount.format.replace("{value}", value)
         path = secret_file_in(out, service.name, mount.secret)
-        write_secret_file(out, path, value, mount.uid, mount.gid, chown)
+        write_secret_file(out, path, value, mount.uid, mount.gid, owners)
         written.append(path)
     return sorted(written)
 
@@ -671,7 +690,7 @@ def _exists(path: Path) -> bool:
         return True
 
 
-def check_engine_can_reach(out: Path, chown: Callable[[Path, int, int], None], engine_uid: int | None = None) -> None:
+def check_engine_can_reach(out: Path, engine_uid: int | None = None) -> None:
     """The rootless engine (the engine user) bind-mounts files from ``out``: it must be able to
     traverse every directory above it. ``/root`` (0700) is the usual trap."""
     if engine_uid is None:

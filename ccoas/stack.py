@@ -21,8 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ccoas.errors import Problem, StackError
 
-COMPONENTS = ("nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault")
-ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault"]
+COMPONENTS = ("nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault", "monitoring")
+ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres", "redis", "minio", "ollama", "embedder", "vault", "monitoring"]
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -338,6 +338,45 @@ class Tls(_Strict):
     key: str | None = None
 
 
+LOCAL_ONLY = ("monitoring",)
+"""Components with no single official image (Prometheus, Alertmanager and the exporters share
+one container): built locally even in a stack whose images come from a registry."""
+DURATION_RE = r"^[1-9][0-9]{0,5}(s|m|h|d|w|y)$"
+"""A Prometheus duration of one unit: ``30s``, ``15d``."""
+
+
+class Retention(_Strict):
+    """How much the time-series store keeps: whichever cap is reached first removes the oldest
+    blocks (Prometheus's ``--storage.tsdb.retention.time`` and ``.size``)."""
+
+    time: Annotated[str, Field(pattern=DURATION_RE)] = "15d"
+    size: str = "1Gi"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_size(value) < 64 * 1024**2:
+            raise ValueError("must be at least 64Mi")
+        return value
+
+
+class Monitoring(ComponentConfig):
+    """The monitoring component: Prometheus, Alertmanager and the exporters, in one container."""
+
+    enabled: bool | None = None  # type: ignore[assignment]
+    """Unset: on in dev and prod stacks, off in ci stacks."""
+    retention: Retention = Retention()
+    scrape_interval: Annotated[str, Field(pattern=DURATION_RE)] = "30s"
+    evaluation_interval: Annotated[str, Field(pattern=DURATION_RE)] = "30s"
+    alert_for: Annotated[str, Field(pattern=DURATION_RE)] = "2m"
+    """How long a condition must hold before its alert fires (short in test stacks)."""
+    webhook: Annotated[str, Field(pattern=IDENT_RE)] | None = None
+    """The name of the webhook Alertmanager posts alerts to; its URL is the Vault secret
+    ``monitoring/webhook_url`` (``ccoas secrets set``). Unset: alerts go to Alertmanager's log."""
+    backup_interval: Annotated[str, Field(pattern=DURATION_RE)] = "1d"
+    """The longest a stack may go without a backup before the ``BackupOverdue`` alert fires."""
+
+
 class Components(_Strict):
     nginx: ComponentConfig = ComponentConfig()
     directus: ComponentConfig = ComponentConfig()
@@ -351,6 +390,8 @@ class Components(_Strict):
     embedder: ComponentConfig = ComponentConfig()
     """The embedding worker: runs only when the schema has embedded columns (and not when disabled)."""
     vault: ComponentConfig = ComponentConfig()
+    monitoring: Monitoring = Monitoring()
+    """Prometheus and Alertmanager: unless set, on in dev and prod stacks and off in ci ones."""
 
 
 class Stack(_Strict):
@@ -389,8 +430,13 @@ class Stack(_Strict):
         return tuple(
             name
             for name in COMPONENTS
-            if self.component(name).enabled and (name != "embedder" or self.embedder_wanted())
+            if self.component_enabled(name) and (name != "embedder" or self.embedder_wanted())
         )
+
+    def component_enabled(self, name: str) -> bool:
+        """A component's ``enabled``, or for monitoring when unset, whether the stack is not ci."""
+        enabled = self.component(name).enabled
+        return self.environment != "ci" if enabled is None else enabled
 
     def embedder_wanted(self) -> bool:
         """The embedding worker runs when there is something to embed and what it needs runs
@@ -403,7 +449,10 @@ class Stack(_Strict):
         return tuple(sorted(name for name, config in self.services.items() if config.enabled))
 
     def image_source(self, name: str) -> str:
-        return self.component(name).image.source or self.images.source or "registry"
+        """Where ``name``'s image comes from: its own choice, else (for the components only built
+        locally, :data:`LOCAL_ONLY`) ``local``, else the stack's."""
+        default = "local" if name in LOCAL_ONLY and self.images.source == "registry" else self.images.source
+        return self.component(name).image.source or default or "registry"
 
 
 RESERVED_SCHEMAS = ("ccoas", "public", "information_schema", "directus", "hdb_catalog", "hdb_views", "hdb_pro_catalog")

@@ -1,5 +1,11 @@
 """Where a stack keeps its state on a host: rendered config, secret files, runtime dirs.
 
+Who owns what (README, "Host layout"): the state root, ``stacks/``, each stack's state dir and
+its ``render`` dir are root's (0755: the engine reads the rendered config it mounts), and so is
+every file root keeps there (step record, boot record, markers, Vault material). The engine
+user gets only leaf directories: its runtime dir's stack dirs, each runtime mount, a job's
+staging dir. Root makes and changes all of them through :mod:`ccoas.host_files`.
+
 Paths are the host's business, not the plan's: the plan says "mount the rendered
 ``nginx`` directory at /etc/ccoas/nginx"; :class:`StackPaths` says where that
 directory is on this host. Every engine (local, Pulumi) resolves mounts through it.
@@ -7,6 +13,7 @@ directory is on this host. Every engine (local, Pulumi) resolves mounts through 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +26,20 @@ class StackPaths:
     """Persistent per-stack state (rendered files, Vault init material, Pulumi backend)."""
     runtime: Path
     """Per-stack runtime dir (the engine user's XDG_RUNTIME_DIR: tmpfs on systemd hosts)."""
+
+    def own_state_dirs(self) -> None:
+        """Make the state root, ``stacks/``, the state dir and its ``render`` dir root's (0755),
+        whoever held them before (the engine user owned the state root before state schema 3)."""
+        from ccoas import host_files
+
+        owner = host_files.ROOT if os.geteuid() == 0 else None  # ccoas run as the engine user keeps its own
+        for directory in (self.state.parent.parent, self.state.parent, self.state, self.render):
+            host_files.make_dir(directory, 0o755, owner)
+
+    @property
+    def jobs(self) -> Path:
+        """Root's (0755); each job's staging dir in it is handed to the container that runs the job."""
+        return self.state / "jobs"
 
     @property
     def render(self) -> Path:

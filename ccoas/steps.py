@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ccoas import host_files
 from ccoas.engine.observed import port_bindings
 from ccoas.engine.runtime import Runtime, tail_logs
 from ccoas.errors import EngineError, HostError, engine_step
@@ -73,10 +73,7 @@ class StepRecord:
         return dropped
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        host_files.write_file(self.path, (json.dumps(self.entries, indent=2, sort_keys=True) + "\n").encode(), 0o600, parents_mode=0o755)
 
 
 class Steps:
@@ -140,9 +137,7 @@ class Steps:
         from ccoas.render import render
 
         target = self.paths.render
-        target.mkdir(parents=True, exist_ok=True)
-        for directory in (self.paths.state.parent.parent, self.paths.state.parent, self.paths.state, target):
-            os.chmod(directory, 0o755)
+        self.paths.own_state_dirs()
         written = {path.resolve() for path in render(self.plan, target, files)}
         for path in sorted(target.rglob("*"), reverse=True):
             if path.is_file() and path.resolve() not in written:
@@ -151,15 +146,31 @@ class Steps:
                 path.rmdir()
 
     def runtime_dirs(self) -> None:
-        self.paths.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.runtime.give(self.paths.runtime.parent, 0, 0)
-        self.runtime.give(self.paths.runtime, 0, 0)
+        """The engine user's runtime dirs of the stack, and each runtime mount given to the
+        container uid that writes it: made and owned on fds, never through a planted link."""
+        layout = self.runtime.layout
+        layout.give_dir(self.paths.runtime.parent, 0, 0)
+        layout.give_dir(self.paths.runtime, 0, 0)
         for service in self.plan.services:
             for mount in service.runtime_mounts:
-                directory = self.paths.runtime_mount(mount.name)
-                directory.mkdir(parents=True, exist_ok=True)
-                os.chmod(directory, 0o700)
-                self.runtime.give(directory, service.uid, service.gid)
+                layout.give_dir(self.paths.runtime_mount(mount.name), service.uid, service.gid)
+
+    def write_figures(self, statuses: list[Any]) -> None:
+        """ccoas's own figures for the monitoring component (its textfile collector), when the
+        plan has one: container health and restarts, the newest backup's time."""
+        from ccoas.components.monitoring import TEXTFILE_MOUNT
+        from ccoas.metrics import newest_backup, stack_figures, write_textfile
+
+        if not self.plan.has("monitoring"):
+            return
+        restarts = {}
+        for service in self.plan.services:
+            container = self.runtime.container(service)
+            if container is not None:
+                restarts[service.name] = int(container.attrs.get("RestartCount") or 0)
+        snapshots = self.runtime.layout.state_root / "snapshots" / self.plan.stack  # ccoas.backup.snapshot_dir
+        figures = stack_figures(statuses, restarts, newest_backup(self.paths.state, snapshots), time.time())
+        write_textfile(self.paths.runtime_mount(TEXTFILE_MOUNT), figures)
 
     # -- after a container started --------------------------------------------------------------
 
@@ -248,7 +259,7 @@ class Steps:
         from ccoas.secrets import SecretStore
 
         vault = self.vault()
-        return SecretStore(self.plan, self.paths, vault.socket, vault.ccoas_client(), chown=self.runtime.give)
+        return SecretStore(self.plan, self.paths, vault.socket, vault.ccoas_client(), owners=self.runtime.layout)
 
 
 def published_addresses(container: Any) -> list[tuple[str, int]]:

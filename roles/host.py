@@ -23,8 +23,10 @@ What it leaves behind, every piece idempotent (a second run reports no changes):
   network backend. Overlay storage. (A running API service reads them at start only.)
 - ``/dev/net/tun`` readable by everyone where it is not (slirp4netns needs it rootless).
 - ``/run/user/<uid>`` (0700, the user's): its XDG_RUNTIME_DIR, where the API socket lives.
-- ``/var/lib/ccoas`` (state) and ``/var/cache/ccoas`` (build cache) owned by the engine user:
-  the rootless user cannot read /root, so nothing it needs may live there.
+- ``/var/lib/ccoas`` (state) owned by root, 0755: the engine user reads the rendered config
+  it mounts from there but cannot change anything root keeps or acts on (README, "Boundary:
+  root ↔ engine user"); ``/var/cache/ccoas`` (build cache) owned by the engine user. The
+  rootless user cannot read /root, so nothing it needs may live there.
 
 Data (``--data key=value``): ccoas_engine_user, ccoas_subid_start (100000),
 ccoas_subid_count (65536), ccoas_state_dir, ccoas_cache_dir, ccoas_toolchain_dir,
@@ -165,8 +167,8 @@ def prepare_host() -> None:
             commands=[f'install -d -m 0700 -o {user} -g {user} "/run/user/$(id -u {user})"'],
         )
 
-    for directory in (state_dir, cache_dir):
-        files.directory(name=f"Directory {directory}", path=directory, user=user, group=user, mode="0755")
+    files.directory(name=f"Directory {state_dir} (root's)", path=state_dir, user="root", group="root", mode="0755")
+    files.directory(name=f"Directory {cache_dir}", path=cache_dir, user=user, group=user, mode="0755")
 
     go = f"{toolchain_dir}/{TOOLCHAINS['go'].bin_dir}/go"
     if not host.get_fact(File, go):

@@ -73,6 +73,23 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+def _tree_fingerprint(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    import stat
+
+    seen = {}
+    for path in [directory, *sorted(directory.rglob("*"))]:
+        status = path.lstat()
+        seen[str(path)] = (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode), path.read_bytes() if path.is_file() else b"")
+    return seen
+
+
+@pytest.fixture(scope="session")
+def tree_fingerprint() -> Callable[[Path], dict[str, tuple[int, int, int, bytes]]]:
+    """Owner, group, mode and bytes of everything under a directory: compared before and after
+    root works where another user planted links (a victim directory must not change)."""
+    return _tree_fingerprint
+
+
 # --- each module's time, printed at the end of every run (both tiers) ------------------------
 
 _MODULE_SECONDS: dict[str, float] = {}

@@ -140,6 +140,8 @@ def test_a_bad_stack_is_rejected_before_anything_runs(path, runner, write_stack,
     before = {
         ("secrets", "rotate"): ["postgres"],
         ("secrets", "get"): ["directus/admin_password"],
+        ("secrets", "set"): ["monitoring/webhook_url"],
+        ("metrics",): ["up"],
         ("query",): ["documents", "text"],
         ("restore",): [str(tmp_path / "bundle.ccoas")],
     }.get(path, [])

@@ -1,9 +1,10 @@
 """``ccoas secrets init``: Compose mode's secret files, without Vault.
 
 The files are what the local engine would materialise: one per reader, formatted for that
-reader where the plan says so, 0400, given to the reader's container uid (the chown is
-recorded here; the mapping to subordinate ids is :meth:`HostLayout.host_uid`, tested in
-test_host.py, and the e2e test of the export proves the services read them).
+reader where the plan says so, 0400, given to the reader's container uid (mapped here to
+``MAPPED + uid`` and read back from the files; the mapping to subordinate ids is
+:meth:`HostLayout.host_uid`, tested in test_host.py, and the e2e test of the export proves the
+services read them).
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ from ccoas.secrets import init_secret_files
 from ccoas.state import secret_file_in
 
 
+MAPPED = 70000
+"""Container uid ``n`` is host uid ``MAPPED + n`` here (the rootless mapping's shape)."""
+
+
 class Owners:
-    """A chown that records who each path was given to (and changes nothing on disk)."""
+    """The engine's id mapping, without an engine user: root gives files to ``MAPPED + uid``."""
 
-    def __init__(self) -> None:
-        self.given: dict[Path, tuple[int, int]] = {}
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        return MAPPED + uid, MAPPED + gid
 
-    def __call__(self, path: Path, uid: int, gid: int) -> None:
-        self.given[path] = (uid, gid)
+    def give(self, path: Path, uid: int, gid: int) -> None:
+        os.chown(path, *self.host_ids(uid, gid), follow_symlinks=False)
+
+
+def owner(path: Path) -> tuple[int, int]:
+    status = path.lstat()
+    return status.st_uid - MAPPED, status.st_gid - MAPPED
 
 
 @pytest.fixture
@@ -37,15 +47,14 @@ def out(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("stack", ["dev", "ci"])  # prod supplies its TLS pair from files
 def test_every_reader_gets_its_own_file_owned_by_its_uid(load_plan, out, stack):
     plan = load_plan(stack)
-    owners = Owners()
-    written = init_secret_files(plan, out, owners, engine_uid=os.getuid())
+    written = init_secret_files(plan, out, Owners(), engine_uid=os.getuid())
     mounts = [(service, mount) for service in plan.services for mount in service.secrets]
     assert written == sorted(secret_file_in(out, s.name, m.secret) for s, m in mounts)
     for service, mount in mounts:
         path = secret_file_in(out, service.name, mount.secret)
         assert stat.S_IMODE(path.stat().st_mode) == 0o400
-        assert owners.given[path] == (mount.uid, mount.gid) == (service.uid, service.gid)
-        assert owners.given[path.parent] == owners.given[out] == (0, 0)  # the engine user traverses, nobody else
+        assert owner(path) == (mount.uid, mount.gid) == (service.uid, service.gid)
+        assert owner(path.parent) == owner(out) == (0, 0)  # the engine user traverses, nobody else
     # one value per secret, whoever reads it (formatted where the plan says so)
     for secret in plan.secrets:
         readers = [(s, m) for s, m in mounts if m.secret == secret.name]

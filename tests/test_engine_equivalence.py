@@ -263,9 +263,10 @@ def normalize_docker_mounts(plan: Plan, body: dict[str, Any]) -> list[tuple[str,
     for mount in body["HostConfig"]["Mounts"]:
         source = mount["Source"]
         if mount["Type"] == "bind":
-            for root, name in ((paths.secrets, "secrets"), (paths.render, "render")):
+            for root, name in ((paths.secrets, "secrets"), (paths.render, "render"), (paths.runtime, "runtime")):
                 if source.startswith(f"{root}/"):
                     source = f"{name}/{source.removeprefix(f'{root}/')}"
+                    break
         result.append((mount["Type"], source, mount["Target"], mount["ReadOnly"]))
     return sorted(result)
 
@@ -274,6 +275,10 @@ def normalize_compose_mounts(document: dict[str, Any], body: dict[str, Any]) -> 
     """A Compose service's volumes and secrets in the same terms."""
     result = []
     for entry in body.get("volumes", []):
+        if entry.startswith("${CCOAS_RUNTIME_DIR"):  # a runtime mount: ${CCOAS_RUNTIME_DIR:?…}/NAME:TARGET
+            name, target, *mode = entry.split("}/", 1)[1].split(":")
+            result.append(("bind", f"runtime/{name}", target, mode == ["ro"]))
+            continue
         source, target, *mode = entry.split(":")
         read_only = mode == ["ro"]
         if source.startswith("./"):

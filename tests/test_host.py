@@ -35,6 +35,19 @@ def test_subordinate_range_and_container_uids(layout: HostLayout):
     assert layout.host_uid(999) == 200998
 
 
+def test_host_ids_map_container_uid_and_gid(layout: HostLayout):
+    assert layout.host_ids(0, 0) == (UID, layout.gid)
+    assert layout.host_ids(101, 101) == (200100, 200100)
+
+
+def test_ccoas_talks_to_a_service_of_its_own_not_the_well_known_socket(layout: HostLayout):
+    """Other Docker-API clients find ``$XDG_RUNTIME_DIR/podman/podman.sock``; what they do to the
+    networks that service holds must not reach ccoas's (README, "Boundary: root ↔ engine user")."""
+    assert layout.socket_path == layout.runtime_dir / "ccoas-api" / "podman.sock"
+    assert layout.socket_path != layout.runtime_dir / "podman" / "podman.sock"
+    assert layout.base_url == f"unix://{layout.socket_path}"
+
+
 def test_missing_range_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "subuid").write_text("someone:100000:65536\n")
     monkeypatch.setattr(host, "SUBUID_FILE", tmp_path / "subuid")

@@ -78,7 +78,9 @@ def test_images_list_json(runner):
 
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert {r["component"] for r in rows} == set(PINNED)
+    assert {r["component"] for r in rows if r["registry_ref"] != NONE} == set(PINNED)
+    local_only = {r["component"] for r in rows if r["registry_ref"] == NONE}
+    assert local_only == {n for n in local_only if CATALOG[n].registry_image is None}  # only local-only components lack a pin
     assert set(rows[0]) == {
         "component", "source", "ref", "local_upstream", "registry_ref", "registry_upstream", "digest_source", "note",
     }  # fmt: skip
@@ -94,7 +96,9 @@ def test_images_list_prints_each_component_with_its_digest_source(runner):
     for name in set(PINNED):
         assert f"{name} (this stack: registry)" in result.stdout
         assert CATALOG[name].registry_image in result.stdout
-    assert result.stdout.count("digest seen") == len(PINNED)
+    assert result.stdout.count("digest seen") == len(PINNED) + sum(  # local-only components say "-"
+        1 for name in CATALOG if CATALOG[name].registry_image is None and f"{name} (this stack: local)" in result.stdout
+    )
 
 
 def test_images_list_of_a_bad_stack_exits_2(runner, tmp_path):

@@ -60,7 +60,7 @@ def test_a_state_without_a_marker_is_the_first_schema(paths):
     _old_state(paths)
     found = migrations.read(paths.state)
     assert (found.state_schema_version, found.recorded) == (FIRST_SCHEMA, False)
-    assert [m.name for m in migrations.pending(found, MIGRATIONS)] == ["directus-tables-leave-public"]
+    assert [m.name for m in migrations.pending(found, MIGRATIONS)] == ["directus-tables-leave-public", "state-owned-by-root"]
     assert "up migrates it" in migrations.describe(paths.state)
 
 
@@ -80,7 +80,8 @@ def test_a_broken_marker_is_named_not_guessed(paths):
 def test_an_old_state_is_migrated_and_says_so(paths):
     _old_state(paths)
     notes = migrations.migrate(paths)
-    assert len(notes) == 1 and "directus-tables-leave-public" in notes[0] and "hook:postgres:0" in notes[0]
+    assert len(notes) == 2 and "directus-tables-leave-public" in notes[0] and "hook:postgres:0" in notes[0]
+    assert "state-owned-by-root" in notes[1] and "nothing planted was found" in notes[1]
     steps = json.loads((paths.state / "steps.json").read_text())
     assert steps == {"hook:vault:0": "bbbb"}  # only Postgres's hooks run again
     assert migrations.read(paths.state).state_schema_version == STATE_SCHEMA_VERSION

@@ -116,7 +116,7 @@ def declared_stack(load_plan: Callable[..., Plan], stack: str) -> tuple[Plan, De
 
 
 STACKS = ("prod", "dev")
-PROD_SERVICES = ("directus", "hasura", "minio", "nginx", "ollama", "postgres", "redis", "vault")
+PROD_SERVICES = ("directus", "hasura", "minio", "monitoring", "nginx", "ollama", "postgres", "redis", "vault")
 
 
 # -- security, per service -----------------------------------------------------------------------

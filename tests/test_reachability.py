@@ -18,8 +18,9 @@ def test_declared_matrix_follows_shared_networks(load_plan):
     assert matrix[("directus", "postgres", 5432)] is True
     assert matrix[("nginx", "postgres", 5432)] is False
     assert matrix[("nginx", "directus", 8055)] is True
-    assert not any(ok for (source, _, _), ok in matrix.items() if source == "vault")  # alone on auth
-    assert not any(ok for (_, target, _), ok in matrix.items() if target == "vault")
+    # on auth, Vault has one peer: the monitoring container, which scrapes its metrics
+    assert not any(ok for (source, target, _), ok in matrix.items() if source == "vault" and target != "monitoring")
+    assert {source for (source, target, _), ok in matrix.items() if target == "vault" and ok} == {"monitoring"}
     assert len(matrix) == sum(len(t.expose) * (len(plan.services) - 1) for t in plan.services)
 
 

@@ -201,9 +201,12 @@ def test_compose_mode_has_no_vault(load_plan):
     assert plan.has("vault")
     document = compose_document(plan)
     assert "vault" not in document["services"] and "vault-data" not in document.get("volumes", {})
-    assert "auth" not in document["networks"]  # only Vault was on it
+    # only Vault and monitoring (which scrapes Vault there) were on auth
+    assert document["networks"].get("auth") is None or set(document["services"]["monitoring"]["networks"]) >= {"auth"}
     assert all("vault" not in body.get("depends_on", {}) for body in document["services"].values())
-    assert "CCOAS_RUNTIME_DIR" not in yaml.safe_dump(document)  # only Vault's socket needed a runtime dir
+    # only Vault's socket and monitoring's textfile need a runtime dir
+    runtime = [name for name, body in document["services"].items() if "CCOAS_RUNTIME_DIR" in yaml.safe_dump(body)]
+    assert runtime == ["monitoring"]
 
 
 # --- nginx -------------------------------------------------------------------------------------
@@ -440,7 +443,7 @@ def test_postgres_bootstrap_reads_every_role_password_from_its_secret_file(key):
     plan = ALL_PLANS[key]
     files = rendered_files(plan)
     sql = files["postgres/bootstrap.sql"]
-    roles = sorted(c for c in ("directus", "embedder", "hasura", "postgraphile") if plan.has(c))
+    roles = sorted(c for c in ("directus", "embedder", "hasura", "monitoring", "postgraphile") if plan.has(c))
     assert re.findall(r"^ALTER ROLE \"(\w+)\" PASSWORD :'pw';$", sql, re.M) == roles
     for role in roles:
         assert f"\\set pw `cat {SECRETS_DIR}postgres_{role}_password`" in sql
@@ -475,13 +478,16 @@ def test_service_policies_are_the_text_the_bootstrap_uploads(key):
     assert ccoas_policy_hcl(plan) == secrets.ccoas_policy_hcl(plan)
 
 
-def test_vault_config_is_server_mode_with_a_socket_and_no_telemetry():
+def test_vault_config_is_server_mode_with_a_socket_and_telemetry_only_for_monitoring():
     for key, plan in PLANS.items():
         conf = rendered_files(plan)["vault/config.hcl"]
         vault = plan.service("vault")
         socket = next(m.target for m in vault.runtime_mounts if m.name == "vault-socket")
         assert f'address      = "{socket}/vault.sock"' in conf and 'socket_mode  = "0666"' in conf
-        assert "disable_mlock = true" in conf and "ui = false" in conf and "telemetry" not in conf
+        assert "disable_mlock = true" in conf and "ui = false" in conf
+        # telemetry (unauthenticated /v1/sys/metrics on the auth network) only for monitoring
+        assert ("unauthenticated_metrics_access = true" in conf) == plan.has("monitoring"), key
+        assert ("telemetry" in conf) == plan.has("monitoring"), key
         assert ('audit "file" "file"' in conf) == (vault.image.source == "local"), key
         assert f'file_path = "{plan.vault.audit_path}"' in conf or vault.image.source != "local"
 
@@ -667,6 +673,7 @@ def test_compose_header_names_every_variable_the_file_uses(key):
     text = rendered_files(PLANS[key])["compose.yaml"]
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
-    assert used == {"CCOAS_SECRETS_DIR"}  # Vault's runtime dir is gone with Vault
+    # Vault's runtime dir is gone with Vault; monitoring's (ccoas's textfile) stays with it
+    assert used == ({"CCOAS_SECRETS_DIR", "CCOAS_RUNTIME_DIR"} if PLANS[key].has("monitoring") else {"CCOAS_SECRETS_DIR"})
     assert all(f"#   {name}: {VARIABLES[name]}" in header for name in used)
     assert "podman-compose up -d" in header and "ccoas secrets init" in header

@@ -11,6 +11,7 @@ forwards to OpenBao but stalls the requests a test names.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -124,8 +125,18 @@ def vault(load_plan):
         shutil.rmtree(root, ignore_errors=True)
 
 
+class FileOwners:
+    """Secret files stay this process's (no engine user here)."""
+
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        return os.getuid(), os.getgid()
+
+    def give(self, path, uid: int, gid: int) -> None:
+        pass
+
+
 def store(plan, paths, client) -> SecretStore:
-    return SecretStore(plan, paths, paths.state.parent / "vault.sock", client, chown=lambda *_: None)
+    return SecretStore(plan, paths, paths.state.parent / "vault.sock", client, owners=FileOwners())
 
 
 def root_client(bootstrap: VaultBootstrap):

@@ -20,13 +20,12 @@ has no timer for health checks without systemd: ccoas runs them itself while it 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas import migrations
+from ccoas import host_files, migrations
 from ccoas.engine.diff import (
     VAULT_BOOTSTRAP,
     VAULT_SECRETS,
@@ -218,7 +217,7 @@ class LocalEngine:
             return ObservedVault(sealed=True, token_valid=False, versions={})
         try:
             client = self.steps.vault().ccoas_client()  # renews ccoas's periodic token
-            store = SecretStore(self.plan, self.paths, socket, client, chown=self.runtime.give)
+            store = SecretStore(self.plan, self.paths, socket, client, owners=self.runtime.layout)
             versions = store.versions()
         except (VaultError, hvac.exceptions.VaultError, requests.RequestException):
             return ObservedVault(sealed=False, token_valid=False, versions={})
@@ -355,6 +354,7 @@ class LocalEngine:
             result.status, result.timings = again.status, {**result.timings, **again.timings}
             unisolated = self.unisolated_networks()
         result.changes += len(migrated)
+        self.steps.write_figures(result.status)
         result.notes = [*migrated, *self.notes, *self.steps.notes, *unisolated, *self.host_notes()]
         return result
 
@@ -644,8 +644,7 @@ class LocalEngine:
                 volume.remove(force=True)
             removed.append(f"{len(volumes)} volumes")
             for directory in (self.paths.runtime, self.paths.state):
-                if directory.exists():
-                    shutil.rmtree(directory)
+                host_files.remove_tree(directory)  # never through a link the engine user planted
             removed.append("state and secret files")
         return ", ".join(removed)
 

@@ -1,15 +1,25 @@
 """Backup and restore of the ci stack, end to end, through the CLI.
 
-Rows written through Directus, an object uploaded (binary, byte for byte), a secret
-rotated; ``ccoas backup`` (encrypted); ``down --purge``; a bundle with one byte flipped is
-refused before anything is created; ``ccoas restore``; everything is back, the admin
-password from before the backup still logs in, every service is healthy.
+Rows written through Directus, an object put straight into MinIO (random bytes, a content
+type and user metadata) and one uploaded through Directus, a secret rotated; ``ccoas backup``
+(encrypted and authenticated); ``down --purge``; a bundle with one byte flipped and the same
+bundle rewritten as an unauthenticated (format 1) one are refused before anything is created;
+``ccoas restore``; everything is back, the admin password from before the backup still logs
+in, every service is healthy.
+
+The backup → restore round trip is always taken and asserted: the known Directus ↔ MinIO
+defect (issue #15) may only turn the test into an xfail at its very end, after every other
+check has passed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import tarfile
+import shlex
 import signal
 import threading
 import time
@@ -24,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from ccoas.backup import MAGIC, load_key, open_bundle
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 
@@ -85,18 +96,10 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     folders = [f"h15-folder-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
     for folder in folders:
         directus.call("POST", "/folders", json.dumps({"name": folder}).encode())
+    direct = mc(engine, "head -c 300000 /dev/urandom > /tmp/blob && mc --quiet cp --attr 'Content-Type=application/x-h15;X-Amz-Meta-Owner=h15' /tmp/blob " + shlex.quote(f"s3/uploads/{DIRECT_KEY}") + " >/dev/null && sha256sum < /tmp/blob")
+    direct_sha = direct.split()[0]
     payload = os.urandom(200_000)
-    boundary = "h15-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nh15 object\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    try:
-        stored = json.loads(directus.call("POST", "/files", body, f"multipart/form-data; boundary={boundary}"))["data"]
-    except AssertionError as exc:
-        pytest.xfail(f"{KNOWN_DEFECT}: Directus could not store the upload ({exc}); {asset_diagnosis(engine, None)}")
-    assert stored["storage"] == "s3"
+    stored, refused_upload = upload(directus, payload)
     postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
     insert = postgres.exec_run(
         ["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c",
@@ -107,22 +110,42 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     note_id = insert.output.decode().strip()
 
     bundle, key = tmp_path / "stack.ccoas", tmp_path / "backup.key"
+    unseal_key = json.loads(engine.paths.vault_init.read_text())["keys_base64"][0]
+    ccoas_token = engine.paths.ccoas_token.read_text().strip()
     taken = ccoas("backup", str(STACK), "--name", NAME, "--out", str(bundle), "--key-file", str(key))
     assert taken.returncode == 0, taken.stderr + taken.stdout
-    for path in (bundle, Path(f"{bundle}.unseal"), key):
+    for path in (bundle, key):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    assert payload[:64] not in bundle.read_bytes()  # encrypted
+    assert not Path(f"{bundle}.unseal").exists()  # the unseal key travels inside, authenticated
+    data = bundle.read_bytes()
+    assert payload[:64] not in data and unseal_key.encode() not in data  # encrypted
+    members = open_bundle(bundle, key).members
+    assert json.loads(members["vault/unseal.json"]) == {"keys_base64": [unseal_key]}
+    assert not any(ccoas_token.encode() in content for content in members.values())  # ccoas's token does not travel
 
     engine.down(purge=True)
+
+    # The same bundle as an older ccoas wrote it (format 1: no authentication, unseal file
+    # beside): someone who can write bundles but lacks the key can make that. Refused, exit 2.
+    legacy = tmp_path / "legacy.ccoas"
+    legacy.write_bytes(unauthenticated_copy(members))
+    Path(f"{legacy}.unseal").write_text(json.dumps({"keys_base64": [unseal_key], "snapshot_sha256": hashlib.sha256(members["vault/raft.snap"]).hexdigest()}))
+    refused = ccoas("restore", str(legacy), str(STACK), "--name", NAME)
+    assert refused.returncode == 2, refused.stderr
+    assert "not authenticated" in refused.stderr and "--insecure-unauthenticated" in refused.stderr
+    assert engine._owned("containers") == [] and engine._owned("volumes") == []
 
     damaged = tmp_path / "damaged.ccoas"
     data = bytearray(bundle.read_bytes())
     data[len(data) // 2] ^= 0x01
     damaged.write_bytes(bytes(data))
-    Path(f"{damaged}.unseal").write_bytes(Path(f"{bundle}.unseal").read_bytes())
     refused = ccoas("restore", str(damaged), str(STACK), "--name", NAME, "--key-file", str(key))
     assert refused.returncode == 2, refused.stderr
     assert "checksum mismatch" in refused.stderr
+    assert engine._owned("containers") == [] and engine._owned("volumes") == []
+    load_key(tmp_path / "another.key", create=True)
+    refused = ccoas("restore", str(bundle), str(STACK), "--name", NAME, "--key-file", str(tmp_path / "another.key"))
+    assert refused.returncode == 2 and "does not authenticate" in refused.stderr, refused.stderr
     assert engine._owned("containers") == [] and engine._owned("volumes") == []
     assert not engine.paths.vault_init.exists()
 
@@ -135,14 +158,20 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
     directus.login("admin@example.com", admin_password)
     names = {f["name"] for f in json.loads(directus.call("GET", "/folders?limit=-1"))["data"]}
     assert set(folders) <= names
-    meta = json.loads(directus.call("GET", f"/files/{stored['id']}"))["data"]
-    assert meta["title"] == "h15 object"
+    assert mc(engine, "mc --quiet cat " + shlex.quote(f"s3/uploads/{DIRECT_KEY}") + " | sha256sum").split()[0] == direct_sha
+    metadata = json.loads(mc(engine, "mc --json stat " + shlex.quote(f"s3/uploads/{DIRECT_KEY}")))["metadata"]
+    assert metadata.get("Content-Type") == "application/x-h15" and metadata.get("X-Amz-Meta-Owner") == "h15", metadata
     postgres = engine.client.containers.get(engine.plan.service("postgres").container_name)
     row = postgres.exec_run(
         ["psql", "-X", "-qAt", "-h", "/tmp", "-U", "postgres", "-d", "app", "-c", f"SELECT body FROM app.notes WHERE id = '{note_id}'"],
         user="999:999",
     )
     assert row.output.decode().strip() == "h15 row"
+    # Every check above is strict. Only the Directus ↔ MinIO defect may make this an xfail, now.
+    if stored is None:
+        pytest.xfail(f"{KNOWN_DEFECT}: the round trip passed, but Directus could not store the upload before the backup ({refused_upload})")
+    meta = json.loads(directus.call("GET", f"/files/{stored['id']}"))["data"]
+    assert meta["title"] == "h15 object"
     try:
         asset = directus.call("GET", f"/assets/{stored['id']}")
     except AssertionError as exc:
@@ -158,6 +187,53 @@ def test_backup_purge_restore_brings_everything_back(engine, tmp_path):
 
 
 KNOWN_DEFECT = "known intermittent defect (issue #15, open): Directus and MinIO"
+DIRECT_KEY = "h15/direct object.bin"
+
+
+def mc(engine: LocalEngine, script: str) -> str:
+    """``script`` in MinIO's container with ``mc``'s alias ``s3`` for its root user."""
+    minio = engine.client.containers.get(engine.plan.service("minio").container_name)
+    setup = 'export MC_CONFIG_DIR=/tmp/.mc-h15 MC_HOST_s3="http://$(cat /run/secrets/minio_root_user):$(cat /run/secrets/minio_root_password)@127.0.0.1:9000"; '
+    result = minio.exec_run(["sh", "-c", setup + script], user=engine.plan.service("minio").user)
+    assert result.exit_code == 0, result.output.decode(errors="replace")
+    return result.output.decode()
+
+
+def upload(directus: Directus, payload: bytes) -> tuple[dict | None, str]:
+    """A file uploaded through Directus (to MinIO), tried three times: the known defect refuses
+    some first uploads of a fresh stack. ``(None, why)`` when every try was refused."""
+    boundary = "h15-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nh15 object\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    refusals = []
+    for _ in range(3):
+        try:
+            stored = json.loads(directus.call("POST", "/files", body, f"multipart/form-data; boundary={boundary}"))["data"]
+        except AssertionError as exc:
+            refusals.append(str(exc))
+            time.sleep(5)
+            continue
+        assert stored["storage"] == "s3"
+        return stored, ""
+    return None, "; ".join(refusals)
+
+
+def unauthenticated_copy(members: dict[str, bytes]) -> bytes:
+    """``members`` as a format-1 bundle: plain tar, its own checksums, nothing a key proves."""
+    members = {name: content for name, content in members.items() if name != "vault/unseal.json"}
+    manifest = {"files": {name: hashlib.sha256(content).hexdigest() for name, content in members.items()}}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in {"manifest.json": json.dumps(manifest).encode(), **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    payload = buffer.getvalue()
+    header = {"format": "ccoas-backup", "version": 1, "encrypted": False, "sha256": hashlib.sha256(payload).hexdigest()}
+    return MAGIC + json.dumps(header).encode() + b"\n" + payload
 
 
 def asset_diagnosis(engine: LocalEngine, key: str | None) -> str:

@@ -203,7 +203,7 @@ def control(engine, name: str) -> int:
 
 def network(engine, *args: str) -> None:
     """``podman network ARGS`` through libpod's endpoints (Podman 4.3's Docker-API network calls drop ``isolate``)."""
-    command = engine.runtime.layout.engine_command("podman", "--remote", "network", *args)
+    command = engine.runtime.layout.engine_command("podman", "--remote", "--url", engine.runtime.layout.base_url, "network", *args)
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

@@ -210,8 +210,8 @@ def test_host_prepare_is_idempotent(prepared, layout: HostLayout):
     assert prepared[1] == 0, f"second prepare changed {prepared[1]} operations"
     assert layout.runtime_dir.is_dir() and (layout.runtime_dir.stat().st_mode & 0o777) == 0o700
     assert layout.runtime_dir.stat().st_uid == layout.uid
-    for path in (layout.state_root, layout.cache_root):
-        assert path.stat().st_uid == layout.uid
+    assert layout.state_root.stat().st_uid == 0 and not layout.state_root.stat().st_mode & 0o022  # root's state
+    assert layout.cache_root.stat().st_uid == layout.uid
     assert (os.stat("/dev/net/tun").st_mode & 0o666) == 0o666
     assert layout.host_uid(0) == layout.uid
     assert layout.host_uid(999) == layout.subuid_start + 998

@@ -14,17 +14,29 @@ reproduces one the way it happens, then proves ``ccoas up`` restores isolation:
   of each network; a bridge set up afterwards gets no isolation rules: ccoas never calls that
   endpoint, and ``up`` makes the service read its network files again and restarts the
   containers on such a network.
+
+And that other Docker-API clients cannot do that to ccoas between two ``up``s: ccoas talks to a
+service of its own on a socket of its own (``HostLayout.socket_path``); a client listing and
+inspecting networks through another service (the one on the well-known socket, here one this
+module starts) corrupts only that service's copy, and nginx restarted through ccoas's service,
+or after a crash by its restart policy, comes back isolated.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 import uuid
+
+import docker
 
 import pytest
 
 from ccoas.engine.local import LocalEngine
 from ccoas.engine.runtime import ISOLATION_GUARD
+from ccoas.host import ping
 from ccoas.plan import LABEL_PREFIX
 from ccoas.planner import build_plan, load_stack
 
@@ -36,7 +48,8 @@ CONTROLS = "test_network_is_as_planned_and_held_isolated or test_another_isolate
 
 
 def podman(engine, *args: str) -> subprocess.CompletedProcess:
-    command = engine.runtime.layout.engine_command("podman", "--remote", *args)
+    """``podman`` through ccoas's own API service (the well-known socket is another service's)."""
+    command = engine.runtime.layout.engine_command("podman", "--remote", "--url", engine.runtime.layout.base_url, *args)
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -155,3 +168,109 @@ def test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_
     assert isolated(engine)
     assert not attacker_reaches_nginx(engine)
     assert controls(engine) == 0
+
+
+# -- other Docker-API clients between two ups ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_service(engine):
+    """A Podman API service of the engine user that is not ccoas's: what `docker network ls`,
+    docker-bench-security or a monitoring agent reach through the well-known socket. Started
+    here on a socket of this module's (the host's well-known one serves other tests), stopped
+    after by its pid."""
+    layout = engine.runtime.layout
+    assert layout.socket_path != layout.runtime_dir / "podman" / "podman.sock"  # ccoas's is not the well-known one
+    socket = layout.runtime_dir / "podman" / f"{NAME}-other.sock"
+    started = subprocess.Popen(
+        layout.engine_command("podman", "system", "service", "--time=0", f"unix://{socket}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ping(socket):
+            assert time.monotonic() < deadline and started.poll() is None, "the other API service did not answer"
+            time.sleep(0.3)
+        yield docker.DockerClient(base_url=f"unix://{socket}", timeout=60)
+    finally:
+        os.killpg(started.pid, signal.SIGTERM)
+        started.wait(timeout=30)
+
+
+def list_and_inspect_networks(client) -> None:
+    """What docker-bench-security does through the Docker API: list every network, inspect each."""
+    for network in client.networks.list():
+        try:
+            client.networks.get(network.id)
+        except docker.errors.NotFound:
+            pass  # another stack on this host removed it meanwhile
+
+
+def restart_count(engine, name: str) -> tuple[int, str]:
+    attrs = engine.client.api.inspect_container(name)
+    return attrs["RestartCount"], attrs["State"]["StartedAt"]
+
+
+def test_other_clients_listing_networks_between_restarts_leave_ccoas_isolated(engine, other_service):
+    nginx = engine.plan.service("nginx").container_name
+    edge = engine.plan.network("edge").engine_name
+    engine.up()
+    assert isolated(engine), "not isolated before the other client came: what follows would measure nothing"
+    for _ in range(3):  # another stack's network change makes a service read its files again
+        list_and_inspect_networks(other_service)
+        held_there = other_service.api.get(other_service.api.base_url + "/v4.0.0/libpod/networks/json").json()
+        if not (next(n for n in held_there if n["name"] == edge).get("options") or {}).get("isolate"):
+            break
+    else:
+        pytest.skip("the other service kept (or read again) isolate after every Docker-API list: nothing measured")
+
+    engine.client.containers.get(nginx).restart(timeout=15)  # a restart through ccoas's service
+    assert held(engine)[edge] == (True, True)
+    assert not attacker_reaches_nginx(engine)
+
+    list_and_inspect_networks(other_service)
+    crash_and_wait_for_restart(engine, nginx)
+    assert held(engine)[edge] == (True, True)
+    assert not attacker_reaches_nginx(engine)
+    planned = [str(op) for op in engine.up(dry_run=True).operations]
+    assert not any(op.startswith(("reload network", "restart")) for op in planned), planned
+
+
+def crash_and_wait_for_restart(engine, nginx: str) -> None:
+    """SIGKILL nginx's main process (a crash) and wait until its restart policy brought it back."""
+    before = restart_count(engine, nginx)
+    os.kill(engine.client.api.inspect_container(nginx)["State"]["Pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while restart_count(engine, nginx) == before or engine.client.api.inspect_container(nginx)["State"]["Status"] != "running":
+        assert time.monotonic() < deadline, "nginx was not restarted by its restart policy"
+        time.sleep(0.5)
+
+
+def test_a_crash_restart_is_made_by_a_fresh_podman_that_reads_the_network_files(engine):
+    """Even with ccoas's own service corrupted (a Docker-API list through it, on purpose), nginx
+    restarted by its restart policy after a crash is isolated: conmon's exit command is a new
+    ``podman container cleanup`` process, which reads the network from its file. Only a start
+    through the corrupted service runs unisolated
+    (``test_a_bridge_set_up_after_a_docker_api_client_read_it_is_isolated_again_by_up``), and
+    ``up`` repairs the service's copy.
+
+    The service re-reads its network files whenever their directory changes (any stack on the
+    host creating or removing a network): a run where that healed the copy before the restart
+    measured nothing, and is made again (up to three times)."""
+    nginx = engine.plan.service("nginx").container_name
+    edge = engine.plan.network("edge").engine_name
+    for _ in range(3):
+        engine.up()
+        assert isolated(engine), "not isolated before the crash: what follows would measure nothing"
+        engine.client.networks.list()  # corrupts ccoas's own service's copy
+        if held(engine)[edge][0] is not False:
+            continue
+        crash_and_wait_for_restart(engine, nginx)
+        if held(engine)[edge][0] is False:  # still corrupted after the restart: it was throughout
+            break
+    else:
+        pytest.skip("another stack's network changes kept healing the service's copy: nothing measured")
+    assert held(engine)[edge] == (False, True)  # the service's copy lost isolate; the bridge has its rules
+    assert not attacker_reaches_nginx(engine)
+    engine.up()
+    assert isolated(engine)

@@ -15,7 +15,10 @@ import uuid
 
 import pytest
 
-from ccoas.backup import restore, snapshot_before_up
+import os
+import stat
+
+from ccoas.backup import BackupError, bundle_key_path, open_bundle, pack, restore, snapshot_before_up, unseal_path
 from ccoas.diagnose import diagnose, secret_values
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
@@ -63,6 +66,27 @@ def test_an_up_that_changes_postgres_image_snapshots_first_and_the_snapshot_rest
         result, risky = taken
         assert set(risky) == {"postgres"} and "image changed" in risky["postgres"]
         assert result.path.exists() and result.path.parent.name == NAME
+        # Encrypted and authenticated with this host's bundle key: root's, 0600 in a 0700
+        # directory, outside the state directory; no unseal file beside it, no token inside.
+        key = bundle_key_path()
+        assert result.key_path == key and not key.is_relative_to(engine.layout.state_root)
+        for path, mode in ((key, 0o600), (key.parent, 0o700)):
+            assert path.stat().st_uid == os.geteuid() and stat.S_IMODE(path.stat().st_mode) == mode, path
+        assert not unseal_path(result.path).exists()
+        members = open_bundle(result.path).members
+        assert "vault/unseal.json" in members
+        assert not any(engine.paths.ccoas_token.read_text().strip().encode() in c for c in members.values())
+        # A bundle swapped into the snapshots directory by someone without the key: refused
+        # before anything is read or touched.
+        from cryptography.fernet import Fernet
+
+        planted = result.path.with_name("planted.ccoas")
+        planted.write_bytes(pack({**members, "manifest.json": json.dumps(open_bundle(result.path).manifest).encode()}, Fernet.generate_key()))
+        try:
+            with pytest.raises(BackupError, match="does not authenticate"):
+                restore(engine, planted)
+        finally:
+            planted.unlink()
         changed.up()
         assert changed.client.containers.get(changed.plan.service("postgres").container_name).image.id == changed.client.images.get(derived).id
         psql(changed, "DELETE FROM app.notes")

@@ -101,8 +101,8 @@ BEGIN
         JOIN pg_catalog.pg_roles AS granted ON granted.oid = m.roleid
         JOIN pg_catalog.pg_roles AS member ON member.oid = m.member
         JOIN pg_catalog.pg_roles AS grantor ON grantor.oid = m.grantor
-        WHERE granted.rolname IN ('app_owner', 'directus', 'postgraphile')
-           OR member.rolname IN ('app_owner', 'directus', 'postgraphile')
+        WHERE (granted.rolname IN ('app_owner', 'directus', 'postgraphile')
+           OR member.rolname IN ('app_owner', 'directus', 'postgraphile'))
     LOOP
         RAISE WARNING 'ccoas: revoking membership of % in % (granted by %)', membership.member, membership.granted, membership.grantor;
         EXECUTE pg_catalog.format('REVOKE %I FROM %I GRANTED BY %I CASCADE', membership.granted, membership.member, membership.grantor);
@@ -446,5 +446,6 @@ GRANT "postgraphile_anonymous" TO "postgraphile" WITH INHERIT FALSE, SET TRUE;
 GRANT USAGE ON SCHEMA "app" TO "postgraphile_anonymous";
 REVOKE ALL ON "app"."notes" FROM "postgraphile_user", "postgraphile_anonymous";
 GRANT SELECT, INSERT, UPDATE, DELETE ON "app"."notes" TO "postgraphile_user";
+
 
 COMMIT;

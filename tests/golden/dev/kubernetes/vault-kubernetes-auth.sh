@@ -32,13 +32,31 @@ vault write auth/kubernetes/role/dev-minio \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
-# postgres: reads postgres/directus_password, postgres/embedder_password, postgres/postgraphile_password, postgres/superuser_password
+# monitoring: reads postgres/monitoring_password, redis/monitoring_password
+vault policy write dev-monitoring - <<'POLICY'
+# dev-monitoring: what the monitoring service may read
+path "ccoas/data/dev/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/redis/monitoring_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/dev-monitoring \
+  bound_service_account_names=monitoring \
+  bound_service_account_namespaces=ccoas-dev \
+  token_policies=dev-monitoring token_ttl=5m token_max_ttl=15m >/dev/null
+
+# postgres: reads postgres/directus_password, postgres/embedder_password, postgres/monitoring_password, postgres/postgraphile_password, postgres/superuser_password
 vault policy write dev-postgres - <<'POLICY'
 # dev-postgres: what the postgres service may read
 path "ccoas/data/dev/postgres/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/postgres/embedder_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/postgres/monitoring_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/postgres/postgraphile_password" {
@@ -53,13 +71,16 @@ vault write auth/kubernetes/role/dev-postgres \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-postgres token_ttl=5m token_max_ttl=15m >/dev/null
 
-# redis: reads redis/directus_password, redis/health_password
+# redis: reads redis/directus_password, redis/health_password, redis/monitoring_password
 vault policy write dev-redis - <<'POLICY'
 # dev-redis: what the redis service may read
 path "ccoas/data/dev/redis/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/redis/health_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/redis/monitoring_password" {
   capabilities = ["read"]
 }
 POLICY
@@ -148,8 +169,10 @@ vault kv metadata get -mount=ccoas dev/nginx/tls_cert >/dev/null 2>&1 || { echo 
 vault kv metadata get -mount=ccoas dev/nginx/tls_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/nginx/tls_key (TLS private key for localhost)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/directus_password (password of the postgres role directus)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/embedder_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/embedder_password (password of the postgres role embedder)'; missing=1; }
+vault kv metadata get -mount=ccoas dev/postgres/monitoring_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/monitoring_password (password of the postgres role monitoring (pg_monitor))'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/postgraphile_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/postgraphile_password (password of the postgres role postgraphile)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/postgres/superuser_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/postgres/superuser_password (password of the postgres superuser)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/redis/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/redis/directus_password (password of the redis ACL user directus)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/redis/health_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/redis/health_password (password of the redis ACL user health (PING only))'; missing=1; }
+vault kv metadata get -mount=ccoas dev/redis/monitoring_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/redis/monitoring_password (password of the redis ACL user monitoring (INFO and read-only introspection))'; missing=1; }
 exit $missing

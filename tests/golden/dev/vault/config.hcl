@@ -23,6 +23,16 @@ listener "tcp" {
   address         = "0.0.0.0:8200"
   cluster_address = "127.0.0.1:8201"
   tls_disable     = true
+  # The monitoring component (on the auth network) scrapes /v1/sys/metrics without a token:
+  # request, seal and storage figures, no secret and no secret's name.
+  telemetry {
+    unauthenticated_metrics_access = true
+  }
+}
+
+telemetry {
+  prometheus_retention_time = "60s"
+  disable_hostname          = true
 }
 
 # ccoas initialises, unseals and writes secrets through this socket, in a directory only

@@ -42,6 +42,14 @@ path "ccoas/data/dev/minio/root_user" {
   capabilities = ["read"]
 }
 
+# dev-monitoring: what the monitoring service may read
+path "ccoas/data/dev/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/redis/monitoring_password" {
+  capabilities = ["read"]
+}
+
 # dev-nginx: what the nginx service may read
 path "ccoas/data/dev/nginx/tls_cert" {
   capabilities = ["read"]
@@ -65,6 +73,9 @@ path "ccoas/data/dev/postgres/directus_password" {
 path "ccoas/data/dev/postgres/embedder_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/dev/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
 path "ccoas/data/dev/postgres/postgraphile_password" {
   capabilities = ["read"]
 }
@@ -77,6 +88,9 @@ path "ccoas/data/dev/redis/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/redis/health_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/redis/monitoring_password" {
   capabilities = ["read"]
 }
 

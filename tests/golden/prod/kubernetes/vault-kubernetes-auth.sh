@@ -32,13 +32,31 @@ vault write auth/kubernetes/role/prod-minio \
   bound_service_account_namespaces=ccoas-prod \
   token_policies=prod-minio token_ttl=5m token_max_ttl=15m >/dev/null
 
-# postgres: reads postgres/directus_password, postgres/hasura_password, postgres/superuser_password
+# monitoring: reads postgres/monitoring_password, redis/monitoring_password
+vault policy write prod-monitoring - <<'POLICY'
+# prod-monitoring: what the monitoring service may read
+path "ccoas/data/prod/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/redis/monitoring_password" {
+  capabilities = ["read"]
+}
+POLICY
+vault write auth/kubernetes/role/prod-monitoring \
+  bound_service_account_names=monitoring \
+  bound_service_account_namespaces=ccoas-prod \
+  token_policies=prod-monitoring token_ttl=5m token_max_ttl=15m >/dev/null
+
+# postgres: reads postgres/directus_password, postgres/hasura_password, postgres/monitoring_password, postgres/superuser_password
 vault policy write prod-postgres - <<'POLICY'
 # prod-postgres: what the postgres service may read
 path "ccoas/data/prod/postgres/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/prod/postgres/hasura_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/postgres/monitoring_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/prod/postgres/superuser_password" {
@@ -50,13 +68,16 @@ vault write auth/kubernetes/role/prod-postgres \
   bound_service_account_namespaces=ccoas-prod \
   token_policies=prod-postgres token_ttl=5m token_max_ttl=15m >/dev/null
 
-# redis: reads redis/directus_password, redis/health_password
+# redis: reads redis/directus_password, redis/health_password, redis/monitoring_password
 vault policy write prod-redis - <<'POLICY'
 # prod-redis: what the redis service may read
 path "ccoas/data/prod/redis/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/prod/redis/health_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/redis/monitoring_password" {
   capabilities = ["read"]
 }
 POLICY
@@ -137,7 +158,9 @@ vault kv metadata get -mount=ccoas prod/nginx/tls_cert >/dev/null 2>&1 || { echo
 vault kv metadata get -mount=ccoas prod/nginx/tls_key >/dev/null 2>&1 || { echo 'missing: ccoas/prod/nginx/tls_key (TLS private key for app.example.org)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/postgres/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/postgres/directus_password (password of the postgres role directus)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/postgres/hasura_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/postgres/hasura_password (password of the postgres role hasura)'; missing=1; }
+vault kv metadata get -mount=ccoas prod/postgres/monitoring_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/postgres/monitoring_password (password of the postgres role monitoring (pg_monitor))'; missing=1; }
 vault kv metadata get -mount=ccoas prod/postgres/superuser_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/postgres/superuser_password (password of the postgres superuser)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/redis/directus_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/redis/directus_password (password of the redis ACL user directus)'; missing=1; }
 vault kv metadata get -mount=ccoas prod/redis/health_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/redis/health_password (password of the redis ACL user health (PING only))'; missing=1; }
+vault kv metadata get -mount=ccoas prod/redis/monitoring_password >/dev/null 2>&1 || { echo 'missing: ccoas/prod/redis/monitoring_password (password of the redis ACL user monitoring (INFO and read-only introspection))'; missing=1; }
 exit $missing

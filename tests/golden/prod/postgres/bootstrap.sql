@@ -89,6 +89,30 @@ SET LOCAL log_min_error_statement = error;
 GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "hasura";
 GRANT USAGE ON SCHEMA public TO "hasura";
 
+-- monitoring: logs in with the password in /run/secrets/postgres_monitoring_password.
+DO $ccoas$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'monitoring') THEN
+        CREATE ROLE "monitoring" LOGIN;
+    END IF;
+END
+$ccoas$;
+ALTER ROLE "monitoring" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 50;
+-- The statement carries the password: keep it out of the server log even if it fails.
+SET LOCAL log_statement = 'none';
+SET LOCAL log_min_error_statement = panic;
+\set pw `cat /run/secrets/postgres_monitoring_password`
+SELECT :'pw' = '' AS ccoas_pw_missing \gset
+\if :ccoas_pw_missing
+DO $ccoas$ BEGIN RAISE EXCEPTION 'ccoas: the secret file /run/secrets/postgres_monitoring_password is missing or empty'; END $ccoas$;
+\endif
+ALTER ROLE "monitoring" PASSWORD :'pw';
+\unset pw
+\unset ccoas_pw_missing
+SET LOCAL log_min_error_statement = error;
+GRANT CONNECT, TEMPORARY ON DATABASE "app" TO "monitoring";
+GRANT USAGE ON SCHEMA public TO "monitoring";
+
 -- Memberships: this bootstrap grants none, so every membership of a role it manages
 -- (in either direction) was made by someone else, and is revoked.
 DO $ccoas$
@@ -101,8 +125,10 @@ BEGIN
         JOIN pg_catalog.pg_roles AS granted ON granted.oid = m.roleid
         JOIN pg_catalog.pg_roles AS member ON member.oid = m.member
         JOIN pg_catalog.pg_roles AS grantor ON grantor.oid = m.grantor
-        WHERE granted.rolname IN ('app_owner', 'directus', 'hasura')
-           OR member.rolname IN ('app_owner', 'directus', 'hasura')
+        WHERE (granted.rolname IN ('app_owner', 'directus', 'hasura', 'monitoring')
+           OR member.rolname IN ('app_owner', 'directus', 'hasura', 'monitoring'))
+          -- the one membership this bootstrap grants (below)
+          AND NOT (granted.rolname = 'pg_monitor' AND member.rolname = 'monitoring' AND grantor.rolname = 'postgres')
     LOOP
         RAISE WARNING 'ccoas: revoking membership of % in % (granted by %)', membership.member, membership.granted, membership.grantor;
         EXECUTE pg_catalog.format('REVOKE %I FROM %I GRANTED BY %I CASCADE', membership.granted, membership.member, membership.grantor);
@@ -488,5 +514,32 @@ DROP TRIGGER IF EXISTS ccoas_change_truncate ON "app"."documents";
 CREATE TRIGGER ccoas_change_truncate AFTER TRUNCATE ON "app"."documents"
     FOR EACH STATEMENT EXECUTE FUNCTION ccoas.record_change('ccoas_app_documents', 'id');
 
+
+
+-- ============================================================================================
+-- Monitoring: the role monitoring (postgres_exporter) reads the statistics views through
+-- pg_monitor and ccoas's own figures through ccoas.monitoring_*(), which count rows (never
+-- read a value) as their owner, the superuser: row-level security would hide rows from it.
+-- ============================================================================================
+GRANT pg_monitor TO "monitoring" GRANTED BY "postgres";
+CREATE OR REPLACE FUNCTION ccoas.monitoring_embedding_backlog()
+    RETURNS TABLE (table_name text, backlog_rows bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+    SELECT NULL::text, NULL::bigint WHERE false
+$ccoas$;
+CREATE OR REPLACE FUNCTION ccoas.monitoring_change_log()
+    RETURNS TABLE (entries bigint, oldest_age_seconds double precision, newest_seq bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $ccoas$
+    SELECT pg_catalog.count(*),
+           COALESCE(EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - pg_catalog.min(l.committed_at))::double precision, 0),
+           COALESCE(pg_catalog.max(l.seq), 0)
+    FROM ccoas.change_log AS l
+$ccoas$;
+REVOKE ALL ON FUNCTION ccoas.monitoring_embedding_backlog(), ccoas.monitoring_change_log() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ccoas.monitoring_embedding_backlog(), ccoas.monitoring_change_log() TO "monitoring";
 
 COMMIT;

@@ -26,11 +26,14 @@ digest() {
 }
 health=$(digest /run/secrets/redis_health_password)
 directus=$(digest /run/secrets/redis_directus_password)
+monitoring=$(digest /run/secrets/redis_monitoring_password)
 
 {
 	printf '%s\n' 'user default off resetpass -@all'
 	printf 'user health on #%s -@all +ping\n' "$health"
 	printf 'user %s on ~* &* +@all -@admin -@dangerous +info #%s\n' directus "$directus"
+	# monitoring (redis exporter): introspection only, no key, no channel
+	printf 'user %s on resetkeys resetchannels -@all +ping +info +client|list +slowlog|get +slowlog|len +latency|latest +config|get +dbsize +select #%s\n' monitoring "$monitoring"
 } >"$tmp"
 mv -f "$tmp" "$acl"
 

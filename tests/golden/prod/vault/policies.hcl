@@ -48,6 +48,14 @@ path "ccoas/data/prod/minio/root_user" {
   capabilities = ["read"]
 }
 
+# prod-monitoring: what the monitoring service may read
+path "ccoas/data/prod/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/redis/monitoring_password" {
+  capabilities = ["read"]
+}
+
 # prod-nginx: what the nginx service may read
 path "ccoas/data/prod/nginx/tls_cert" {
   capabilities = ["read"]
@@ -63,6 +71,9 @@ path "ccoas/data/prod/postgres/directus_password" {
 path "ccoas/data/prod/postgres/hasura_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/prod/postgres/monitoring_password" {
+  capabilities = ["read"]
+}
 path "ccoas/data/prod/postgres/superuser_password" {
   capabilities = ["read"]
 }
@@ -72,6 +83,9 @@ path "ccoas/data/prod/redis/directus_password" {
   capabilities = ["read"]
 }
 path "ccoas/data/prod/redis/health_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/prod/redis/monitoring_password" {
   capabilities = ["read"]
 }
 
