@@ -77,6 +77,7 @@ def compose_text(plan: Plan, dump: Callable[[Any], str]) -> str:
         f"# and run its hooks ({', '.join(settles) or 'none here'}); dependants wait for them to complete",
         "# (Podman before 4.6 ignores service_healthy). Images are never pulled (pull_policy: never).",
         f"# Run end to end with {TESTED_WITH}.",
+        *(["# Edge: Nginx's ports are published by the engine (no host listener): see x-ccoas.edge."] if EXTENSION in document and "edge" in document[EXTENSION] else []),
     ]
     return "\n".join(lines) + "\n" + body
 
@@ -104,6 +105,16 @@ def compose_document(plan: Plan) -> dict[str, Any]:
         "networks": {n.name: _network(n) for n in sorted(plan.networks, key=lambda n: n.name) if n.name in used_networks},
         "services": {service.name: _service(service, names, settled) for service in sorted(services, key=lambda s: s.name)},
     }
+    if plan.edge is not None and plan.edge.listener.kind == "host" and "nginx" in names:
+        # Compose runs no host listener: Nginx's own ports are published (its TCP listeners),
+        # and its PROXY-protocol sockets are on a tmpfs of its own, which nothing else reaches.
+        nginx = document["services"]["nginx"]
+        nginx["ports"] = [_port(port) for port in plan.edge.listener.ports]
+        edge_dir = next(m.target for m in plan.service("nginx").runtime_mounts if m.name == plan.edge.listener.socket_mount)
+        nginx["volumes"] = [v for v in nginx["volumes"] if not v.endswith(f":{edge_dir}")]
+        # mode 1777 as /tmp: a tmpfs comes up owned by the container's root (only Nginx runs there)
+        nginx["tmpfs"] = [*nginx.get("tmpfs", []), f"{edge_dir}:rw,nosuid,nodev,noexec,size=1m,mode=1777"]
+        document[EXTENSION]["edge"] = EDGE_NOTE
     for service in services:
         if service.name in settled:
             document["services"][settle_name(service)] = settle_service(service)
@@ -124,6 +135,15 @@ def compose_document(plan: Plan) -> dict[str, Any]:
         document["secrets"] = {name: {"file": path} for name, path in sorted(files.items())}
     return document
 
+
+EDGE_NOTE = (
+    "the plan's edge listener (HAProxy in the host's network namespace, PROXY protocol to Nginx over a unix socket) "
+    "is ccoas's, not Compose's: here the engine publishes Nginx's ports itself, so Nginx sees the address the "
+    "engine's port forwarder shows it: each client's under a rootful engine, one address for every client under "
+    "rootless Podman (its per-client limits then count all clients together). Nginx's PROXY-protocol sockets are "
+    "on a tmpfs of its own, which nothing else reaches"
+)
+"""What the Compose export does instead of the host listener (:mod:`ccoas.listener`)."""
 
 SETTLE_SUFFIX = "-settle"
 SETTLED_SUFFIX = "-settled"

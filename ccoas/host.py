@@ -157,6 +157,19 @@ class HostLayout:
             "BUILDAH_FORMAT": "docker",
         }
 
+    def start_detached(self, args: tuple[str, ...], log_path: Path) -> None:
+        """Start ``args`` as the engine user in a session of its own (it outlives ccoas), its
+        output appended to ``log_path`` (opened without following links when we are root)."""
+        with host_files.open_append(log_path) if os.geteuid() == 0 else open(log_path, "ab") as log:
+            subprocess.Popen(
+                self.engine_command(*args),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                start_new_session=True,
+            )
+
     def engine_command(self, *args: str) -> list[str]:
         """``args`` as a command that runs as the engine user (through runuser when we are root)."""
         env = [f"{k}={v}" for k, v in sorted(self.engine_env().items())]
@@ -340,15 +353,7 @@ def ensure_api_service(layout: HostLayout | None = None, wait_s: float = API_WAI
     else:
         if os.geteuid() == 0:
             host_files.make_dir(layout.state_root, 0o755, host_files.ROOT)
-        with host_files.open_append(log_path) if os.geteuid() == 0 else open(log_path, "ab") as log:
-            subprocess.Popen(
-                layout.engine_command("podman", "system", "service", "--time=0", layout.base_url),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                start_new_session=True,
-            )
+        layout.start_detached(("podman", "system", "service", "--time=0", layout.base_url), log_path)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if ping(layout.socket_path):

@@ -101,6 +101,14 @@ def pods_service(service: Service) -> str:
     return f"{service.name}-pods"
 
 
+def public_ports(plan: Plan, service: Service) -> tuple[Any, ...]:
+    """The ports clients outside reach ``service`` on: its published ones, or for Nginx behind
+    ccoas's host listener (:mod:`ccoas.listener`, which a cluster does not run) the listener's."""
+    if service.name == "nginx" and plan.edge is not None and plan.edge.listener.kind == "host":
+        return plan.edge.listener.ports
+    return service.ports
+
+
 def public_service(service: Service) -> str:
     return f"{service.name}-public"
 
@@ -509,7 +517,7 @@ def services(plan: Plan, service: Service) -> list[dict[str, Any]]:
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": False, "selector": selector(service), "ports": ports},
         }
     )
-    if service.ports:
+    if public_ports(plan, service):
         objects.append(
             {
                 "apiVersion": "v1",
@@ -526,7 +534,7 @@ def services(plan: Plan, service: Service) -> list[dict[str, Any]]:
                             "targetPort": p.container_port,
                             "protocol": p.protocol.upper(),
                         }
-                        for p in service.ports
+                        for p in public_ports(plan, service)
                     ],
                 },
             }
@@ -556,8 +564,14 @@ def unenforced(plan: Plan, service: Service) -> list[str]:
         if plan.network(name).isolate:
             notes.append(f"network {name} isolate: no field; the NetworkPolicies in {NETWORK_POLICIES_FILE} enforce it")
             break
-    for port in service.ports:
+    for port in public_ports(plan, service):
         notes.append(f"published on {port.host_ip}:{port.host_port or 'any'}: the LoadBalancer {public_service(service)} decides the address")
+    if service.name == "nginx" and plan.edge is not None and plan.edge.listener.kind == "host":
+        notes.append(
+            "edge listener host (ccoas's HAProxy, PROXY protocol over a unix socket): not run on a cluster; the "
+            f"LoadBalancer {public_service(service)} (externalTrafficPolicy: Local) keeps each client's address instead. "
+            "Behind an ingress or a load balancer that sends the PROXY protocol, accept it on Nginx's TCP port"
+        )
     for mount in service.runtime_mounts:
         notes.append(f"runtime mount {mount.name} ({mount.target}): shared with the host by ccoas; here an emptyDir no one else sees")
     for hook in non_exec_hooks(service):
@@ -659,7 +673,7 @@ def network_policies(plan: Plan) -> list[dict[str, Any]]:
             )
     policies.extend(secret_delivery_policies(plan))
     for service in sorted(plan.services, key=lambda s: s.name):
-        if service.ports:
+        if public_ports(plan, service):
             policies.append(
                 network_policy(
                     plan,
@@ -670,7 +684,7 @@ def network_policies(plan: Plan) -> list[dict[str, Any]]:
                     ingress=[
                         {
                             "from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
-                            "ports": tcp_ports([p.container_port for p in service.ports]),
+                            "ports": tcp_ports([p.container_port for p in public_ports(plan, service)]),
                         }
                     ],
                 )

@@ -145,6 +145,9 @@ class RuntimeMount(Model):
 
     name: str
     target: str
+    engine_user_traverses: bool = False
+    """The engine user's own host processes may enter the directory (group the engine user's,
+    mode 0750): the edge listener reaches Nginx's sockets there. Otherwise 0700, the service's alone."""
 
 
 class TmpfsMount(Model):
@@ -383,6 +386,44 @@ class EmbeddingModel(Model):
     dimensions: int
 
 
+class EdgeLimits(Model):
+    """Per client address at the edge (Nginx's zones, keyed on the address it sees)."""
+
+    requests_per_second: int
+    burst: int
+    connections: int
+    """Requests in flight per address."""
+    websockets: int
+    """Open websockets per address."""
+    total_connections: int
+    """Client connections for all clients together."""
+
+
+class EdgeListener(Model):
+    """Who accepts the public connections and how Nginx learns each client's address."""
+
+    kind: Literal["host", "engine"]
+    """``host``: HAProxy, run by ccoas as the engine user in the host's network namespace,
+    binds :attr:`ports` and passes each connection to Nginx with the PROXY protocol (v2) over a
+    unix socket in :attr:`socket_mount` (Nginx publishes nothing); ``engine``: the engine
+    publishes Nginx's ports (Nginx sees the address the engine's forwarder shows it)."""
+    ports: tuple[Port, ...]
+    """The public addresses: ``components.nginx.publish``. Host port 0: a free port, chosen once."""
+    socket_mount: str = "edge"
+    """The runtime mount (see :attr:`Service.runtime_mounts`) holding Nginx's PROXY-protocol sockets."""
+    sockets: dict[int, str] = {}
+    """Nginx container port → the socket file that stands for it in :attr:`socket_mount`."""
+
+
+class EdgePlan(Model):
+    listener: EdgeListener
+    limits: EdgeLimits
+    workers: int
+    """Nginx worker processes (one per CPU nginx is given)."""
+    worker_connections: int
+    """Per Nginx worker: each proxied request holds two connections (client and upstream)."""
+
+
 class Plan(Model):
     schema_version: int = PLAN_SCHEMA_VERSION
     stack: str
@@ -400,6 +441,8 @@ class Plan(Model):
     tls: Tls | None
     vault: VaultPlan | None
     app_schema: Schema
+    edge: EdgePlan | None = None
+    """How clients reach Nginx and what each may take (with nginx only)."""
     changes: ChangeFeed | None = None
     """The change feed of the application tables (with postgres only)."""
     embedding_models: tuple[EmbeddingModel, ...] = ()
@@ -442,6 +485,14 @@ class Plan(Model):
 
     def owned_secrets(self, owner: str) -> list[Secret]:
         return [s for s in self.secrets if s.owner == owner]
+
+    def published(self) -> list[tuple[str, Port]]:
+        """Every host address the stack binds, with what binds it: the services' published
+        ports, and the edge listener's (``"edge listener"``) when Nginx is behind it."""
+        bound = [(s.name, p) for s in self.services for p in s.ports]
+        if self.edge is not None and self.edge.listener.kind == "host":
+            bound += [("edge listener", p) for p in self.edge.listener.ports]
+        return bound
 
     def has(self, name: str) -> bool:
         return any(service.name == name for service in self.services)

@@ -154,6 +154,17 @@ def ensure_host_ports_unique(stack: Stack) -> list[tuple[str, str]]:
     return problems
 
 
+def ensure_edge_limits_consistent(stack: Stack) -> list[tuple[str, str]]:
+    """Per-client limits fit inside the edge's total, websockets inside a client's connections."""
+    limits = stack.edge.limits
+    problems = []
+    if limits.connections > limits.total_connections:
+        problems.append(("edge.limits.connections", f"expected at most total_connections ({limits.total_connections}), got {limits.connections}"))
+    if limits.websockets > limits.connections:
+        problems.append(("edge.limits.websockets", f"expected at most connections ({limits.connections}): a websocket is a connection, got {limits.websockets}"))
+    return problems
+
+
 def ensure_no_cycles(stack: Stack) -> list[tuple[str, str]]:
     try:
         tuple(TopologicalSorter({n: set(d) for n, d in dependency_graph(stack).items()}).static_order())
@@ -342,6 +353,7 @@ RULES: tuple[Rule, ...] = (
     ensure_one_graphql_plane,
     ensure_published_ports_exist,
     ensure_host_ports_unique,
+    ensure_edge_limits_consistent,
     ensure_no_cycles,
     ensure_tls_consistent,
     ensure_schema_name_free,
@@ -445,6 +457,7 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
         tls=tls,
         vault=vault_plan,
         app_schema=stack.schema_,
+        edge=nginx.edge(ctx) if "nginx" in ctx.enabled else None,
         changes=change_feed(stack.schema_) if "postgres" in ctx.enabled else None,
         embedding_models=tuple(ollama.MODELS[name] for name in stack.schema_.embedding_models()),
     )

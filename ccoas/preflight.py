@@ -134,17 +134,16 @@ def privileged_ports(plan: Plan, stack_arg: str | None, port_start: int | None =
         except (OSError, ValueError):
             return []
     return [
-        f"{s.name} publishes {p.host_ip}:{p.host_port}, below net.ipv4.ip_unprivileged_port_start={port_start} "
-        f"(rootless containers cannot bind it): run `{_prepare_for(stack_arg)}`, which lowers it for this stack"
-        for s in plan.services
-        for p in s.ports
+        f"{name} publishes {p.host_ip}:{p.host_port}, below net.ipv4.ip_unprivileged_port_start={port_start} "
+        f"(the engine user cannot bind it): run `{_prepare_for(stack_arg)}`, which lowers it for this stack"
+        for name, p in plan.published()
         if 0 < p.host_port < port_start
     ]
 
 
 def lowest_published_port(plan: Plan) -> int | None:
     """The lowest host port ``plan`` publishes below 1024 (host preparation lowers the sysctl to it)."""
-    low = [p.host_port for s in plan.services for p in s.ports if 0 < p.host_port < 1024]
+    low = [p.host_port for _, p in plan.published() if 0 < p.host_port < 1024]
     return min(low) if low else None
 
 
@@ -188,25 +187,26 @@ def check_host(plan: Plan | None, layout: HostLayout, stack_arg: str | None = No
 # --- engine rules (the API answers) ----------------------------------------------------------
 
 
-def ports_free(plan: Plan, client: Any) -> list[str]:
-    """Every port the stack publishes is free, or published by this stack's own containers."""
+def ports_free(plan: Plan, client: Any, listening: "set[tuple[str, int]] | frozenset[tuple[str, int]]" = frozenset()) -> list[str]:
+    """Every port the stack publishes is free, or published by this stack's own containers
+    (or, ``listening``, held by its own edge listener)."""
     own = _published_by(client, {"label": [f"{LABEL_PREFIX}.stack={plan.stack}"], "status": ["running"]})
+    own.update({address: "edge listener" for address in listening})
     others: dict[tuple[str, int], str] | None = None
     failures = []
-    for service in plan.services:
-        for port in service.ports:
-            if not port.host_port or (port.host_ip, port.host_port) in own or ("0.0.0.0", port.host_port) in own:
-                continue
-            if not _taken(port.host_ip, port.host_port, port.protocol):
-                continue
-            if others is None:
-                others = _published_by(client, {"status": ["running"]})
-            holder = others.get((port.host_ip, port.host_port)) or others.get(("0.0.0.0", port.host_port))
-            by = f"container {holder}" if holder else f"another process (`ss -ltnp 'sport = :{port.host_port}'` shows which)"
-            failures.append(
-                f"{service.name}: port {port.host_ip}:{port.host_port} is already in use by {by}: "
-                f"stop it, or publish another port in the stack file"
-            )
+    for name, port in plan.published():
+        if not port.host_port or (port.host_ip, port.host_port) in own or ("0.0.0.0", port.host_port) in own:
+            continue
+        if not _taken(port.host_ip, port.host_port, port.protocol):
+            continue
+        if others is None:
+            others = _published_by(client, {"status": ["running"]})
+        holder = others.get((port.host_ip, port.host_port)) or others.get(("0.0.0.0", port.host_port))
+        by = f"container {holder}" if holder else f"another process (`ss -ltnp 'sport = :{port.host_port}'` shows which)"
+        failures.append(
+            f"{name}: port {port.host_ip}:{port.host_port} is already in use by {by}: "
+            f"stop it, or publish another port in the stack file"
+        )
     return failures
 
 
@@ -235,7 +235,11 @@ def check_engine(plan: Plan, layout: HostLayout, client: Any) -> list[str]:
     """Rules that need the engine: published ports, and disk for the images it lacks."""
     from ccoas.images import image_present
 
-    failures = ports_free(plan, client)
+    from ccoas import listener
+    from ccoas.state import stack_paths
+
+    paths = stack_paths(layout.state_root, layout.runtime_dir, plan.stack)
+    failures = ports_free(plan, client, listener.held_addresses(plan, paths, layout))
     builds = any(s.image.source == "local" and not image_present(client, s.image.ref) for s in plan.services)
     failures += free_disk(layout, BUILD_FREE_BYTES if builds else RUN_FREE_BYTES)
     return failures

@@ -284,6 +284,11 @@ def up_from_cli(plan: Plan, stack_file: str | Path, on_output: Output = print) -
     result = up(plan, paths, docker_host, stack_file, on_output=on_output)
     for service in plan.services:
         steps.settle(service)
+    from ccoas import listener
+
+    edge = listener.plan_operation(plan, paths, listener.observe(plan, paths, runtime.layout))
+    if edge is not None:  # a host resource, not Pulumi's: ccoas converges it as the local engine does
+        listener.apply(plan, paths, runtime.layout, edge, on_output)
     on_output(f"{result.changes} changes")
     return result
 
@@ -297,6 +302,10 @@ def down_from_cli(plan: Plan, stack_file: str | Path, purge: bool = False, on_ou
     passphrase_env()
     paths, docker_host = _host(plan)
     stack = workspace_stack(plan, paths, docker_host, stack_file)
+    from ccoas import listener
+    from ccoas.host import host_layout
+
+    listener.stop(listener.ListenerFiles.of(paths), host_layout())
     prefix = f"urn:pulumi:{plan.stack}::{PROJECT}::"
     targets = [f"{prefix}docker:index/container:Container::{s.name}" for s in plan.services]
     targets += [f"{prefix}docker:index/network:Network::{n.name}" for n in plan.networks]

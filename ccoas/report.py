@@ -12,6 +12,14 @@ from rich.table import Table
 from ccoas.plan import Plan
 
 
+def published(plan: Plan, service) -> str:
+    """What the service publishes; Nginx behind the host listener: the listener's ports."""
+    if service.name == "nginx" and plan.edge is not None and plan.edge.listener.kind == "host":
+        ports = ", ".join(f"{p.host_ip}:{p.host_port or 'auto'}->{p.container_port}" for p in plan.edge.listener.ports)
+        return f"{ports} (host listener, PROXY protocol)"
+    return ", ".join(f"{p.host_ip}:{p.host_port or 'auto'}->{p.container_port}" for p in service.ports) or "-"
+
+
 def plan_tables(plan: Plan) -> list[Table]:
     networks = Table(title=f"stack {plan.stack} ({plan.environment}): networks")
     for column in ("network", "engine name", "internal", "isolated", "purpose"):
@@ -37,7 +45,7 @@ def plan_tables(plan: Plan) -> list[Table]:
             f"{s.image.ref} ({s.image.source})",
             s.user,
             ", ".join(sorted(s.networks)),
-            ", ".join(f"{p.host_ip}:{p.host_port or 'auto'}->{p.container_port}" for p in s.ports) or "-",
+            published(plan, s),
             ", ".join(d.service for d in s.depends_on) or "-",
             ", ".join(limits),
         )

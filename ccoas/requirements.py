@@ -66,6 +66,7 @@ RUNTIME_BINARIES: tuple[RuntimeBinary, ...] = (
     RuntimeBinary("newuidmap", "uidmap", "podman"),
     RuntimeBinary("newgidmap", "uidmap", "podman"),
     RuntimeBinary("fuse-overlayfs", "fuse-overlayfs", "podman (overlay storage)"),
+    RuntimeBinary("haproxy", "haproxy", "ccoas (the edge listener: public ports in the host's namespace, see ccoas/listener.py)"),
 )
 
 ENGINE_PACKAGES: tuple[str, ...] = tuple(dict.fromkeys(b.package for b in RUNTIME_BINARIES))

@@ -122,6 +122,39 @@ class ComponentConfig(_Strict):
     """This component's log cap, when it is not the stack's :attr:`Stack.logs`."""
 
 
+class EdgeLimits(_Strict):
+    """What one client address may take at the edge (Nginx, and Directus's own limiter).
+
+    The rule behind the defaults: one address is a browser tab, a small backend, or a few
+    people behind one NAT. A tab opens at most 6 HTTP/1.1 connections or one HTTP/2
+    connection of up to 128 streams, and a few websockets; an app loading a page makes tens
+    of requests in a second. So: 100 requests/s sustained with a burst of 200, 256 requests
+    in flight and 64 open websockets per address, and 4,096 connections for all clients
+    together (Nginx's ``worker_connections`` holds two per proxied request)."""
+
+    requests_per_second: Annotated[int, Field(ge=1, le=100000)] = 100
+    burst: Annotated[int, Field(ge=0, le=1000000)] = 200
+    """Requests above the rate answered at once (not delayed) before 429s begin."""
+    connections: Annotated[int, Field(ge=1, le=100000)] = 256
+    """Requests in flight at once per client address (websockets included)."""
+    websockets: Annotated[int, Field(ge=1, le=100000)] = 64
+    """Open websockets per client address (Directus realtime, GraphQL subscriptions)."""
+    total_connections: Annotated[int, Field(ge=64, le=1000000)] = 4096
+    """Client connections the edge holds for all clients together."""
+
+
+class Edge(_Strict):
+    """How clients reach Nginx (``edge:`` in the stack file)."""
+
+    listener: Literal["host", "engine"] = "host"
+    """``host``: ccoas runs HAProxy as the engine user in the host's network namespace on the
+    published ports; it hands each connection to Nginx with the PROXY protocol over a unix
+    socket only it can reach, so Nginx sees each client's address (rootless Podman's port
+    forwarder shows every client as one address). ``engine``: the engine publishes Nginx's
+    ports itself (a rootful engine keeps client addresses; a rootless one does not)."""
+    limits: EdgeLimits = EdgeLimits()
+
+
 SERVICE_NETWORKS = ("auth", "db")
 """The networks a user service may join: only nginx is on ``edge`` (it alone publishes)."""
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -407,6 +440,7 @@ class Stack(_Strict):
     tls: Tls
     logs: Logs = Logs()
     """Every container's log cap (a component's ``logs`` overrides it)."""
+    edge: Edge = Edge()
     components: Components = Components()
     schema_: Schema = Field(default=Schema(), alias="schema")
     services: dict[Annotated[str, Field(pattern=NAME_RE)], UserService] = {}

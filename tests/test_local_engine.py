@@ -188,6 +188,10 @@ def engine(tmp_path, monkeypatch):
     monkeypatch.setattr(local.steps, "resolve_images", lambda build: None)
     monkeypatch.setattr(local.steps, "render", lambda files=None: None)
     monkeypatch.setattr(local.steps, "runtime_dirs", lambda: None)
+    # the edge listener is a host process, not an engine resource: tests/test_listener.py and
+    # tests/e2e/test_edge_addresses.py run it
+    monkeypatch.setattr(local, "listener_operation", lambda: None)
+    monkeypatch.setattr(local, "stop_listener", lambda: False)
     monkeypatch.setattr(local, "_observe_vault", lambda containers: ObservedVault(sealed=False, token_valid=True, versions=versions))
     for service in plan.services:
         for mount in service.secrets:

@@ -58,7 +58,7 @@ NETWORKS = {
 # must bump PLAN_SCHEMA_VERSION. Nested objects must keep at least the keys listed.
 PLAN_KEYS = {
     "schema_version", "stack", "environment", "domain", "labels", "networks", "volumes", "secrets",
-    "services", "start_order", "tls", "vault", "app_schema", "buckets", "changes", "embedding_models",
+    "services", "start_order", "tls", "vault", "app_schema", "buckets", "changes", "embedding_models", "edge",
 }  # fmt: skip
 SERVICE_KEYS = {
     "name", "container_name", "summary", "image", "user", "entrypoint", "command", "environment",
@@ -251,10 +251,14 @@ def test_only_nginx_publishes_ports(stack, service, plan_of):
     if service != "nginx":
         assert s.ports == ()
         return
-    assert s.ports, "nginx publishes nothing"
-    assert {p.container_port for p in s.ports} <= set(CATALOG["nginx"].ports)
+    # behind the host listener, the public ports are the listener's and the engine publishes none
+    public = plan.edge.listener.ports
+    assert s.ports == (() if plan.edge.listener.kind == "host" else public)
+    assert [name for name, _ in plan.published()] == ["edge listener" if plan.edge.listener.kind == "host" else "nginx"] * len(public)
+    assert public, "nginx publishes nothing"
+    assert {p.container_port for p in public} <= set(CATALOG["nginx"].ports)
     loaded = load_stack(stack_path(stack))
-    for port in s.ports:
+    for port in public:
         if plan.environment in ("dev", "ci"):
             assert port.host_ip == "127.0.0.1", f"{stack} publishes nginx beyond loopback"
         assert port.host_ip == loaded.bind_address or any(p.host_ip == port.host_ip for p in loaded.components.nginx.publish)

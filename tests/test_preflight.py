@@ -91,7 +91,7 @@ def taken_port():
 
 def _plan_publishing(port: int, name: str = "mine"):
     port_row = SimpleNamespace(host_ip="127.0.0.1", host_port=port, protocol="tcp")
-    return SimpleNamespace(stack=name, services=[SimpleNamespace(name="nginx", ports=[port_row])])
+    return SimpleNamespace(stack=name, published=lambda: [("nginx", port_row)])
 
 
 def test_a_port_held_by_another_process_is_named(taken_port):

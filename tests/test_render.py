@@ -254,7 +254,11 @@ def test_nginx_routes_a_public_bucket_read_only_and_nothing_else_of_minio(load_p
 def test_nginx_serves_only_the_domain_and_redirects_only_to_it(key):
     plan = PLANS[key]
     conf = rendered_files(plan)["nginx/nginx.conf"]
-    defaults = re.findall(r"listen (\d+)( ssl http2)? default_server;\n\s+server_name _;\n(?:\n.*\n.*\n)?\s+return (\d+);", conf)
+    defaults = re.findall(
+        r"listen (\d+)( ssl http2)? default_server;\n(?:\s+listen unix:\S+ proxy_protocol(?: ssl http2)? default_server;\n)?"
+        r"\s+server_name _;\n(?:\n.*\n.*\n)?\s+return (\d+);",
+        conf,
+    )
     assert sorted(defaults) == [("8080", "", "400"), ("8443", " ssl http2", "421")]
     assert "$host" not in "".join(re.findall(r"return 30\d ([^;]+);", conf))
     assert re.search(rf"return 308 https://{re.escape(plan.domain)}(:\d+)?\$request_uri;", conf)
@@ -289,7 +293,7 @@ def test_nginx_listens_where_the_plan_and_its_checks_say(key):
     assert all(port.container_port in nginx.expose for port in nginx.ports)
     for directive in ("server_tokens off;", "ssl_protocols TLSv1.2 TLSv1.3;", "limit_req_zone", "limit_req zone=", "client_max_body_size",
                       "Strict-Transport-Security", "X-Content-Type-Options", "frame-ancestors 'none'", "Referrer-Policy",
-                      "error_log stderr", "access_log /dev/stdout;"):
+                      "error_log stderr", "access_log /dev/stdout"):
         assert directive in conf, directive
     # everything nginx writes lands on a tmpfs the plan mounts (the root fs is read-only)
     tmpfs = tuple(t.target + "/" for t in nginx.tmpfs)
@@ -328,7 +332,7 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
         assert body["security_opt"] == list(service.security_opt)
         assert body["environment"] == {k: v.replace("$", "$$") for k, v in service.environment.items()}
         assert {n: b["aliases"] for n, b in body["networks"].items()} == {n: list(a) for n, a in service.networks.items()}
-        assert ("ports" in body) == (service.name == "nginx" and bool(service.ports))
+        assert ("ports" in body) == (service.name == "nginx" and bool(plan.edge.listener.ports))
         assert body["restart"] == "on-failure:5"
         assert body["healthcheck"]["test"] == [part.replace("$", "$$") for part in service.healthcheck.test]
         assert all(re.fullmatch(r"\d+s", body["healthcheck"][k]) for k in ("interval", "timeout", "start_period"))
@@ -345,7 +349,8 @@ def test_compose_round_trips_and_agrees_with_the_plan(key):
             assert f"./{service.config.source}:{service.config.target}:ro" in body["volumes"]
         for mount in service.volumes:
             assert f"{mount.volume}:{mount.target}" in body["volumes"]
-        assert [t.split(":")[0] for t in body.get("tmpfs", [])] == [t.target for t in service.tmpfs]
+        edge_sockets = [m.target for m in service.runtime_mounts if service.name == "nginx" and plan.edge.listener.kind == "host"]
+        assert [t.split(":")[0] for t in body.get("tmpfs", [])] == [t.target for t in service.tmpfs] + edge_sockets
 
 
 def test_compose_publishes_nginx_ports_as_planned():
@@ -677,3 +682,32 @@ def test_compose_header_names_every_variable_the_file_uses(key):
     assert used == ({"CCOAS_SECRETS_DIR", "CCOAS_RUNTIME_DIR"} if PLANS[key].has("monitoring") else {"CCOAS_SECRETS_DIR"})
     assert all(f"#   {name}: {VARIABLES[name]}" in header for name in used)
     assert "podman-compose up -d" in header and "ccoas secrets init" in header
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_graphiql_is_routed_in_dev_only(key):
+    """``/graphql/ui`` and Ruru's files reach PostGraphile only in dev (GraphiQL is off elsewhere,
+    and an unrouted path there goes to Directus like any other)."""
+    plan = PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    routed = "location = /graphql/ui {" in conf and "location /graphql/ruru-static/ {" in conf
+    assert routed == (plan.environment == "dev" and plan.has("postgraphile"))
+    settings = json.loads(rendered_files(plan)["postgraphile/settings.json"]) if plan.has("postgraphile") else None
+    if settings is not None:
+        assert settings["dev"] == (plan.environment == "dev")
+
+
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_nginx_limits_and_workers_are_the_plans(key):
+    plan = PLANS[key]
+    conf = rendered_files(plan)["nginx/nginx.conf"]
+    limits = plan.edge.limits
+    assert f"worker_processes {plan.edge.workers};" in conf
+    assert f"worker_connections {plan.edge.worker_connections};" in conf
+    assert plan.edge.workers * plan.edge.worker_connections >= 2 * limits.total_connections
+    assert f"rate={limits.requests_per_second}r/s;" in conf and f"burst={limits.burst} nodelay;" in conf
+    assert f"limit_conn ccoas_conn_per_ip {limits.connections};" in conf and f"limit_conn ccoas_ws_per_ip {limits.websockets};" in conf
+    # the client address is read from a PROXY header only on the listener's unix sockets
+    behind = plan.edge.listener.kind == "host"
+    assert ("set_real_ip_from unix:;" in conf) == behind and conf.count("proxy_protocol") == (6 if behind else 0)  # 4 sockets, the realip header, the log's address
+    assert not re.search(r"listen \d+[^;]*proxy_protocol", conf), "a TCP listener must never read a PROXY header"

@@ -102,7 +102,9 @@ def test_attached_to_planned_networks_only(service):
 def test_only_nginx_publishes_ports(service):
     bindings = inspect(service)["HostConfig"].get("PortBindings") or {}
     published = {port: b for port, b in bindings.items() if b}
-    if service == "nginx":
+    if service == "nginx" and behind_listener():
+        assert not published, f"nginx behind the edge listener publishes {published}"
+    elif service == "nginx":
         assert published
         assert all(b["HostIp"] == p.host_ip for p in plan().service("nginx").ports for b in published.get(f"{p.container_port}/tcp", []))
     else:
@@ -245,7 +247,25 @@ def needs(*services: str) -> None:
         pytest.skip(f"stack has no {', '.join(missing)}")
 
 
+def behind_listener() -> bool:
+    return plan().edge is not None and plan().edge.listener.kind == "host"
+
+
 def published(scheme: str):
+    """The host address clients reach Nginx's ``scheme`` port on: the edge listener's, or the
+    engine's binding."""
+    if behind_listener():
+        from ccoas import listener
+        from ccoas.state import stack_paths
+
+        layout = host_layout()
+        paths = stack_paths(layout.state_root, layout.runtime_dir, plan().stack)
+        found = [e for e in listener.endpoints(plan(), paths) if e.startswith(f"{scheme}://")]
+        if not any(p.scheme == scheme for p in plan().edge.listener.ports):
+            pytest.skip(f"nginx publishes no {scheme} port")
+        assert found and listener.held_addresses(plan(), paths, layout), f"the edge listener holds no {scheme} port (is it running?)"
+        host, _, port = found[0].removeprefix(f"{scheme}://").rpartition(":")
+        return host, int(port)
     port = next((p for p in plan().service("nginx").ports if p.scheme == scheme), None)
     if port is None:
         pytest.skip(f"nginx publishes no {scheme} port")
@@ -267,7 +287,7 @@ def test_edge_serves_only_its_domain():
     assert ok.stdout == "200", f"the domain itself is not served: {ok.stdout} {ok.stderr}"
     evil = curl("-k", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", f"evil.example:{port}:{address}", f"https://evil.example:{port}/healthz")
     assert evil.stdout == "421", f"HTTPS for Host evil.example answered {evil.stdout}"
-    if any(p.scheme == "http" for p in plan().service("nginx").ports):
+    if any(p.scheme == "http" for p in (plan().edge.listener.ports if behind_listener() else plan().service("nginx").ports)):
         address, port = published("http")
         plain = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: evil.example", f"http://{address}:{port}/x")
         assert plain.stdout.strip() == "400" and "evil.example" not in plain.stdout, f"HTTP for Host evil.example: {plain.stdout}"

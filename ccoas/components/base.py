@@ -212,6 +212,19 @@ class Context:
             registry=self.registry_pin(component),
         )
 
+    def published_ports(self, component: Component) -> tuple[Port, ...]:
+        """The public addresses the stack file gives ``component`` (``publish``), resolved."""
+        return tuple(
+            Port(
+                container_port=p.container_port,
+                host_port=p.host_port,
+                host_ip=p.host_ip or self.stack.bind_address,
+                protocol=p.protocol,
+                scheme=component.port_schemes.get(p.container_port, "tcp"),
+            )
+            for p in self.stack.component(component.name).publish
+        )
+
     def service(
         self,
         component: Component,
@@ -221,9 +234,11 @@ class Context:
         environment: dict[str, str] | None = None,
         config_templates: tuple[str, ...] = (),
         tmpfs: tuple[TmpfsMount, ...] = (),
+        publish: bool = True,
         **fields: Any,
     ) -> Service:
-        """A hardened service for ``component``; the component supplies only what is its own."""
+        """A hardened service for ``component``; the component supplies only what is its own.
+        ``publish=False``: the engine publishes none of its ports (a host listener takes them)."""
         name = component.name
         config = self.stack.component(name)
         limits = {**component.default_limits, **config.limits.model_dump(exclude_none=True)}
@@ -238,16 +253,7 @@ class Context:
             for s in sorted(self.all_secrets, key=lambda s: s.name)
             if name in s.readers
         )
-        ports = tuple(
-            Port(
-                container_port=p.container_port,
-                host_port=p.host_port,
-                host_ip=p.host_ip or self.stack.bind_address,
-                protocol=p.protocol,
-                scheme=component.port_schemes.get(p.container_port, "tcp"),
-            )
-            for p in config.publish
-        )
+        ports = self.published_ports(component) if publish else ()
         return Service(
             name=name,
             container_name=f"{self.name}-{name}",

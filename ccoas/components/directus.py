@@ -122,8 +122,12 @@ def environment(ctx: Context) -> dict[str, str]:
                 "REDIS_FILE": ctx.secret_file("redis_directus_password_directus"),
                 "CACHE_ENABLED": "true",
                 "CACHE_STORE": "redis",
+                # Keyed on req.ip: the client address Nginx saw (IP_TRUST_PROXY above), never looser
+                # than the edge's own limit (edge.limits: rate plus burst each second).
                 "RATE_LIMITER_ENABLED": "true",
                 "RATE_LIMITER_STORE": "redis",
+                "RATE_LIMITER_POINTS": str(ctx.stack.edge.limits.requests_per_second + ctx.stack.edge.limits.burst),
+                "RATE_LIMITER_DURATION": "1",
             }
         )
     return env

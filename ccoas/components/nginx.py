@@ -11,13 +11,40 @@ generates; either way it is stored in Vault and reaches nginx as files.
 
 from __future__ import annotations
 
+import math
+
 from ccoas.components.base import Component, Context, Recipe, check
-from ccoas.plan import Artifact, Secret, Service, Stop
+from ccoas.plan import Artifact, EdgeLimits, EdgeListener, EdgePlan, RuntimeMount, Secret, Service, Stop
 
 HTTP_PORT = 8080
 HTTPS_PORT = 8443
 HEALTH_PORT = 8081
 UPSTREAMS = {"directus": 8055, "hasura": 8080, "postgraphile": 5678, "minio": 9000}
+EDGE_MOUNT = "edge"
+EDGE_DIR = "/run/ccoas-edge"
+"""Where Nginx's PROXY-protocol sockets are inside its container (the runtime mount ``edge``)."""
+EDGE_SOCKETS = {HTTP_PORT: "http.sock", HTTPS_PORT: "https.sock"}
+WORKER_CONNECTION_MARGIN = 64
+"""Per worker, beyond two per client connection: listening sockets, upstream keepalives, logs."""
+
+
+def workers(ctx: Context) -> int:
+    """One Nginx worker per CPU the stack gives nginx (at least one)."""
+    cpus = ctx.stack.components.nginx.limits.cpus or COMPONENT.default_limits["cpus"]
+    return max(math.ceil(cpus), 1)
+
+
+def edge(ctx: Context) -> EdgePlan:
+    """How clients reach Nginx (``edge.listener``) and what one client address may take."""
+    settings = ctx.stack.edge
+    limits = EdgeLimits(**settings.limits.model_dump())
+    listener = EdgeListener(
+        kind=settings.listener,
+        ports=ctx.published_ports(COMPONENT),
+        sockets=dict(EDGE_SOCKETS) if settings.listener == "host" else {},
+    )
+    per_worker = math.ceil(2 * limits.total_connections / workers(ctx)) + WORKER_CONNECTION_MARGIN
+    return EdgePlan(listener=listener, limits=limits, workers=workers(ctx), worker_connections=per_worker)
 
 
 def upstreams(ctx: Context) -> dict[str, int]:
@@ -32,9 +59,17 @@ def secrets(ctx: Context) -> list[Secret]:
 
 
 def service(ctx: Context) -> Service:
+    behind_listener = ctx.stack.edge.listener == "host"
     return ctx.service(
         COMPONENT,
-        command=("nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-g", "daemon off;"),
+        publish=not behind_listener,
+        runtime_mounts=(RuntimeMount(name=EDGE_MOUNT, target=EDGE_DIR, engine_user_traverses=True),) if behind_listener else (),
+        # Behind the listener, sockets a killed Nginx left would make its next start fail to bind.
+        command=(
+            ("sh", "-c", f'rm -f {EDGE_DIR}/*.sock && exec nginx -c /etc/ccoas/nginx/nginx.conf -g "daemon off;"')
+            if behind_listener
+            else ("nginx", "-c", "/etc/ccoas/nginx/nginx.conf", "-g", "daemon off;")
+        ),
         stop=Stop(signal="SIGQUIT", timeout_s=15, reason="graceful shutdown: open requests are answered first"),
         config_templates=("nginx/nginx.conf.j2",),
         # through the named server (the default one refuses unknown names), on loopback

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ccoas import host_files, migrations
+from ccoas import host_files, listener, migrations
 from ccoas.engine.diff import (
     VAULT_BOOTSTRAP,
     VAULT_SECRETS,
@@ -328,7 +328,9 @@ class LocalEngine:
         if dry_run:
             _, _, operations = self.plan_operations()
             migrating = [Operation("migrate", "state", m.name, m.summary) for m in migrations.pending(found, migrations.MIGRATIONS)]
-            return UpResult(changes=0, status=[], operations=[*migrating, *operations])
+            edge = self.listener_operation()
+            listening = [Operation(edge.action, "listener", "edge", edge.cause)] if edge else []
+            return UpResult(changes=0, status=[], operations=[*migrating, *operations, *listening])
         from ccoas.render import rendered_files
 
         files = rendered_files(self.plan)
@@ -353,10 +355,26 @@ class LocalEngine:
             result.operations += again.operations
             result.status, result.timings = again.status, {**result.timings, **again.timings}
             unisolated = self.unisolated_networks()
+        edge = self.listener_operation()
+        if edge is not None:
+            with engine_step("edge listener", edge.action):
+                listener.apply(self.plan, self.paths, self.layout, edge, self._step)
+            result.changes += 1
+            result.operations.append(Operation(edge.action, "listener", "edge", edge.cause))
+            result.status = self.status(probe=False)
         result.changes += len(migrated)
         self.steps.write_figures(result.status)
         result.notes = [*migrated, *self.notes, *self.steps.notes, *unisolated, *self.host_notes()]
         return result
+
+    def listener_operation(self) -> "listener.ListenerOperation | None":
+        """What the stack's edge listener needs (see :mod:`ccoas.listener`)."""
+        observed = listener.observe(self.plan, self.paths, self.layout)
+        return listener.plan_operation(self.plan, self.paths, observed)
+
+    def stop_listener(self) -> bool:
+        """Stop the stack's edge listener; ``True`` when one ran."""
+        return listener.stop(listener.ListenerFiles.of(self.paths), self.layout)
 
     def apply(
         self,
@@ -599,7 +617,7 @@ class LocalEngine:
                 else:
                     alive, _ = self.runtime.exec_check(service, service.liveness, container)
                     health = "alive, not ready" if alive else "unhealthy"
-            endpoints = []
+            endpoints = listener.endpoints(self.plan, self.paths) if service.name == "nginx" else []
             for port in service.ports:
                 for binding in observed.published.get(f"{port.container_port}/{port.protocol}", []):
                     host_ip, _, host_port = binding.rpartition(":")
@@ -625,6 +643,8 @@ class LocalEngine:
         order = [name for tier in reversed(self.plan.start_order) for name in sorted(tier)]
         rank = {name: index for index, name in enumerate(order)}
         containers = sorted(self._owned("containers"), key=lambda c: rank.get(c.labels.get(f"{LABEL_PREFIX}.service", ""), -1))
+        # the listener first: no new connection reaches an Nginx that is about to stop
+        edge = "edge listener" if self.stop_listener() else ""
         killed = []
         for container in containers:
             name = container.labels.get(f"{LABEL_PREFIX}.service", "")
@@ -637,7 +657,7 @@ class LocalEngine:
         for network in networks:
             self.runtime.remove_network(network.name)
         stopped = f"{len(containers)} containers" + (f" ({', '.join(killed)} killed after their stop timeout)" if killed else "")
-        removed = [stopped, f"{len(networks)} networks"]
+        removed = [stopped, *([edge] if edge else []), f"{len(networks)} networks"]
         if purge:
             volumes = self._owned("volumes")
             for volume in volumes:

@@ -205,6 +205,8 @@ const preset = {
     eventStreamPath: `${SETTINGS.graphql_path}/stream`,
     graphiql: SETTINGS.dev,
     graphiqlPath: `${SETTINGS.graphql_path}/ui`,
+    // Ruru's files under the GraphQL path, where the edge routes them (in dev only).
+    graphiqlStaticPath: `${SETTINGS.graphql_path}/ruru-static/`,
     websockets: true,
     watch: false,
   },

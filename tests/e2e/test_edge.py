@@ -142,7 +142,8 @@ def test_a_forged_x_forwarded_for_is_not_what_directus_records(engine):
 
 
 def test_remote_addr_of_a_client_on_another_loopback_address(engine):
-    """Measured: what $remote_addr is for a client on 127.0.0.2 (see the README, "The edge")."""
+    """$remote_addr is the client's own address (the edge listener keeps it, see the README,
+    "The edge"; rootlessport, which published Nginx before, showed every client as one address)."""
     marker = f"/directus/server/ping?probe={uuid.uuid4().hex}"  # logged (/healthz is not)
     result = curl("-k", "--interface", "127.0.0.2", "-o", "/dev/null", "-w", "%{http_code}", "--resolve",
                   f"{engine.plan.domain}:{engine.ports['https']}:127.0.0.1", f"https://{engine.plan.domain}:{engine.ports['https']}{marker}")
@@ -151,7 +152,7 @@ def test_remote_addr_of_a_client_on_another_loopback_address(engine):
     line = next(l for l in logs.splitlines() if marker in l)
     seen = line.split()[0]
     print(f"client 127.0.0.2 → nginx $remote_addr {seen}")
-    assert seen != "127.0.0.2"  # rootlessport: the source address is not kept (README says so)
+    assert seen == "127.0.0.2"
 
 
 # --- TLS and headers ------------------------------------------------------------------------------
