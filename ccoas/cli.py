@@ -726,8 +726,9 @@ def tls_trust(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
         raise CcoasError(f"stack {resolved.stack} has no stack CA: its certificate is supplied (tls.mode: supplied); trust its issuer")
     pem = _engine(resolved).secrets().ca_certificate()
     sys.stdout.write(pem)
-    edge = [p for s in resolved.services if s.name == "nginx" for p in s.ports if p.scheme == "https"]
-    port = edge[0].host_port if edge else None
+    listener = resolved.edge.listener if resolved.edge is not None else None
+    https = [p for p in (listener.ports if listener is not None else ()) if p.scheme == "https"]
+    port = https[0].host_port if https else None
     for line in trust_instructions(f"{resolved.stack}-ca.pem", resolved.domain, port):
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
