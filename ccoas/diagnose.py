@@ -8,22 +8,32 @@ inside each container. From those it fills a postmortem skeleton (``postmortem.m
 timeline, the impact (which services are not healthy, with their last failing probe
 output), and the sections a human must write.
 
-Every member is scrubbed before it is written: each secret value the stack holds (the
-secret files ccoas materialised, the Vault unseal key and ccoas's token) is replaced by
-``[scrubbed:NAME]``, a multi-line value (a TLS key) line by line too.
+Every member is scrubbed before it is written, twice over:
+
+- by value: each secret value the stack holds (the secret files ccoas materialised, the Vault
+  unseal key and ccoas's token), as written and URL-encoded, is replaced by ``[scrubbed:NAME]``,
+  a multi-line value (a TLS key) line by line too;
+- by shape, for credentials issued at run time that ccoas never holds (a user's Directus
+  token, a Basic-auth password in a URL, a session cookie): JWTs, credential query parameters
+  (``access_token=``, ``token=``, ``password=``…), ``Authorization``/``Cookie`` headers and
+  bearer tokens, ``user:password@`` in URLs, and long high-entropy strings become
+  ``[scrubbed:<shape>]`` (see :data:`SHAPES`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import platform
+import re
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 from ccoas import host_files
 from ccoas import __version__
@@ -76,11 +86,66 @@ def secret_values(engine: LocalEngine) -> dict[str, str]:
     return {name: value for name, value in values.items() if value}
 
 
+CREDENTIAL_PARAMS = (
+    "access_token", "refresh_token", "id_token", "token", "password", "passwd", "pass", "pwd", "secret",
+    "client_secret", "api_key", "apikey", "key", "auth", "code", "session", "sig", "signature",
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+)
+"""Query or form parameters whose value is a credential."""
+CREDENTIAL_FIELDS = ("access_token", "refresh_token", "id_token", "token", "password", "passwd", "client_secret", "api_key", "apikey")
+"""JSON fields whose string value is a credential (``"secret"`` and ``"key"`` name things in a plan)."""
+CREDENTIAL_HEADERS = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-hasura-admin-secret",
+    "x-vault-token", "x-api-key", "x-amz-security-token",
+)
+"""Headers whose value is a credential, in a log line, a dump or a JSON object."""
+HIGH_ENTROPY_MIN_LENGTH = 32
+HIGH_ENTROPY_BITS = 4.2
+"""Bits per character above which a long token is taken for a secret. Hex (image digests,
+container ids: at most 4.0) and words stay; a random base64 or base62 string of 32 or more
+characters is above it."""
+
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_PARAM = re.compile(r"(?i)((?:[?&;]|\b)(?:%s)=)(?!\[scrubbed:)[^&\s\"'<>;,]+" % "|".join(re.escape(p) for p in CREDENTIAL_PARAMS))
+_HEADER = re.compile(r"""(?im)(\b(?:%s)\b["']?\s*[:=]\s*["']?)(?!\[scrubbed:)[^"'\r\n]+""" % "|".join(re.escape(h) for h in CREDENTIAL_HEADERS))
+_JSON_FIELD = re.compile(r"""(?i)("(?:%s)"\s*:\s*")(?!\[scrubbed:)(?:[^"\\]|\\.)+(?=")""" % "|".join(re.escape(p) for p in (*CREDENTIAL_FIELDS, *CREDENTIAL_HEADERS)))
+_SCHEME_TOKEN = re.compile(r"(?i)\b(Bearer|Basic|Digest)\s+(?=[A-Za-z_~+/-]*[0-9=.])[A-Za-z0-9._~+/=-]{8,}")
+"""A credential after its scheme; one with a digit, ``=`` or ``.`` in it (prose has none)."""
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']+:)(?!\{value\}@|\[scrubbed:)[^/\s@\"']+@")
+_CANDIDATE = re.compile(r"[A-Za-z0-9_+/=-]{%d,}" % HIGH_ENTROPY_MIN_LENGTH)
+
+
+def _high_entropy(token: str) -> bool:
+    """Random-looking: upper case, lower case and digits mixed, and many bits per character."""
+    if not (any(c.isupper() for c in token) and any(c.islower() for c in token) and any(c.isdigit() for c in token)):
+        return False
+    counts = {c: token.count(c) for c in set(token)}
+    bits = -sum(n / len(token) * math.log2(n / len(token)) for n in counts.values())
+    return bits >= HIGH_ENTROPY_BITS
+
+
+def _high_entropy_strings(match: re.Match[str]) -> str:
+    return "[scrubbed:high-entropy]" if _high_entropy(match.group(0)) else match.group(0)
+
+
+SHAPES: tuple[tuple[str, re.Pattern[str], Any], ...] = (
+    ("jwt", _JWT, "[scrubbed:jwt]"),
+    ("userinfo", _USERINFO, r"\1[scrubbed:userinfo]@"),
+    ("header", _HEADER, r"\1[scrubbed:header]"),
+    ("scheme-token", _SCHEME_TOKEN, r"\1 [scrubbed:token]"),
+    ("param", _PARAM, r"\1[scrubbed:param]"),
+    ("json-field", _JSON_FIELD, r"\1[scrubbed:field]"),
+    ("high-entropy", _CANDIDATE, _high_entropy_strings),
+)
+"""Credential shapes, in the order they are scrubbed (a JWT first, whole, wherever it sits)."""
+
+
 class Scrubber:
     def __init__(self, values: dict[str, str]):
         pieces: list[tuple[str, str]] = []
         for name, value in values.items():
-            pieces.append((value, name))
+            for form in {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}:
+                pieces.append((form, name))
             pieces += [(line.strip(), name) for line in value.splitlines() if len(line.strip()) >= 16]
         # longest first: a value that contains another is replaced whole
         self.pieces = sorted({p for p in pieces if len(p[0]) >= MIN_SECRET_LENGTH}, key=lambda p: -len(p[0]))
@@ -91,7 +156,14 @@ class Scrubber:
             if value in text:
                 self.count += text.count(value)
                 text = text.replace(value, f"[scrubbed:{name}]")
+        for _, pattern, replacement in SHAPES:
+            text = pattern.sub(lambda match: self._replace(match, replacement), text)
         return text
+
+    def _replace(self, match: re.Match[str], replacement: Any) -> str:
+        after = replacement(match) if callable(replacement) else match.expand(replacement)
+        self.count += after != match.group(0)
+        return after
 
 
 # -- what is gathered -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 if not TEMPLATES_DIR.is_dir():  # installed as a wheel: templates ship inside the package
     TEMPLATES_DIR = Path(__file__).resolve().parent / "_data" / "templates"
 
-NetworkName = Literal["edge", "auth", "db"]
+NetworkName = Literal["edge", "auth", "db", "models"]
 
 
 class Model(BaseModel):

@@ -39,6 +39,7 @@ NETWORK_PURPOSE = {
     "edge": "published side: only nginx publishes ports; directus, hasura and minio are reached through it",
     "auth": "internal: the services that authenticate users and Vault",
     "db": "internal: data services, never reachable from the edge",
+    "models": "internal: Ollama and its clients only (its API pulls, creates and deletes models, with no credential)",
 }
 
 Graph = dict[str, tuple[str, ...]]
@@ -264,6 +265,130 @@ def ensure_hnsw_columns_fit(stack: Stack) -> list[tuple[str, str]]:
     ]
 
 
+# -- identifiers that change meaning downstream (README "Boundary: stack author ↔ host") --------
+
+YAML_NON_STRINGS = ("null", "true", "false", "yes", "no", "on", "off", "y", "n")
+"""Names a YAML reader takes for null or a boolean (YAML 1.1, as Hasura's metadata reader does):
+unquoted in rendered metadata they stop being names."""
+FILTER_OPERATORS = (
+    "_and", "_or", "_not", "_exists", "_eq", "_neq", "_in", "_nin", "_gt", "_gte", "_lt", "_lte",
+    "_like", "_nlike", "_ilike", "_nilike", "_similar", "_nsimilar", "_regex", "_iregex", "_nregex", "_niregex",
+    "_is_null", "_null", "_nnull", "_empty", "_nempty", "_contains", "_ncontains", "_icontains", "_nicontains",
+    "_starts_with", "_nstarts_with", "_istarts_with", "_nistarts_with", "_ends_with", "_nends_with",
+    "_iends_with", "_niends_with", "_between", "_nbetween", "_some", "_none", "_intersects", "_nintersects",
+    "_intersects_bbox", "_nintersects_bbox", "_has_key", "_has_keys_any", "_has_keys_all", "_contained_in",
+    "_cast", "_ceq", "_cne", "_cgt", "_clt", "_cgte", "_clte",
+)
+"""Keys Hasura's and Directus's permission filters read as operators, not as column names."""
+POSTGRES_SYSTEM_COLUMNS = ("tableoid", "xmin", "cmin", "xmax", "cmax", "ctid", "oid")
+"""Every Postgres table has these already: ``CREATE TABLE`` refuses a column of that name."""
+LOADER_ENV_NAMES = (
+    "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE", "NIS_PATH",
+    "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
+)
+"""glibc's unsecure environment variables besides ``LD_*`` (it drops them for setuid programs):
+each changes what code or data the dynamic loader and libc load."""
+RESERVED_PROGRAM_PREFIX = "ccoas"
+"""ccoas's own programs (``ccoas-embedder``) are named so; a user crate's program may not be."""
+
+
+def _columns(stack: Stack):
+    """(field path, table, column) of every column of the schema."""
+    for index, table in enumerate(stack.schema_.tables):
+        for number, column in enumerate(table.columns):
+            yield f"schema.tables[{index}].columns[{number}]", table, column
+
+
+def _named_identifiers(stack: Stack):
+    """(field path, name) of every identifier the stack file gives the database."""
+    yield "schema.name", stack.schema_.name
+    for index, table in enumerate(stack.schema_.tables):
+        yield f"schema.tables[{index}].name", table.name
+    for path, _, column in _columns(stack):
+        yield f"{path}.name", column.name
+
+
+def ensure_identifiers_are_yaml_strings(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (where, f"{name!r} reads as a YAML {'null' if name == 'null' else 'boolean'} in the rendered Hasura metadata, not as a name: rename it (e.g. {name}_value; rename the column in the database too)")
+        for where, name in _named_identifiers(stack)
+        if name in YAML_NON_STRINGS
+    ]
+
+
+def ensure_no_filter_operator_names(stack: Stack) -> list[tuple[str, str]]:
+    """A name that is an operator of a permission filter (``_or``, ``_eq``…) changes the filter's
+    meaning; an owner or tenant column is a filter key in every permission, so none starts with ``_``."""
+    policy_keys = {f"{path}.name" for path, table, column in _columns(stack) if column.name in (table.owner_column, table.tenant_column)}
+    problems = []
+    for where, name in _named_identifiers(stack):
+        if name in FILTER_OPERATORS or (where in policy_keys and name.startswith("_")):
+            problems.append((where, f"{name!r} is (or looks like) an operator of Hasura's and Directus's permission filters ({', '.join(FILTER_OPERATORS[:4])}…): rename it without the leading underscore (rename the column in the database too)"))
+    return problems
+
+
+def ensure_no_postgres_system_columns(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (f"{path}.name", f"{column.name!r} is a Postgres system column of every table ({', '.join(POSTGRES_SYSTEM_COLUMNS)}): the bootstrap could not create it; choose another name")
+        for path, _, column in _columns(stack)
+        if column.name in POSTGRES_SYSTEM_COLUMNS
+    ]
+
+
+def ensure_policy_columns_not_nullable(stack: Stack) -> list[tuple[str, str]]:
+    """The owner (owner-only, public-read) or tenant (tenant) column decides who sees a row: a row
+    with NULL there belongs to nobody the policies can name."""
+    problems = []
+    for path, table, column in _columns(stack):
+        needed = table.tenant_column if table.policy == "tenant" else table.owner_column
+        if column.name == needed and column.nullable:
+            problems.append((
+                f"{path}.nullable",
+                f"column {needed!r} decides who may see a row under policy {table.policy}: set nullable: false "
+                f"(an existing table: give rows with a NULL {needed} one, then run ALTER TABLE {stack.schema_.name}.{table.name} "
+                f"ALTER COLUMN {needed} SET NOT NULL; ccoas does not change an existing column)",
+            ))
+    return problems
+
+
+def ensure_service_program_not_ccoas(stack: Stack) -> list[tuple[str, str]]:
+    """A user crate builds in the same build cache as ccoas's own programs: one named like them
+    could be taken for them."""
+    problems = []
+    for name, config in sorted(stack.services.items()):
+        if config.image.crate is None:
+            continue
+        try:
+            crate = services.read_crate(Path(config.image.crate))
+        except ValueError:
+            continue  # ensure_service_crate_builds_one_program says why
+        for what, value in (("package", crate.package), ("program", crate.program)):
+            if value.lower().replace("_", "-").startswith(RESERVED_PROGRAM_PREFIX):
+                problems.append((f"services.{name}.image.crate", f"the crate's {what} {value!r} starts with {RESERVED_PROGRAM_PREFIX!r}, which names ccoas's own programs (ccoas-embedder): rename it in Cargo.toml"))
+                break  # one crate, one problem
+    return problems
+
+
+def ensure_service_environment_values_plain(stack: Stack) -> list[tuple[str, str]]:
+    """A value is one line of printable text: a line break or control character would start a new
+    variable in every env file a translation writes."""
+    return [
+        (f"services.{name}.environment.{key}", f"expected one line of printable text, got {value!r}: put multi-line content in a file the service reads")
+        for name, config in sorted(stack.services.items())
+        for key, value in sorted(config.environment.items())
+        if not value.isprintable()
+    ]
+
+
+def ensure_service_environment_no_loader_variables(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (f"services.{name}.environment.{key}", "changes what the dynamic loader loads into the service's programs (LD_*, GCONV_PATH and glibc's other unsecure variables): build what the service needs into its image instead")
+        for name, config in sorted(stack.services.items())
+        for key in sorted(config.environment)
+        if key.upper().startswith("LD_") or key.upper() in LOADER_ENV_NAMES
+    ]
+
+
 SECRET_ENV_WORDS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE_KEY", "API_KEY", "ACCESS_KEY")
 """An environment name holding one of these is a secret: it goes under ``secrets:`` (a file)."""
 
@@ -361,11 +486,18 @@ RULES: tuple[Rule, ...] = (
     ensure_tables_well_formed,
     ensure_embedded_columns_valid,
     ensure_hnsw_columns_fit,
+    ensure_identifiers_are_yaml_strings,
+    ensure_no_filter_operator_names,
+    ensure_no_postgres_system_columns,
+    ensure_policy_columns_not_nullable,
     ensure_service_names_free,
     ensure_service_networks_allowed,
     ensure_service_image_known,
     ensure_service_crate_builds_one_program,
     ensure_service_environment_has_no_secret,
+    ensure_service_environment_values_plain,
+    ensure_service_environment_no_loader_variables,
+    ensure_service_program_not_ccoas,
     ensure_service_dependencies_enabled,
 )
 """Cross-field rules that a schema alone cannot say; each returns ``(field path, message)`` pairs."""
@@ -416,7 +548,7 @@ def build_plan(stack: Stack, name: str | None = None) -> Plan:
             purpose=NETWORK_PURPOSE[n],
             labels={**labels, f"{LABEL_PREFIX}.network": n},
         )
-        for n in ("edge", "auth", "db")
+        for n in NETWORK_PURPOSE
         if n in used_networks
     )
     volumes = tuple(v for c in order for v in declared[c].volumes)

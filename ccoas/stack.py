@@ -26,6 +26,8 @@ ComponentName = Literal["nginx", "directus", "hasura", "postgraphile", "postgres
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$"
 IDENT_RE = r"^[a-z_][a-z0-9_]{0,62}$"
+DOMAIN_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+"""One label of a DNS name: 1-63 letters, digits and inner hyphens (matched whole)."""
 DIGEST_REF_RE = r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+/[a-z0-9._/-]+)?(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?@sha256:[0-9a-f]{64}$"
 COLUMN_TYPE_RE = re.compile(r"text|integer|bigint|boolean|uuid|timestamptz|date|jsonb|numeric|double precision|vector\((\d{1,5})\)")
 """Matched whole (``fullmatch``): ``"text\\n"`` is not ``text``."""
@@ -433,7 +435,18 @@ class Stack(_Strict):
     version: Literal[1]
     name: Annotated[str, Field(pattern=NAME_RE)]
     environment: Literal["dev", "ci", "prod"]
-    domain: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")] = "localhost"
+    domain: Annotated[str, Field(min_length=1, max_length=253)] = "localhost"
+    """A DNS name: dot-separated labels of letters, digits and inner hyphens (no empty label)."""
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not all(DOMAIN_LABEL_RE.fullmatch(label) for label in value.split(".")):
+            raise ValueError(
+                "expected a DNS name: labels of 1-63 lower-case letters, digits and inner hyphens "
+                f"joined by single dots (such as app.example.org), got {value!r}"
+            )
+        return value
     bind_address: IpAddress = "127.0.0.1"
     """Default host address for published ports."""
     images: ImageChoice = ImageChoice(source="registry")

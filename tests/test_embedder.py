@@ -21,10 +21,10 @@ from ccoas.render import rendered_files
 CRATE = TEMPLATES_DIR / embedder.CRATE
 
 
-def test_the_dev_stack_runs_it_on_the_db_network_only(load_plan):
+def test_the_dev_stack_runs_it_on_the_db_and_models_networks_only(load_plan):
     plan = load_plan("dev")
     service = plan.service("embedder")
-    assert dict(service.networks) == {"db": ("embedder",)} and service.ports == () and service.expose == ()
+    assert dict(service.networks) == {"db": ("embedder",), "models": ("embedder",)} and service.ports == () and service.expose == ()
     assert service.user == "10001:10001" and service.read_only and service.cap_drop == ("ALL",)
     assert {d.service for d in service.depends_on} == {"postgres", "ollama", "vault"}
     assert service.image.source == "local" and service.image.recipe.artifacts[0].kind == "cargo"

@@ -67,10 +67,13 @@ def test_a_stack_files_own_ref_is_its_own_source(stack_document, write_stack, tm
     assert row.registry_upstream == "as its tag names it"
 
 
-def test_the_hasura_pin_names_the_advisory_it_does_not_fix(load_plan):
+def test_the_hasura_pin_is_the_plain_patched_image(load_plan):
+    """v2.51.0 (GHSA-r27x-gc74-qmxh is fixed from v2.49.2), the plain image: ccoas applies the
+    metadata through Hasura's API, so no CLI variant is needed."""
     row = next(r for r in image_pins(load_plan("prod")) if r.component == "hasura")
-    assert "cli-migrations-v3" in row.registry_ref  # the entrypoint hands over to that variant's
-    assert "GHSA-r27x-gc74-qmxh" in row.note
+    assert row.registry_ref == "docker.io/hasura/graphql-engine:v2.51.0@sha256:5d435a6756de53709bf48c15b822cabab38d57acd22e656cf633cc2df67df150"
+    assert "cli-migrations" not in row.registry_ref
+    assert "GHSA-r27x-gc74-qmxh" in row.note and "replace_metadata" in row.note
 
 
 def test_images_list_json(runner):

@@ -38,7 +38,8 @@ SERVICE_LABEL = f"{LABEL_PREFIX}.service"
 
 # The design's network placement: which networks each component sits on, exactly.
 # Each service on the networks it uses, no more: Directus and Hasura never call Vault (their
-# secrets are files), so they are off auth; MinIO's clients (Directus, nginx) are on edge.
+# secrets are files), so they are off auth; MinIO's clients (Directus, nginx) are on edge;
+# Ollama's API (pull, create, delete) is reached only by its client, the embedder, on models.
 NETWORKS = {
     "nginx": {"edge"},
     "directus": {"edge", "db"},
@@ -47,8 +48,8 @@ NETWORKS = {
     "vault": {"auth"},
     "postgres": {"db"},
     "redis": {"db"},
-    "ollama": {"db"},
-    "embedder": {"db"},
+    "ollama": {"models"},
+    "embedder": {"db", "models"},
     "minio": {"edge"},
     "monitoring": {"edge", "auth", "db"},
 }
@@ -81,6 +82,9 @@ TLS_KEYS = {"mode", "domain", "cert_file", "key_file"}
 DIGEST_PINNED = re.compile(r"^[a-z0-9][^\s@]*@sha256:[0-9a-f]{64}$")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_)|API_?KEY")
 TOKEN_LIKE = re.compile(r"^[A-Za-z0-9+=_-]{24,}$")
+TOKEN_SETTING = re.compile(r"_(COOKIE_SECURE|TTL)$")
+"""How long a token lives or how its cookie travels (``ACCESS_TOKEN_TTL``,
+``REFRESH_TOKEN_COOKIE_SECURE``): a setting, not a secret."""
 
 
 def enabled_services(stack: str) -> list[str]:
@@ -214,7 +218,7 @@ def test_environment_holds_no_secret_values(stack, service, plan_of):
     s = plan_of(stack).service(service)
     mounted = {m.target for m in s.secrets}
     for key, value in s.environment.items():
-        if SECRET_NAME.search(key):
+        if SECRET_NAME.search(key) and not TOKEN_SETTING.search(key):
             assert key.endswith("_FILE"), f"{service}: {key} looks secret but is not a *_FILE reference"
         if key.endswith("_FILE") and (SECRET_NAME.search(key) or value.startswith(SECRETS_DIR)):
             assert value in mounted, f"{service}: {key}={value} is not a secret file mounted in the service"

@@ -29,6 +29,9 @@ NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 PROVIDER = "pulumi:providers:docker"
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|ACCESS_KEY|JWT|CREDENTIAL")
+TOKEN_SETTING = re.compile(r"_(COOKIE_SECURE|TTL)$")
+"""How long a token lives or how its cookie travels (``ACCESS_TOKEN_TTL``,
+``REFRESH_TOKEN_COOKIE_SECURE``): a setting, not a secret."""
 
 
 def example_paths(plan: Plan) -> StackPaths:
@@ -171,7 +174,7 @@ def test_db_and_auth_networks_are_internal_and_isolated(load_plan, stack):
     assert sorted(networks) == sorted(n.name for n in plan.networks)
     for name, net in networks.items():
         assert net["name"] == plan.network(name).engine_name
-        assert bool(net.get("internal")) is (name in ("auth", "db")), f"network {name}: internal"
+        assert bool(net.get("internal")) is (name != "edge"), f"network {name}: internal"
         assert net.get("options") == {"isolate": "true"}
         assert {label["label"]: label["value"] for label in net["labels"]} == plan.network(name).labels
     assert networks["db"]["internal"] is True and networks["auth"]["internal"] is True
@@ -215,7 +218,7 @@ def test_secrets_are_read_only_files_never_env_values(load_plan, stack):
         secret_targets = {s.target for s in service.secrets}
         for entry in container.get("envs") or []:
             key, _, value = entry.partition("=")
-            if SECRETISH.search(key):
+            if SECRETISH.search(key) and not TOKEN_SETTING.search(key):
                 assert key.endswith("_FILE"), f"{name}: {key} carries a value; secrets arrive as files"
                 assert value in secret_targets, f"{name}: {key} must point at a mounted secret file, got {value!r}"
         assert sorted(container.get("envs") or []) == sorted(f"{k}={v}" for k, v in service.environment.items())

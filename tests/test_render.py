@@ -163,7 +163,7 @@ def test_no_rendered_file_holds_a_secret_value(key):
         assert "-----BEGIN" not in text, relative
         for line in text.splitlines():
             match = re.match(r"^\s*(?:export\s+)?([A-Z][A-Z0-9_]*)=(.*)$", line)
-            if match and SECRET_WORDS.search(match.group(1)) and not match.group(1).endswith("_FILE"):
+            if match and SECRET_WORDS.search(match.group(1)) and not match.group(1).endswith(("_FILE", "_COOKIE_SECURE", "_TTL")):
                 value = match.group(2)
                 assert "$(" in value or value.startswith(("$", '"postgres://hasura:${')), f"{relative}: {line}"
 
@@ -293,7 +293,7 @@ def test_nginx_listens_where_the_plan_and_its_checks_say(key):
     assert all(port.container_port in nginx.expose for port in nginx.ports)
     for directive in ("server_tokens off;", "ssl_protocols TLSv1.2 TLSv1.3;", "limit_req_zone", "limit_req zone=", "client_max_body_size",
                       "Strict-Transport-Security", "X-Content-Type-Options", "frame-ancestors 'none'", "Referrer-Policy",
-                      "error_log stderr", "access_log /dev/stdout"):
+                      "error_log stderr", "access_log /dev/stdout ccoas;"):
         assert directive in conf, directive
     # everything nginx writes lands on a tmpfs the plan mounts (the root fs is read-only)
     tmpfs = tuple(t.target + "/" for t in nginx.tmpfs)
@@ -365,21 +365,23 @@ def test_compose_publishes_nginx_ports_as_planned():
 # --- hasura ------------------------------------------------------------------------------------
 
 
-def hasura_files(plan: Plan) -> dict[str, object]:
-    files = rendered_files(plan)
-    return {k.removeprefix("hasura/metadata/"): yaml.safe_load(v) for k, v in files.items() if k.startswith("hasura/metadata/")}
+def hasura_request(plan: Plan) -> dict[str, object]:
+    """The body ccoas's hook posts to Hasura's metadata API."""
+    return json.loads(rendered_files(plan)["hasura/replace_metadata.json"])
 
 
 @pytest.mark.parametrize("key", ["prod", "every-preset"])
 def test_hasura_metadata_parses_and_mirrors_the_rls_presets(key):
     plan = ALL_PLANS[key]
-    metadata = hasura_files(plan)
-    assert metadata["version.yaml"] == {"version": 3}
-    [source] = metadata["databases/databases.yaml"]
+    request = hasura_request(plan)
+    assert (request["type"], request["version"]) == ("replace_metadata", 2)
+    assert request["args"]["allow_inconsistent_metadata"] is False
+    metadata = request["args"]["metadata"]
+    assert metadata["version"] == 3
+    [source] = metadata["sources"]
     assert source["name"] == "default" and source["kind"] == "postgres"
     assert source["configuration"]["connection_info"]["database_url"] == {"from_env": "HASURA_GRAPHQL_DATABASE_URL"}
-    assert source["tables"] == "!include default/tables/tables.yaml"
-    tables = metadata["databases/default/tables/tables.yaml"]
+    tables = source["tables"]
     assert [t["table"] for t in tables] == [{"schema": plan.app_schema.name, "name": t.name} for t in plan.app_schema.tables]
     for table, entry in zip(plan.app_schema.tables, tables):
         column = table.tenant_column if table.policy == "tenant" else table.owner_column
@@ -401,11 +403,11 @@ def test_hasura_metadata_parses_and_mirrors_the_rls_presets(key):
         assert entry["delete_permissions"][0]["permission"] == {"filter": mine}
 
 
-def test_hasura_metadata_with_no_tables_is_an_empty_list():
+def test_hasura_metadata_with_no_tables_has_an_empty_table_list():
     data = yaml.safe_load((REPO / "stacks" / "prod.yaml").read_text())
     data["schema"]["tables"] = []
     plan = build_plan(parse_stack(data, "prod-no-tables"))
-    assert hasura_files(plan)["databases/default/tables/tables.yaml"] == []
+    assert hasura_request(plan)["args"]["metadata"]["sources"][0]["tables"] == []
 
 
 # --- shell scripts, postgres, redis, vault, minio, directus ---------------------------------
@@ -554,7 +556,7 @@ def test_every_valid_combination_of_components_renders_consistently():
         if plan.has("nginx"):
             assert set(re.findall(r"proxy_pass http://(\w+)", files["nginx/nginx.conf"])) == routed_upstreams(plan)
         if plan.has("hasura"):
-            assert isinstance(yaml.safe_load(files["hasura/metadata/databases/default/tables/tables.yaml"]), list)
+            assert isinstance(json.loads(files["hasura/replace_metadata.json"])["args"]["metadata"]["sources"][0]["tables"], list)
 
 
 @pytest.mark.parametrize("key", sorted(PLANS))
@@ -637,8 +639,7 @@ def test_the_directus_project_owner_is_a_plain_settings_update_that_sends_nothin
     assert "PROJECT_OWNER" not in directus.environment and directus.environment["TELEMETRY"] == "false"
     assert "settings/owner" not in code
     assert 'call("PATCH", "/settings", ownerChanges)' in code
-    assert "const owner = { project_owner: email, project_usage: null, org_name: null, product_updates: false, project_status: null };" in code
-    assert "const email = process.env.ADMIN_EMAIL;" in code
+    assert "const owner = { project_owner: process.env.ADMIN_EMAIL, project_usage: null, org_name: null, product_updates: false, project_status: null };" in code
 
 
 @pytest.mark.parametrize("key", sorted(ALL_PLANS))

@@ -45,6 +45,11 @@ def secrets(ctx: Context) -> list[Secret]:
             "Directus SECRET: the HS256 key that signs access tokens (the GraphQL plane, Hasura or PostGraphile, verifies them with it)", length=48,
         ),
         ctx.secret("directus", "admin_password", "password", ("directus",), "password of the first Directus admin"),
+        ctx.secret(
+            "directus", "provision_token", "token", ("directus",),
+            "static token of the ccoas-provisioning user (no email, no password: no login can lock it out), which provisioning authenticates with",
+            length=48,
+        ),
     ]
 
 
@@ -65,6 +70,18 @@ def environment(ctx: Context) -> dict[str, str]:
         "SECRET_FILE": ctx.secret_file("directus_secret"),
         "ADMIN_EMAIL": f"admin@{ctx.stack.domain}" if "." in ctx.stack.domain else "admin@example.com",
         "ADMIN_PASSWORD_FILE": ctx.secret_file("directus_admin_password"),
+        # Provisioning authenticates with this static token of a user of its own, never with
+        # the admin's password: failed logins can suspend the admin (AUTH_LOGIN_ATTEMPTS),
+        # not a user without email or password (see templates/directus/provision.mjs.j2).
+        "CCOAS_PROVISION_TOKEN_FILE": ctx.secret_file("directus_provision_token"),
+        # An access token works until it expires, on every front door that verifies it
+        # (Directus, and the GraphQL plane, which never asks Directus): after a logout or a
+        # suspension for at most this long. Directus's default, stated (README "Identity").
+        "ACCESS_TOKEN_TTL": "15m",
+        # Session and refresh cookies only ever travel over HTTPS (Nginx terminates TLS);
+        # SameSite stays Directus's default, lax.
+        "REFRESH_TOKEN_COOKIE_SECURE": "true",
+        "SESSION_COOKIE_SECURE": "true",
         "TELEMETRY": "false",
         # see templates/directus/exit-after-shutdown.cjs.j2: a stop signal ends the process
         "NODE_OPTIONS": "--require /etc/ccoas/directus/exit-after-shutdown.cjs",

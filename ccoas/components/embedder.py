@@ -1,4 +1,4 @@
-"""The embedding worker: fills every embedded ``vector(N)`` column through Ollama. On the db network only.
+"""The embedding worker: fills every embedded ``vector(N)`` column through Ollama. On the db network (Postgres) and the models network (Ollama).
 
 A small Rust program (``templates/embedder/worker``, built by ccoas from crates.io with the
 versions its ``Cargo.lock`` pins). It LISTENs to the change-feed channel of each embedded
@@ -82,7 +82,7 @@ COMPONENT = Component(
     uid=10001,
     gid=10001,
     ports=(),
-    networks=("db",),
+    networks=("db", "models"),  # models: Ollama, whose embeddings it asks for
     registry_image=None,
     recipe=Recipe(
         containerfile="embedder/Containerfile.j2",

@@ -5,12 +5,16 @@ ccoas renders and validates its configuration (metadata from the stack's tables,
 permissions that mirror the row-level security) but cannot run it. Hasura reads
 secrets only from the environment, so a rendered entrypoint exports them from the
 secret files just before ``exec``: nothing secret is in the container's config.
+
+The plain image serves (no Hasura CLI in it): once the engine answers, ccoas's hook posts the
+rendered metadata (``replace_metadata.json``) to Hasura's own metadata API, the way Directus
+and MinIO are provisioned after start; readiness is ``/healthz`` (strict: consistent metadata).
 """
 
 from __future__ import annotations
 
 from ccoas.components.base import Component, Context, check
-from ccoas.plan import Secret, Service
+from ccoas.plan import Hook, Secret, Service
 
 PORT = 8080
 
@@ -34,7 +38,6 @@ def service(ctx: Context) -> Service:
             "HASURA_GRAPHQL_DEV_MODE": "false",
             "HASURA_GRAPHQL_ENABLED_APIS": "graphql,metadata",
             "HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous",
-            "HASURA_GRAPHQL_METADATA_DIR": "/etc/ccoas/hasura/metadata",
             "HASURA_GRAPHQL_ENABLE_ALLOWLIST": "false",
             "HASURA_GRAPHQL_LOG_LEVEL": "warn",
             # Subscriptions are live queries: refetched every second, multiplexed per query
@@ -47,9 +50,16 @@ def service(ctx: Context) -> Service:
         config_templates=(
             "hasura/entrypoint.sh.j2",
             "hasura/hasura.env.j2",
-            "hasura/metadata/version.yaml.j2",
-            "hasura/metadata/databases/databases.yaml.j2",
-            "hasura/metadata/databases/default/tables/tables.yaml.j2",
+            "hasura/replace_metadata.json.j2",
+            "hasura/apply-metadata.sh.j2",
+        ),
+        hooks=(
+            Hook(
+                kind="exec",
+                stage="alive",
+                command=("sh", "/etc/ccoas/hasura/apply-metadata.sh"),
+                description="replace Hasura's metadata with the rendered one through its metadata API (idempotent)",
+            ),
         ),
         healthcheck=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/healthz", interval=5, start=30),
         liveness=check("CMD", "curl", "-fsS", "-o", "/dev/null", f"http://127.0.0.1:{PORT}/healthz?strict=false", interval=10, start=30),
@@ -63,19 +73,17 @@ COMPONENT = Component(
     gid=1001,
     ports=(PORT,),
     networks=("edge", "db"),
-    registry_image="docker.io/hasura/graphql-engine:v2.33.1.cli-migrations-v3@sha256:02577c5e456726cbe1888e377d21c464979ed888636047adf3aae678d9ab70e6",
+    registry_image="docker.io/hasura/graphql-engine:v2.51.0@sha256:5d435a6756de53709bf48c15b822cabab38d57acd22e656cf633cc2df67df150",
     registry_digest_source=(
-        "a public Nix expression: dockerTools.pullImage of hasura/graphql-engine with imageDigest <this "
-        "digest>, finalImageTag v2.33.1.cli-migrations-v3 (public code index, 2026-12-01)"
+        "public record of hasura/graphql-engine:v2.51.0@<this digest> (the plain image, recorded beside "
+        "the earlier v2.33.1.cli-migrations-v3 pin) (public code index, 2026-12-01)"
     ),
     registry_note=(
-        "v2.33.1 is affected by GHSA-r27x-gc74-qmxh (fixed in v2.49.2). No digest of a patched "
-        "cli-migrations-v3 tag is on public record here; the entrypoint needs that variant (its "
-        "docker-entrypoint.sh applies the rendered metadata with the Hasura CLI). The plain "
-        "v2.51.0 is on record (sha256:5d435a6756de53709bf48c15b822cabab38d57acd22e656cf633cc2df67df150) "
-        "but has no CLI: pin a patched cli-migrations-v3 digest once one is verified"
+        "v2.51.0 includes the fix of GHSA-r27x-gc74-qmxh (v2.49.2). The plain image has no Hasura CLI: "
+        "ccoas applies the metadata itself (hook: POST /v1/metadata replace_metadata). Not run here (no "
+        "registry): tests/e2e/test_hasura_metadata_api.py runs it where a registry is reachable"
     ),
-    upstream={"registry": "Hasura GraphQL Engine v2.33.1"},
+    upstream={"registry": "Hasura GraphQL Engine v2.51.0"},
     recipe=None,
     default_limits={"memory": "1Gi", "cpus": 1.0, "pids": 512},
     declare_secrets=secrets,

