@@ -1,6 +1,8 @@
 # The two entry points of the README. Everything a fresh machine needs is installed here.
 #   make up     set up, prepare the host (rootless Podman), build local images, `ccoas up` the default stack
-#   make test   set up, then the fast tier and the end-to-end tier (pytest exit code 5 fails too)
+#   make test   set up, then the fast tier (needs no prepared host: it may run first, on a host
+#               where `make up` never ran) and the end-to-end tier (prepares the host first);
+#               pytest exit code 5 fails too. Both print each test module's time at the end.
 PYTHON ?= python3
 VENV ?= .venv
 STACK ?= stacks/dev.yaml
@@ -26,11 +28,22 @@ up: host
 down: setup
 	$(CCOAS) down $(STACK)
 
+# Two workers (pytest-xdist): the fast tier is CPU-bound and the machines have two cores; each
+# module whole on one worker (its module fixtures, a Vault server or one Checkov run, made once).
+FAST_WORKERS ?= 2
+
 test-fast: setup
-	$(PYTEST) -m "not e2e" -q
+	$(PYTEST) -m "not e2e" -q -n $(FAST_WORKERS) --dist loadfile
+
+# The e2e tier mostly waits (about 40% of two cores): E2E_WORKERS=2 runs it on two xdist
+# workers, each module whole on one worker and modules that share a fixture or host
+# preparation's apt/useradd one after another (tests/e2e/conftest.py). The images are built
+# first, once, so that two workers never build the same one at the same time.
+E2E_WORKERS ?= 0
 
 test-e2e: host
-	$(PYTEST) -m e2e -q
+	$(CCOAS) images build $(STACK)
+	$(PYTEST) -m e2e -q $(if $(filter-out 0,$(E2E_WORKERS)),-n $(E2E_WORKERS) --dist loadgroup)
 
 test: test-fast test-e2e
 

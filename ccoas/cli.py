@@ -44,9 +44,11 @@ app = typer.Typer(
 images_app = typer.Typer(help="Local images, built from Debian, PyPI, npm and Go packages (no registry).", no_args_is_help=True)
 host_app = typer.Typer(help="Prepare a host for rootless containers (pyinfra).", no_args_is_help=True)
 secrets_app = typer.Typer(help="Secrets kept in Vault: paths and versions, never values.", no_args_is_help=True)
+tls_app = typer.Typer(help="The stack CA (in Vault) that signs the certificates ccoas generates.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 app.add_typer(host_app, name="host")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(tls_app, name="tls")
 
 out = Console()
 err = Console(stderr=True)
@@ -163,10 +165,10 @@ def plan(
     if as_json:
         sys.stdout.write(resolved.to_json())
         return
-    from ccoas.report import plan_tables
+    from ccoas.report import plan_tables, print_table
 
     for table in plan_tables(resolved):
-        out.print(table)
+        print_table(out, table)
     out.print(f"state on this host: {_state_line(resolved)}", highlight=False, soft_wrap=True)
 
 
@@ -233,7 +235,7 @@ def up(
     if dry_run:
         _print_operations(_engine(resolved).up(dry_run=True).operations)
         return
-    from ccoas.report import ProgressReporter, login_hints, status_table
+    from ccoas.report import ProgressReporter, login_hints, print_table, status_table
 
     from ccoas.backup import snapshot_before_up
 
@@ -245,7 +247,7 @@ def up(
         result = engine_.up(build=build, timeout=timeout)
     if taken is not None:
         out.print(f"snapshot taken first: {taken[0].path} (restore: ccoas restore {taken[0].path} after `ccoas down --purge`)", highlight=False)
-    out.print(status_table(result.status))
+    print_table(out, status_table(result.status))
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     for hint in login_hints(resolved, result.status, stack, name):
@@ -337,7 +339,7 @@ def restore(
     """Restore a bundle onto an empty (or purged) stack; authenticated and verified first, never half-applied."""
     from ccoas.backup import open_bundle
     from ccoas.backup import restore as restore_bundle
-    from ccoas.report import ProgressReporter, status_table
+    from ccoas.report import ProgressReporter, print_table, status_table
 
     resolved = _plan(stack, name)
     opened = open_bundle(bundle, key_file=key_file, allow_unauthenticated=insecure_unauthenticated)  # before any engine call
@@ -350,7 +352,7 @@ def restore(
         )
     with ProgressReporter(err) as progress:
         result = restore_bundle(_engine(resolved, progress), opened, build=build, timeout=timeout)
-    out.print(status_table(result.status))
+    print_table(out, status_table(result.status))
     for service, what in sorted(result.restored.items()):
         out.print(f"restored {service}: {what}", highlight=False)
 
@@ -385,7 +387,7 @@ def status(
     containers are read from the engine whichever engine made them).
 
     Exit code 3 when a service is not running and healthy, so a CI job can gate on it."""
-    from ccoas.report import status_table
+    from ccoas.report import print_table, status_table
 
     resolved = _plan(stack, name)
     if engine is Engine.pulumi:
@@ -400,11 +402,11 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
     else:
-        out.print(status_table(rows))
+        print_table(out, status_table(rows))
         if firing:
             from ccoas.report import alerts_table
 
-            out.print(alerts_table(firing))
+            print_table(out, alerts_table(firing))
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     err.print(f"state: {_state_line(resolved)}", highlight=False, soft_wrap=True)
@@ -442,14 +444,14 @@ def metrics(
     """Print an instant query's result, asked of the stack's Prometheus (inside its container:
     nothing is published)."""
     from ccoas.metrics import instant_query
-    from ccoas.report import samples_table
+    from ccoas.report import print_table, samples_table
 
     resolved = _plan(stack, name)
     samples = instant_query(_engine(resolved).runtime, resolved, promql)
     if as_json:
         sys.stdout.write(json.dumps([s.as_dict() for s in samples], indent=2, sort_keys=True) + "\n")
     else:
-        out.print(samples_table(samples))
+        print_table(out, samples_table(samples))
 
 
 @app.command()
@@ -461,14 +463,14 @@ def alerts(
 ) -> None:
     """List the firing alerts. Exit code 3 when any fires, so a job can gate on it."""
     from ccoas.metrics import firing_alerts
-    from ccoas.report import alerts_table
+    from ccoas.report import alerts_table, print_table
 
     resolved = _plan(stack, name)
     firing = firing_alerts(_engine(resolved).runtime, resolved)
     if as_json:
         sys.stdout.write(json.dumps([a.as_dict() for a in firing], indent=2, sort_keys=True) + "\n")
     elif firing:
-        out.print(alerts_table(firing))
+        print_table(out, alerts_table(firing))
     else:
         out.print(f"no alert fires in stack {resolved.stack}", highlight=False)
     if firing:
@@ -702,17 +704,33 @@ def secrets_list(
     as_json: Annotated[bool, typer.Option("--json", help="Names, paths, versions and readers as JSON.")] = False,
 ) -> None:
     """List the stack's secrets: OWNER/NAME, Vault paths, versions and readers (never values)."""
-    from ccoas.report import secrets_table
+    from ccoas.report import print_table, secrets_table
 
     rows = _engine(_plan(stack, name)).secrets().list()
     if as_json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True) + "\n")
         return
-    table = secrets_table(rows, wrap=out.is_terminal)
-    if out.is_terminal:
-        out.print(table)
-    else:  # a log or a pipe: whole names and paths, never folded or cut
-        Console(width=100_000, file=sys.stdout).print(table, soft_wrap=True)
+    print_table(out, secrets_table(rows))
+
+
+@tls_app.command("trust")
+@reports_errors
+def tls_trust(stack: StackArg = DEFAULT_STACK, name: NameOpt = None) -> None:
+    """Print the stack CA's certificate (PEM, on stdout) and, on stderr, how to trust it in a
+    browser and in curl. It stays the same across certificate renewals."""
+    from ccoas.secrets import generates_tls
+    from ccoas.tls import trust_instructions
+
+    resolved = _plan(stack, name)
+    if not generates_tls(resolved):
+        raise CcoasError(f"stack {resolved.stack} has no stack CA: its certificate is supplied (tls.mode: supplied); trust its issuer")
+    pem = _engine(resolved).secrets().ca_certificate()
+    sys.stdout.write(pem)
+    listener = resolved.edge.listener if resolved.edge is not None else None
+    https = [p for p in (listener.ports if listener is not None else ()) if p.scheme == "https"]
+    port = https[0].host_port if https else None
+    for line in trust_instructions(f"{resolved.stack}-ca.pem", resolved.domain, port):
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @secrets_app.command("get")

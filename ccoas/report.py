@@ -100,14 +100,25 @@ def samples_table(samples: Iterable[Any]) -> Table:
     return table
 
 
-def secrets_table(rows: Iterable[Any], wrap: bool = True) -> Table:
-    """``wrap=False`` (not a terminal): names and paths whole on one line each."""
+def secrets_table(rows: Iterable[Any]) -> Table:
     table = Table(title="secrets (values are never shown; `ccoas secrets get OWNER/NAME` prints one)")
     for column in ("secret", "vault path", "version", "readers"):
-        table.add_column(column, no_wrap=not wrap, overflow="fold" if wrap else "ignore")
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row.name, row.path, str(row.version or "-"), ", ".join(row.readers))
     return table
+
+
+def print_table(console: Console, table: Table) -> None:
+    """On a terminal, ``table`` fitted to its width. Anywhere else (a log, a pipe, CI) every
+    value whole on one line: no ellipsis, no folding, however narrow the console thinks it is."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    for column in table.columns:
+        column.no_wrap, column.overflow = True, "ignore"
+    whole = Console(file=console.file, width=1_000_000, color_system=None, highlight=False, emoji=False)
+    whole.print(table, soft_wrap=True)
 
 
 def login_hints(plan: Any, status: Iterable[Any], stack: Any, name: str | None) -> list[str]:
@@ -127,8 +138,14 @@ def login_hints(plan: Any, status: Iterable[Any], stack: Any, name: str | None) 
         email = plan.service("directus").environment.get("ADMIN_EMAIL", "?")
         args = f" {stack}" + (f" --name {name}" if name else "")
         hints.append(
-            f"Directus: {web[0]}/directus/  admin e-mail {email}; password: `ccoas secrets get directus/admin_password{args}`"
+            f"Directus admin app: {web[0]}/directus/  admin e-mail {email}; password: `ccoas secrets get directus/admin_password{args}`"
         )
+        hints.append(
+            "only the administrator role may use the admin app: users of the app-user role have no app access "
+            "(Directus shows them \"No App Access\"); they use the API, e.g. POST /directus/auth/login"
+        )
+        if plan.tls is not None and plan.tls.mode == "generate":
+            hints.append(f"TLS: the stack CA signs the certificate; `ccoas tls trust{args}` prints it and how to trust it")
     return hints
 
 

@@ -4,8 +4,9 @@ The flow, every ``up``:
 
 1. :meth:`VaultBootstrap.converge` — initialise Vault on first start (the unseal key and
    root token go to the stack's state dir, 0600), unseal it, and with the root token
-   *once*: enable the KV v2 mount, the file audit device, the per-service policies, a
-   token role, and a narrowly scoped ``ccoas`` token; then revoke the root token.
+   *once*: enable the KV v2 mount, the stack CA (PKI mount, see :mod:`ccoas.tls`), the file
+   audit device, the per-service policies, a token role, and a narrowly scoped ``ccoas``
+   token; then revoke the root token.
    From then on ccoas uses only its own token, which may write secrets and read their
    metadata but never read a value.
 2. :meth:`SecretStore.ensure` — generate every secret the plan declares that Vault does
@@ -72,6 +73,27 @@ def service_policy_hcl(policy: VaultPolicy, plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generates_tls(plan: Plan) -> bool:
+    """ccoas makes the edge's certificate (``tls.mode: generate``): the stack CA in Vault issues it."""
+    return plan.tls is not None and plan.tls.mode == "generate" and any(s.generator == "tls-cert" for s in plan.secrets)
+
+
+def stack_ca_missing(plan: Plan, client) -> bool:
+    """The stack generates its certificate but Vault has no stack CA: no PKI mount or an empty
+    one. ``<CA_MOUNT>/ca/pem`` is unauthenticated where the mount exists, so a 403 there means
+    no mount serves the path (404 through some clients), never a policy that forbids it."""
+    import hvac.exceptions
+
+    from ccoas.tls import CA_MOUNT
+
+    if not generates_tls(plan):
+        return False
+    try:
+        return not client.secrets.pki.read_ca_certificate(mount_point=CA_MOUNT).strip()
+    except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+        return True
+
+
 def ccoas_policy_hcl(plan: Plan) -> str:
     """The operator token ccoas keeps: write secrets and read metadata, never read a value.
 
@@ -89,6 +111,10 @@ def ccoas_policy_hcl(plan: Plan) -> str:
         ("auth/token/renew-self", '["update"]'),
         ("auth/token/lookup-self", '["read"]'),
     ]
+    if generates_tls(plan):  # issue the edge's certificate from the stack CA (never read its key: it has none to read)
+        from ccoas.tls import CA_MOUNT, LEAF_ROLE
+
+        rules.append((f"{CA_MOUNT}/issue/{LEAF_ROLE}", '["update"]'))
     body = "\n".join(f'path "{path}" {{\n  capabilities = {caps}\n}}' for path, caps in rules)
     return f"# {plan.vault.ccoas_policy}: the token ccoas itself uses after bootstrap\n{body}\n"
 
@@ -158,7 +184,7 @@ class VaultBootstrap:
                 client.sys.submit_unseal_key(key)
         self.wait_active(client)
         root_token = material.get("root_token")
-        if not root_token and (not self._ccoas_token_valid() or self._policies_outdated()):
+        if not root_token and (not self._ccoas_token_valid() or self._policies_outdated() or self._stack_ca_missing()):
             # ccoas's token is gone or expired, a bootstrap was interrupted, or the plan's
             # policies changed: mint a one-off root token from the unseal key, converge, revoke it.
             root_token = self._root_from_unseal_keys(client, material["keys_base64"])
@@ -188,6 +214,9 @@ class VaultBootstrap:
             return True
         except hvac.exceptions.Forbidden:
             return False
+
+    def _stack_ca_missing(self) -> bool:
+        return stack_ca_missing(self.plan, self.ccoas_client())
 
     def _root_from_unseal_keys(self, client, keys: list[str]) -> str:
         """The generate-root flow with the unseal keys ccoas holds; the token is revoked right after use."""
@@ -237,6 +266,8 @@ class VaultBootstrap:
                 root.sys.enable_audit_device("file", path="file", options={"file_path": vault.audit_path})
             except _vault_failures() as exc:
                 raise VaultError(f"the file audit device is neither declared in the config nor enabled over the API: {exc}") from None
+        if generates_tls(self.plan):
+            self._ensure_stack_ca(root)
         for name, text in self.wanted_policies().items():
             root.sys.create_or_update_policy(name, text)
         self._write_token_role(root)
@@ -249,6 +280,23 @@ class VaultBootstrap:
         )
         _write_private(self.paths.ccoas_token, token["auth"]["client_token"])
         root.auth.token.revoke_self()
+
+    def _ensure_stack_ca(self, root) -> None:
+        """The stack CA (see :mod:`ccoas.tls`): Vault's PKI engine at ``CA_MOUNT``, a root made
+        once inside it and kept (renewals issue new leaves from the same CA), and the role ccoas
+        issues through. A stack from before the CA gets it here: its ccoas policy is outdated."""
+        from ccoas.tls import CA_DAYS, CA_MOUNT, LEAF_ROLE, ca_request, leaf_role
+
+        assert self.plan.tls is not None
+        if f"{CA_MOUNT}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+            root.sys.enable_secrets_engine(
+                "pki", path=CA_MOUNT, config={"max_lease_ttl": f"{CA_DAYS * 24}h"}, description=f"stack CA of {self.plan.stack}"
+            )
+        if not root.secrets.pki.read_ca_certificate(mount_point=CA_MOUNT).strip():
+            request = ca_request(self.plan.tls.domain, self.plan.stack)
+            common_name = str(request.pop("common_name"))
+            root.secrets.pki.generate_root("internal", common_name, extra_params=request, mount_point=CA_MOUNT)
+        root.secrets.pki.create_or_update_role(LEAF_ROLE, extra_params=leaf_role(self.plan.tls.domain), mount_point=CA_MOUNT)
 
     def _write_token_role(self, client) -> None:
         vault = self.plan.vault
@@ -300,7 +348,7 @@ def secrets_fingerprint(service: Service, versions: Mapping[str, int | None]) ->
 
 
 def generate(secret: Secret) -> str:
-    """A fresh value for ``secret`` from the CSPRNG (TLS pairs are made by :func:`ccoas.tls.tls_pair`)."""
+    """A fresh value for ``secret`` from the CSPRNG (TLS pairs are made by :meth:`SecretStore.tls_pair`)."""
     if secret.generator == "password":
         return csprng.token_urlsafe(secret.length)[: secret.length]
     if secret.generator == "token":
@@ -371,33 +419,65 @@ class SecretStore:
         assert self.plan.vault is not None
         self._kv().create_or_update_secret(self._full(secret), secret={"value": value}, mount_point=self.plan.vault.kv_mount)
 
+    def ca_certificate(self) -> str:
+        """The stack CA's certificate (PEM), which signs every certificate ccoas generates."""
+        from ccoas.tls import CA_MOUNT
+
+        if not generates_tls(self.plan):
+            raise CcoasError(f"stack {self.plan.stack} has no stack CA: its certificate is supplied (tls.mode: supplied)")
+        try:
+            pem = self.client.secrets.pki.read_ca_certificate(mount_point=CA_MOUNT)  # type: ignore[attr-defined]
+        except _vault_failures() as exc:
+            raise VaultError(f"reading the stack CA ({CA_MOUNT}/ca/pem) failed ({type(exc).__name__}: {exc}): run `ccoas up`") from None
+        if not pem.strip():
+            raise VaultError(f"stack {self.plan.stack}: Vault holds no stack CA yet: run `ccoas up`")
+        return pem.strip() + "\n"
+
+    def stack_ca_missing(self) -> bool:
+        return stack_ca_missing(self.plan, self.client)
+
+    def tls_pair(self) -> tuple[str, str]:
+        """``(chain, key)`` for the edge: a new leaf from the stack CA, or the operator's pair."""
+        from ccoas.tls import CA_MOUNT, LEAF_ROLE, chain, leaf_request, load_supplied
+
+        tls = self.plan.tls
+        assert tls is not None
+        if not generates_tls(self.plan):
+            return load_supplied(tls)
+        try:
+            issued = self.client.secrets.pki.generate_certificate(  # type: ignore[attr-defined]
+                LEAF_ROLE, tls.domain, extra_params=leaf_request(tls.domain), mount_point=CA_MOUNT
+            )["data"]
+        except _vault_failures() as exc:
+            raise VaultError(f"issuing a certificate for {tls.domain} from the stack CA failed ({type(exc).__name__}: {exc})") from None
+        return chain(issued["certificate"], issued["issuing_ca"]), issued["private_key"]
+
     def ensure(self) -> int:
         """Generate every secret Vault does not hold yet. Returns how many were written."""
-        from ccoas.tls import tls_pair
-
         written = 0
         missing = [s for s in self.plan.secrets if self.version(s) is None]
         for secret in missing:
             if secret.generator not in TLS_GENERATORS:
                 self.put(secret, generate(secret))
                 written += 1
-        if any(s.generator in TLS_GENERATORS for s in missing) or self._generated_certificate_expiring():
+        if any(s.generator in TLS_GENERATORS for s in missing) or self.certificate_renewal():
             # a pair is written whole, so that certificate and key always match
-            assert self.plan.tls is not None
-            cert, key = tls_pair(self.plan.tls)
+            cert, key = self.tls_pair()
             for secret in self.plan.secrets:
                 if secret.generator in TLS_GENERATORS:
                     self.put(secret, cert if secret.generator == "tls-cert" else key)
                     written += 1
         return written
 
-    def _generated_certificate_expiring(self) -> bool:
-        """A certificate ccoas generated has less than RENEW_WITHIN_DAYS left (read from the
-        file it last delivered: ccoas's token never reads a value)."""
-        from ccoas.tls import RENEW_WITHIN_DAYS, days_left
+    def certificate_renewal(self) -> str | None:
+        """Why the certificate ccoas generated must be issued again, or ``None``: less than
+        RENEW_WITHIN_DAYS left, or not the stack CA's (self-signed, from before the CA). Read
+        from the file it last delivered (ccoas's token never reads a value)."""
+        from ccoas.tls import RENEW_WITHIN_DAYS, days_left, issued_by
 
-        if self.plan.tls is None or self.plan.tls.mode != "generate":
-            return False
+        if not generates_tls(self.plan):
+            return None
+        ca = None
         for secret in self.plan.secrets:
             if secret.generator == "tls-cert":
                 for reader in secret.readers:
@@ -405,14 +485,16 @@ class SecretStore:
                         delivered = host_files.read_file(self.paths.secret_file(reader, secret.name)).decode()
                     except (FileNotFoundError, host_files.UnsafePathError):
                         continue
-                    if days_left(delivered) < RENEW_WITHIN_DAYS:
-                        return True
-        return False
+                    left = days_left(delivered)
+                    if left < RENEW_WITHIN_DAYS:
+                        return f"the edge certificate has {left:.1f} days left (renewed under {RENEW_WITHIN_DAYS})"
+                    ca = ca or self.ca_certificate()
+                    if not issued_by(delivered, ca):
+                        return "the edge certificate is not the stack CA's (self-signed, from before the stack CA)"
+        return None
 
     def rotate(self, service: str) -> list[Secret]:
         """New versions of every secret ``service`` owns (the plan's :attr:`Secret.owner`)."""
-        from ccoas.tls import tls_pair
-
         owned = self.plan.owned_secrets(service)
         if not owned:
             raise CcoasError(f"{service}: owns no secrets in stack {self.plan.stack}")
@@ -421,8 +503,7 @@ class SecretStore:
             if secret.generator == "supplied":
                 continue  # the operator's value: `ccoas secrets set` replaces it
             if secret.generator in TLS_GENERATORS:
-                assert self.plan.tls is not None
-                pair = pair or tls_pair(self.plan.tls)
+                pair = pair or self.tls_pair()
                 self.put(secret, pair[0] if secret.generator == "tls-cert" else pair[1])
             else:
                 self.put(secret, generate(secret))

@@ -88,3 +88,23 @@ def tree_fingerprint() -> Callable[[Path], dict[str, tuple[int, int, int, bytes]
     """Owner, group, mode and bytes of everything under a directory: compared before and after
     root works where another user planted links (a victim directory must not change)."""
     return _tree_fingerprint
+
+
+# --- each module's time, printed at the end of every run (both tiers) ------------------------
+
+_MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up setup, call and teardown of every test by module (with pytest-xdist, the
+    controller sees every worker's reports, so this is the whole run's sum per module)."""
+    module = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _MODULE_SECONDS or hasattr(terminalreporter.config, "workerinput"):
+        return
+    terminalreporter.write_sep("=", "time per module (setup + call + teardown, slowest first)")
+    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda item: (-item[1], item[0])):
+        terminalreporter.write_line(f"{seconds:8.1f}s  {module}")

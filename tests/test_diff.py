@@ -143,3 +143,24 @@ def test_a_network_held_or_run_without_isolation_is_repaired(isolate, enforced, 
     ops = diff(PLAN, desired(), state)
     assert [str(op).split(":")[0] for op in ops] == expected
     assert all(op.cause == "network db started without isolation" for op in ops if op.kind == "container")
+
+
+@pytest.mark.parametrize(
+    ("vault_change", "expected"),
+    [
+        ({"certificate_renewal": "the edge certificate has 12.0 days left (renewed under 30)"},
+         ["renew secrets: the edge certificate has 12.0 days left (renewed under 30)"]),
+        ({"certificate_renewal": "the edge certificate is not the stack CA's (self-signed, from before the stack CA)"},
+         ["renew secrets: the edge certificate is not the stack CA's (self-signed, from before the stack CA)"]),
+        ({"stack_ca_missing": True}, ["bootstrap vault: no stack CA yet (a stack from before it)"]),
+    ],
+)
+def test_a_converged_stack_renews_its_certificate_and_gets_a_stack_ca_without_any_other_change(vault_change, expected):
+    """What `up` observes about the edge certificate is an operation of its own: a no-op `up`
+    on a converged stack still renews a certificate near its end, or one from before the CA."""
+    import dataclasses
+
+    state = observed("nothing_changed")
+    state = dataclasses.replace(state, vault=dataclasses.replace(state.vault, **vault_change))
+
+    assert [str(op) for op in diff(PLAN, desired(), state)] == expected

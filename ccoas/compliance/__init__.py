@@ -49,6 +49,8 @@ def print_reachability(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ccoas.report import print_table
+
     console = Console()
     for title in ("declared", "measured"):
         rows = report[title]
@@ -57,5 +59,5 @@ def print_reachability(report: dict) -> None:
             table.add_column(column)
         for row in rows[1:]:
             table.add_row(*row)
-        console.print(table)
+        print_table(console, table)
     console.print("probe proofs (a connection each probe made, so its refusals count): " + ", ".join(f"{s} → {p}" for s, p in sorted(report["proofs"].items())))

@@ -296,8 +296,9 @@ def test_edge_serves_only_its_domain():
 def test_edge_tls_is_mozilla_intermediate():
     """sslyze (a real TLS scanner, through its API) scans the published HTTPS port and checks it
     against Mozilla's intermediate profile: protocols, ciphers, curves, certificate. The one
-    finding accepted is "path validation failed" for a certificate ccoas generated (self-signed
-    by design: dev and ci); a supplied certificate must validate too."""
+    finding accepted is "path validation failed" for a certificate ccoas generated (its issuer,
+    the stack CA, is in no public trust store by design: dev and ci); a supplied certificate
+    must validate too."""
     needs("nginx")
     try:
         from sslyze import Scanner, ServerNetworkLocation, ServerScanRequest

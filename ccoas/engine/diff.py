@@ -143,12 +143,16 @@ def vault_operations(plan: Plan, desired: Desired, observed: ObservedState) -> l
     ops = []
     if observed.steps.get(VAULT_BOOTSTRAP) != desired.steps.get(VAULT_BOOTSTRAP):
         ops.append(Operation("bootstrap", "step", "vault", "not bootstrapped on this container", VAULT_BOOTSTRAP))
+    elif vault.stack_ca_missing:
+        ops.append(Operation("bootstrap", "step", "vault", "no stack CA yet (a stack from before it)", VAULT_BOOTSTRAP))
     missing = sorted(s.name for s in plan.secrets if vault.versions.get(s.name) is None)
     absent = sorted(name for name, present in observed.secret_files.items() if not present)
     if missing:
         ops.append(Operation("write", "step", "secrets", f"{len(missing)} not in Vault yet ({', '.join(missing)})", VAULT_SECRETS))
     elif absent:
         ops.append(Operation("write", "step", "secrets", f"secret files missing for {', '.join(absent)}", VAULT_SECRETS))
+    elif vault.certificate_renewal:
+        ops.append(Operation("renew", "step", "secrets", vault.certificate_renewal, VAULT_SECRETS))
     elif observed.steps.get(VAULT_SECRETS) != desired.steps.get(VAULT_SECRETS):
         ops.append(Operation("write", "step", "secrets", "secret versions changed since the files were written", VAULT_SECRETS))
     return ops

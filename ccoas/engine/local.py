@@ -217,10 +217,13 @@ class LocalEngine:
             return ObservedVault(sealed=True, token_valid=False, versions={})
         try:
             client = self.steps.vault().ccoas_client()  # renews ccoas's periodic token
-            versions = SecretStore(self.plan, self.paths, socket, client, owners=self.runtime.layout).versions()
+            store = SecretStore(self.plan, self.paths, socket, client, owners=self.runtime.layout)
+            versions = store.versions()
         except (VaultError, hvac.exceptions.VaultError, requests.RequestException):
             return ObservedVault(sealed=False, token_valid=False, versions={})
-        return ObservedVault(sealed=False, token_valid=True, versions=versions)
+        if store.stack_ca_missing():  # the bootstrap makes it; the certificate is issued after
+            return ObservedVault(sealed=False, token_valid=True, versions=versions, stack_ca_missing=True)
+        return ObservedVault(sealed=False, token_valid=True, versions=versions, certificate_renewal=store.certificate_renewal())
 
     # -- desired state ----------------------------------------------------------------------
 

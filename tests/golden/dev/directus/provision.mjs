@@ -1,9 +1,10 @@
 // Rendered by ccoas from the plan of stack dev (dev): do not edit.
 // Makes Directus enforce access.json through its own REST API on localhost, as the user
-// ccoas-provisioning (its static token read here from the secret file, never passed in): the users' tenant field,
-// the role app-user with its policy, and the item permissions of that policy and of the
-// public policy on the app tables. A second run changes nothing; a changed preset or table
-// converges (permissions of these policies that access.json no longer holds are deleted).
+// ccoas-provisioning (its static token read here from the secret file, never passed in): the
+// users' tenant field, the role app-user with its policy, the item permissions of that policy
+// and of the public policy on the app tables, and the project owner (the admin e-mail). A
+// second run changes nothing; a changed preset or table converges (permissions of these
+// policies that access.json no longer holds are deleted).
 import { readFileSync } from "node:fs";
 
 const api = "http://127.0.0.1:8055";
@@ -137,5 +138,19 @@ await converge(policy.id, access.permissions, () => true);
 const [publicAccess] = await call("GET", `/access?${query({ _and: [{ role: { _null: true } }, { user: { _null: true } }] })}`);
 if (!publicAccess) throw new Error("Directus has no public policy (an access row with no role and no user)");
 await converge(publicAccess.policy, access.public_permissions, (p) => !p.collection.startsWith("directus_"));
+
+// The project owner: Directus 11.17 greets an administrator with a license modal ("You have
+// not set a project owner") at every login until directus_settings.project_owner is set. It
+// is set here with a plain settings update, which sends nothing anywhere. Never PROJECT_OWNER
+// nor POST /settings/owner: both call SettingsService.setOwner, which posts the owner to
+// Directus's compliance service and, when that fails, marks project_status "pending" for a
+// daily retry (whatever TELEMETRY says). project_status stays null: nothing to retry.
+const owner = { project_owner: process.env.ADMIN_EMAIL, project_usage: null, org_name: null, product_updates: false, project_status: null };
+const settings = await call("GET", `/settings?fields=${Object.keys(owner).join(",")}`);
+const ownerChanges = Object.fromEntries(Object.entries(owner).filter(([key, value]) => settings[key] !== value));
+if (Object.keys(ownerChanges).length > 0) {
+	counts.updated += 1;
+	await call("PATCH", "/settings", ownerChanges);
+}
 
 console.log(`directus provision: ${counts.created} created, ${counts.updated} updated, ${counts.deleted} deleted`);

@@ -119,3 +119,6 @@ path "auth/token/renew-self" {
 path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
+path "ccoas-pki/issue/edge" {
+  capabilities = ["update"]
+}
