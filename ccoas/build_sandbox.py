@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ccoas import host_files
 from ccoas.errors import EngineError, HostError
 from ccoas.host import HostLayout
 
@@ -242,32 +243,19 @@ def _remove_tree(path: Path) -> None:
 # --- outputs, back to root ------------------------------------------------------------------
 
 
-def _open_dir_nofollow(root: Path, parts: tuple[str, ...]) -> int:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        for part in parts:
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def copy_file_out(root: Path, relative: str, dest: Path) -> Path:
     """Copy the regular file ``root/relative`` (a build's output) to ``dest``, every component
     opened with ``O_NOFOLLOW``; set-id bits are not copied. HostError when it is not a regular
     file (a link, a device, missing)."""
     parts = tuple(Path(relative).parts)
     try:
-        dir_fd = _open_dir_nofollow(root, parts[:-1])
+        dir_fd = host_files.open_dir(root.joinpath(*parts[:-1]))
         try:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
-        raise HostError(f"build output {relative} is not a regular file in the build dir: {exc.strerror}") from None
+    except (OSError, host_files.UnsafePathError) as exc:
+        raise HostError(f"build output {relative} is not a regular file in the build dir: {getattr(exc, 'strerror', None) or exc}") from None
     with os.fdopen(fd, "rb") as src:
         info = os.fstat(src.fileno())
         if not stat.S_ISREG(info.st_mode):

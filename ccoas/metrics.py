@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ccoas import host_files
 from ccoas.errors import CcoasError, EngineError
 from ccoas.plan import Plan, Service
 
@@ -181,38 +182,10 @@ def write_textfile(directory: Path, figures: list[Figure]) -> Path:
     """Replace ``directory/ccoas.prom`` atomically (the collector never reads half a file).
 
     ``directory`` is a runtime dir under the engine user's XDG_RUNTIME_DIR, which that user can
-    write: every component of the path is opened without following a link (a link planted
-    anywhere in it is refused), the file is created fresh (``O_EXCL``) beside the target and
-    renamed into place, all relative to the directory's descriptor."""
-    fd = open_directory_nofollow(directory)
-    scratch = f".{TEXTFILE}.{os.getpid()}"
-    try:
-        try:
-            os.unlink(scratch, dir_fd=fd)
-        except FileNotFoundError:
-            pass
-        out = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
-        with os.fdopen(out, "w") as handle:
-            handle.write(textfile(figures))
-        os.replace(scratch, TEXTFILE, src_dir_fd=fd, dst_dir_fd=fd)
-    finally:
-        os.close(fd)
+    write: :func:`ccoas.host_files.write_file` walks it without following a link the engine
+    user could have planted and renames a fresh file into place."""
+    host_files.write_file(directory / TEXTFILE, textfile(figures).encode(), 0o644)
     return directory / TEXTFILE
-
-
-def open_directory_nofollow(directory: Path) -> int:
-    """A descriptor of ``directory``, opened component by component from ``/`` with
-    ``O_NOFOLLOW``: a symbolic link anywhere in the path raises ``OSError`` (ELOOP/ENOTDIR)."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in directory.absolute().parts[1:]:
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 BACKUP_RECORD = "backups.json"
