@@ -13,9 +13,9 @@ security decides), and WRITERS of the users insert INSERTS notes each, one every
 (with --deletes, then delete them). Every event is judged: one of the subscriber's own rows
 (delivered: its delay from the write's request), or anyone else's (a leak).
 
---via edge: through Nginx over TLS, each user's sockets from its own loopback address
-  (127.0.0.2, 127.0.0.3, ...). Nginx's per-client limits apply (today 64 connections per
-  client address, and rootless Podman shows Nginx one address for every client).
+--via edge: through the host listener and Nginx over TLS, each user's sockets from its own
+  loopback address (127.0.0.2, 127.0.0.3, ...). Nginx's per-client limits apply to each address
+  (the stack file's edge.limits: by default 64 websockets per client address).
 --via direct: to the containers' own addresses, from inside the engine user's network
   namespace (podman unshare --rootless-netns): Nginx and its limits are bypassed, said so in
   the output. Use it to measure the GraphQL plane alone.
