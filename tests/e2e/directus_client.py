@@ -16,8 +16,8 @@ APP_ROLE = "app-user"
 class Directus:
     """Directus's REST API through Nginx over TLS (the stack's edge), as a browser or app reaches it."""
 
-    def __init__(self, engine: LocalEngine):
-        self.edge = Edge.of(engine)
+    def __init__(self, engine: LocalEngine, edge: Edge | None = None):
+        self.edge = edge or Edge.of(engine)
         self.origin, self.context = self.edge.origin, self.edge.context
         self.url = self.origin + "/directus"
 

@@ -241,8 +241,9 @@ def hasura_jwt_key(engine, stack_file: Path, tmp_path: Path) -> str:
         (secrets_dir / mount.secret).write_text(live.read_text() if live else "x" * 32)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "docker-entrypoint.sh").write_text('#!/bin/sh\nprintf %s "$HASURA_GRAPHQL_JWT_SECRET"\n')
-    os.chmod(bin_dir / "docker-entrypoint.sh", 0o755)
+    # the entrypoint execs its arguments (the plain image's graphql-engine): a stand-in prints the key it got
+    (bin_dir / "graphql-engine").write_text('#!/bin/sh\nprintf %s "$HASURA_GRAPHQL_JWT_SECRET"\n')
+    os.chmod(bin_dir / "graphql-engine", 0o755)
     script = tmp_path / "entrypoint.sh"
     script.write_text(rendered_files(plan)["hasura/entrypoint.sh"].replace("/run/secrets/", f"{secrets_dir}/"))
     result = subprocess.run(["sh", str(script), "graphql-engine", "serve"], capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=30)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ccoas import migrations
+from ccoas.edge import Edge
 from ccoas.engine.local import LocalEngine
 from ccoas.planner import build_plan, load_stack
 from directus_client import Directus  # tests/e2e is on sys.path (rootdir imports)
@@ -80,9 +82,19 @@ def migrated(stack_file, earlier_stack_file, earlier_tree):
         engine.down(purge=True)
 
 
+def earlier_edge(engine) -> Edge:
+    """The earlier code published Nginx's HTTPS port through the engine (this code's host
+    listener is not there until its own `up`): the edge at that published port."""
+    nginx = engine.client.containers.get(engine.plan.service("nginx").container_name)
+    nginx.reload()
+    [binding] = nginx.attrs["NetworkSettings"]["Ports"]["8443/tcp"]
+    context = ssl.create_default_context(cafile=str(engine.paths.secret_file("nginx", "nginx_tls_cert")))
+    return Edge(f"https://{engine.plan.domain}:{binding['HostPort']}", context)
+
+
 def made_by_hand(engine) -> dict[str, str]:
     """What a user of the earlier stack had: an app user, an uploaded file, a project setting."""
-    directus = Directus(engine)
+    directus = Directus(engine, earlier_edge(engine))
     admin = directus.login("admin@example.com", engine.paths.secret_file("directus", "directus_admin_password").read_text())
     email, password = f"kept-{uuid.uuid4().hex[:6]}@example.com", uuid.uuid4().hex
     directus.ok("POST", "/users", {"email": email, "password": password}, admin)

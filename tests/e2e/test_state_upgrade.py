@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from ccoas.engine.local import LocalEngine
-from ccoas.migrations import STATE_FILE, STATE_SCHEMA_VERSION
+from ccoas.migrations import MIGRATIONS, STATE_FILE, STATE_SCHEMA_VERSION
 from ccoas.planner import build_plan, load_stack
 from healthy_stack import healthy_stack  # tests/e2e is on sys.path (rootdir imports)
 
@@ -63,7 +63,8 @@ def test_one_up_converges_a_state_written_before_the_marker(stack):
 
     upgraded = _ccoas("up", str(path), "--name", NAME)
     assert upgraded.returncode == 0, upgraded.stdout[-3000:] + upgraded.stderr[-3000:]
-    assert f"state of {NAME} migrated to schema {STATE_SCHEMA_VERSION}, directus-tables-leave-public" in upgraded.stdout, upgraded.stdout
+    for migration in MIGRATIONS:  # each one, in order, named with the schema it brings
+        assert f"state of {NAME} migrated to schema {migration.to_version}, {migration.name}" in upgraded.stdout, upgraded.stdout
     assert json.loads((engine.paths.state / STATE_FILE).read_text())["state_schema_version"] == STATE_SCHEMA_VERSION
     assert _container_ids(engine) == ids  # nothing replaced: the state changed, the containers did not
     assert _steps(engine)["hook:postgres:0"] == bootstrap_before  # the bootstrap ran again and was recorded
