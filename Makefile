@@ -9,7 +9,7 @@ STACK ?= stacks/dev.yaml
 CCOAS := $(VENV)/bin/ccoas
 PYTEST := $(VENV)/bin/python -m pytest
 
-.PHONY: setup host up down test test-fast test-e2e bench
+.PHONY: setup host up down test test-fast test-e2e test-tools bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,20 @@ test-fast: setup
 # first, once, so that two workers never build the same one at the same time.
 E2E_WORKERS ?= 0
 
-test-e2e: host
+# What only the tests use, from Debian: the browser the GraphiQL and first-login tests drive
+# (headless, through Nginx). Installed here because a new machine has none of it.
+TEST_PACKAGES := chromium chromium-driver
+
+test-tools:
+	@missing=""; for p in $(TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing what the tests use:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test-e2e: host test-tools
 	$(CCOAS) images build $(STACK)
 	$(PYTEST) -m e2e -q $(if $(filter-out 0,$(E2E_WORKERS)),-n $(E2E_WORKERS) --dist loadgroup)
 
