@@ -14,6 +14,7 @@ import pytest
 
 from ccoas.host import host_layout
 from ccoas.plan import LABEL_PREFIX
+from ccoas.planner import build_plan, load_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +53,8 @@ def test_up_with_a_missing_registry_image_stops_before_provisioning(small_stack)
 
 def test_images_pull_has_nothing_to_do_for_local_images(small_stack):
     stack = small_stack("regl", "vault")
+    plan = build_plan(load_stack(stack))
+    assert all(service.image.source == "local" for service in plan.services)  # so the command cannot reach a registry
     result = _ccoas("images", "pull", str(stack))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every registry image is on this host" in result.stdout
