@@ -32,8 +32,6 @@ import time
 import uuid
 
 from ccoas.edge import Edge
-from ccoas.engine.local import LocalEngine
-from ccoas.planner import build_plan, load_stack
 
 GRAPHQL = json.dumps({"query": "{ allNotes(first: 10) { nodes { rowId body } } }"})
 
@@ -107,7 +105,7 @@ def upload(edge: Edge, token: str) -> str:
 
 
 def main() -> None:
-    from bench_realtime import app_user, ok  # beside this script
+    from bench_realtime import app_user, edge_stack, ok  # beside this script
 
     parser = argparse.ArgumentParser()
     parser.add_argument("stack", nargs="?", default="stacks/ci.yaml")
@@ -116,13 +114,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
-    plan = build_plan(load_stack(args.stack), name=args.name)
-    if not {"directus", "postgraphile", "nginx"} <= {s.name for s in plan.services}:
-        raise SystemExit(f"{args.stack}: needs Directus, PostGraphile and Nginx")
-    engine = LocalEngine.connect(plan)
-    was_running = all(row.state == "running" for row in engine.status())
-    engine.up()
-    try:
+    with edge_stack(args.stack, args.name, args.keep) as (plan, engine):
         edge = Edge.of(engine)
         _, token = app_user(engine, edge)
         for n in range(10):
@@ -141,9 +133,6 @@ def main() -> None:
         run("GraphQL simple query", edge, cafile, args.clients, args.seconds, token, "POST", "/graphql", GRAPHQL)
         run("Directus REST read (10 items)", edge, cafile, args.clients, args.seconds, token, "GET", "/directus/items/notes?limit=10")
         run("asset read (4 KiB, Directus)", edge, cafile, args.clients, args.seconds, admin, "GET", f"/directus/assets/{asset}")
-    finally:
-        if not (args.keep or was_running):
-            engine.down(purge=True)
 
 
 if __name__ == "__main__":

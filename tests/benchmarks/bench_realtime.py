@@ -27,11 +27,14 @@ import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
 
 import websockets
 
 from ccoas.edge import Edge, directus_subscribe, graphql_subscribe, next_event
 from ccoas.engine.local import LocalEngine
+from ccoas.plan import Plan
 from ccoas.planner import build_plan, load_stack
 
 
@@ -116,23 +119,34 @@ async def notification_delays(edge: Edge, token: str, events: int, subscribe) ->
     return delays
 
 
+@contextmanager
+def edge_stack(stack: str, name: str, keep: bool) -> Iterator[tuple[Plan, LocalEngine]]:
+    """``stack`` as ``name`` with Directus, PostGraphile and Nginx, brought up (and purged after,
+    unless ``keep`` or it was running before): what the edge benchmarks measure."""
+    plan = build_plan(load_stack(stack), name=name)
+    if not {"directus", "postgraphile", "nginx"} <= {s.name for s in plan.services}:
+        raise SystemExit(f"{stack}: needs Directus, PostGraphile (Hasura cannot run here) and Nginx")
+    engine = LocalEngine.connect(plan)
+    was_running = all(row.state == "running" for row in engine.status())
+    engine.up()
+    try:
+        yield plan, engine
+    finally:
+        if not (keep or was_running):
+            engine.down(purge=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("stack", nargs="?", default="stacks/ci.yaml")
     parser.add_argument("--name", default="bench-rt")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=15.0, help="queries per second in all (0: unpaced); the edge allows 20/s per client address, burst 40")
+    parser.add_argument("--rate", type=float, default=15.0, help="queries per second in all (0: unpaced); the edge allows the stack file's edge.limits per client address")
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
-    plan = build_plan(load_stack(args.stack), name=args.name)
-    if not {"directus", "postgraphile", "nginx"} <= {s.name for s in plan.services}:
-        raise SystemExit(f"{args.stack}: needs Directus, PostGraphile (Hasura cannot run here) and Nginx")
-    engine = LocalEngine.connect(plan)
-    was_running = all(row.state == "running" for row in engine.status())
-    engine.up()
-    try:
+    with edge_stack(args.stack, args.name, args.keep) as (plan, engine):
         edge = Edge.of(engine)
         _, token = app_user(engine, edge)
         ok(edge, "POST", "/directus/items/notes", {"body": "warm-up"}, token)
@@ -146,9 +160,6 @@ def main() -> None:
         print(figures(f"GraphQL query ({args.clients} clients, unpaced)", unpaced) + f"   {len(unpaced) / unpaced_wall:.0f} answered/s, {unpaced_refused} refused (429)")
         print(figures("insert (Directus REST) → GraphQL subscriber", graphql))
         print(figures("insert (Directus REST) → Directus websocket", directus))
-    finally:
-        if not (args.keep or was_running):
-            engine.down(purge=True)
 
 
 if __name__ == "__main__":
